@@ -5,3 +5,29 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pathlib
+
+import pytest
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+def torch_available() -> bool:
+  try:
+    import torch  # noqa: F401
+    return True
+  except ImportError:
+    return False
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> pathlib.Path:
+  return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_t5():
+  """(config, params) of the tiny random v1.0 Hugging Face checkpoint in tests/fixtures."""
+  from t5vae_jax import pretrained
+  return pretrained.load_t5(str(FIXTURES / "t5_v1_0"))

@@ -1,0 +1,134 @@
+"""The T5-VAE: T5 with a latent bottleneck between encoder and decoder (Park & Lee 2021).
+
+Encoder states are pooled (max or mean, padding masked) into h; ``mu = h W_mu`` and
+``logvar = h W_logvar``; ``z = mu + exp(logvar / 2) * eps``. A memory projection maps z to one
+key/value slot per decoder layer and head, **per example** (the released code's reshape mixes
+examples across the batch; here the batch axis is never touched):
+
+  * ``latent_injection="cross_attention"`` (the paper, eq. 5): the slot is the sole key and value
+    of each decoder layer's encoder-decoder attention; the decoder never sees encoder states.
+  * ``latent_injection="self_prefix"`` (the released code): the slot is prepended to each
+    decoder layer's self-attention at position 0; cross-attention is skipped.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t5vae_jax import t5 as t5_lib
+
+POOLINGS = ("max", "mean")
+POOL_LAYERS = ("last", "all")
+INJECTIONS = ("cross_attention", "self_prefix")
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+  latent_dim: int = 32
+  pooling: str = "max"
+  pool_layers: str = "last"
+  pool_padding: bool = False  # ablation only: the released code pools over pad positions
+  latent_injection: str = "cross_attention"
+
+  def __post_init__(self):
+    for name, allowed in (("pooling", POOLINGS), ("pool_layers", POOL_LAYERS),
+                          ("latent_injection", INJECTIONS)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"model.{name}={getattr(self, name)!r} is not one of {allowed}")
+    if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
+      raise ValueError(f"model.latent_dim={self.latent_dim!r} must be a positive integer")
+
+
+def pool_states(states: jax.Array, mask: jax.Array, pooling: str, include_padding: bool):
+  """(B, [layers,] T, D) states, (B, T) mask -> (B, D); pads never win a max or count in a mean."""
+  if states.ndim == 3:
+    states = states[:, None]
+  states = states.astype(jnp.float32)
+  m = jnp.ones_like(mask) if include_padding else mask
+  m = m[:, None, :, None].astype(bool)  # (B, 1, T, 1)
+  if pooling == "max":
+    return jnp.max(jnp.where(m, states, -jnp.inf), axis=(1, 2))
+  count = jnp.sum(m, axis=(2, 3)) * states.shape[1]  # (B, 1)
+  return jnp.sum(jnp.where(m, states, 0.0), axis=(1, 2)) / jnp.maximum(count, 1)
+
+
+class T5VAEModel(t5_lib.T5):
+  """T5 plus the bottleneck (``mu``, ``logvar``) and the memory projection (``memory_proj``).
+
+  Parameters ``shared``, ``encoder``, ``decoder`` (and ``lm_head`` when untied) are exactly
+  T5's, so a pretrained checkpoint loads into them unchanged.
+  """
+  vae: VAEConfig = VAEConfig()
+
+  def setup(self):
+    super().setup()
+    cfg, L = self.config, self.vae.latent_dim
+    init = nn.initializers.normal(cfg.d_model ** -0.5)
+    self.mu = nn.Dense(L, use_bias=False, kernel_init=init, param_dtype=jnp.float32)
+    self.logvar = nn.Dense(L, use_bias=False, kernel_init=init, param_dtype=jnp.float32)
+    self.memory_proj = nn.Dense(cfg.num_decoder_layers * cfg.num_heads * cfg.d_kv, use_bias=False,
+                                kernel_init=nn.initializers.normal(L ** -0.5),
+                                param_dtype=jnp.float32, dtype=self.dtype)
+
+  def posterior(self, input_ids, attention_mask, deterministic=True):
+    """(B, T) -> mu, logvar: (B, L) float32."""
+    embeddings = self.shared(input_ids)
+    states = self.encoder(embeddings, attention_mask=attention_mask, deterministic=deterministic,
+                          return_all_hidden=self.vae.pool_layers == "all")
+    pooled = pool_states(states, attention_mask, self.vae.pooling, self.vae.pool_padding)
+    return self.mu(pooled), self.logvar(pooled)
+
+  def latent_memory(self, z):
+    """(B, L) -> (B, decoder layers, heads, 1, d_kv): one key/value slot per layer and head."""
+    cfg = self.config
+    memory = self.memory_proj(z.astype(self.dtype))
+    return memory.reshape(z.shape[0], cfg.num_decoder_layers, cfg.num_heads, 1, cfg.d_kv)
+
+  def decode_latent(self, z, decoder_input_ids, deterministic=True):
+    """Decoder logits (B, T, vocab) given latents z (B, L)."""
+    memory = self.latent_memory(z)
+    if self.vae.latent_injection == "cross_attention":
+      return self.decode_logits(decoder_input_ids, memory_kv=memory, deterministic=deterministic)
+    return self.decode_logits(decoder_input_ids, prefix_kv=memory, deterministic=deterministic)
+
+  def __call__(self, input_ids, attention_mask, decoder_input_ids, deterministic=True,
+               sample_latent=True, encoder_input_ids=None, encoder_attention_mask=None):
+    """Autoencodes; returns dict(logits, mu, logvar, z).
+
+    ``encoder_input_ids``/``encoder_attention_mask`` (a noised copy of the input) replace what
+    the encoder sees when given; the decoder always reconstructs the clean targets.
+    ``sample_latent`` draws z with the 'latent' rng; otherwise z = mu.
+    """
+    enc_ids = input_ids if encoder_input_ids is None else encoder_input_ids
+    enc_mask = attention_mask if encoder_attention_mask is None else encoder_attention_mask
+    mu, logvar = self.posterior(enc_ids, enc_mask, deterministic)
+    if sample_latent:
+      eps = jax.random.normal(self.make_rng("latent"), mu.shape, mu.dtype)
+      z = mu + jnp.exp(0.5 * logvar) * eps
+    else:
+      z = mu
+    logits = self.decode_latent(z, decoder_input_ids, deterministic)
+    chex.assert_shape(logits, decoder_input_ids.shape + (self.config.vocab_size,))
+    return dict(logits=logits, mu=mu, logvar=logvar, z=z)
+
+
+def init_params(model: T5VAEModel, rng: jax.Array, seq_len: int = 8) -> Any:
+  """Random params for ``model`` (float32)."""
+  ids = jnp.ones((1, seq_len), jnp.int32)
+  variables = model.init({"params": rng, "latent": rng, "dropout": rng}, ids, ids, ids)
+  return variables["params"]
+
+
+def merge_pretrained(params: dict, pretrained: dict) -> dict:
+  """Replaces the T5 part of the VAE's params with a checkpoint's; bottleneck stays random."""
+  params = dict(params)
+  for key, value in pretrained.items():
+    if key not in params:
+      raise ValueError(f"pretrained parameter group {key!r} has no place in the VAE")
+    params[key] = value
+  return params

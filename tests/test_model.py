@@ -1,0 +1,179 @@
+"""The T5-VAE on top of T5: pooling, bottleneck, per-example injection, pretrained loading."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t5vae_jax import model as model_lib
+from t5vae_jax import t5 as t5_lib
+
+INJECTIONS = ["cross_attention", "self_prefix"]
+
+
+def jit_apply(model):
+  """model.apply, jitted (eager Flax dispatch is slow on 2 cores); ``method`` is static."""
+  return jax.jit(model.apply, static_argnames=("method", "sample_latent", "mutable"))
+
+
+def _batch(vocab, batch=4, length=10, seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(3, length + 1, batch)
+  ids = rng.integers(2, vocab, (batch, length))
+  mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+  ids[np.arange(batch), lengths - 1] = 1
+  ids = np.where(mask > 0, ids, 0).astype(np.int32)
+  return jnp.asarray(ids), jnp.asarray(mask)
+
+
+@pytest.fixture(scope="module")
+def vae_factory(tiny_t5):
+  """Builds a T5-VAE on the tiny pretrained checkpoint; bottleneck random, scaled up so that
+  different inputs give clearly different latents."""
+  config, t5_params = tiny_t5
+
+  def build(**vae_kwargs):
+    vae = model_lib.VAEConfig(latent_dim=6, **vae_kwargs)
+    model = model_lib.T5VAEModel(config, vae=vae)
+    params = jax.jit(model_lib.init_params, static_argnums=0)(model, jax.random.key(1))
+    params = model_lib.merge_pretrained(params, t5_params)
+    params["memory_proj"]["kernel"] = params["memory_proj"]["kernel"] * 4.0
+    return model, params
+  return build
+
+
+def test_vae_contains_t5_params_unchanged(vae_factory, tiny_t5, fixtures_dir):
+  """The T5 part of the VAE is exactly the checkpoint: its seq2seq forward equals HF's golden."""
+  model, params = vae_factory()
+  assert set(params) == {"shared", "encoder", "decoder", "mu", "logvar", "memory_proj"}
+  g = dict(np.load(fixtures_dir / "t5_v1_0" / "golden.npz"))
+  logits = jit_apply(model)({"params": params}, g["input_ids"], g["attention_mask"],
+                       g["decoder_input_ids"], method=t5_lib.T5.__call__)
+  np.testing.assert_allclose(logits, g["logits"], atol=1e-4)
+
+
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_no_batch_mixing(vae_factory, injection):
+  """Permuting the examples of a batch permutes the logits exactly the same way."""
+  model, params = vae_factory(latent_injection=injection)
+  ids, mask = _batch(model.config.vocab_size, batch=5)
+  dec = t5_lib.shift_right(ids, 0)
+  perm = np.array([3, 0, 4, 1, 2])
+  out = jit_apply(model)({"params": params}, ids, mask, dec, sample_latent=False)
+  out_p = jit_apply(model)({"params": params}, ids[perm], mask[perm], dec[perm], sample_latent=False)
+  np.testing.assert_allclose(out_p["logits"], out["logits"][perm], atol=1e-5)
+  # Each example's logits must depend on its own z: a batch of one gives the same answer.
+  single = jit_apply(model)({"params": params}, ids[2:3], mask[2:3], dec[2:3], sample_latent=False)
+  np.testing.assert_allclose(single["logits"][0], out["logits"][2], atol=1e-5)
+  # ... and different examples' latents really differ (the test would be vacuous otherwise).
+  z_other = out["mu"][::-1]
+  swapped = jit_apply(model)({"params": params}, z_other, dec, method=model_lib.T5VAEModel.decode_latent)
+  assert np.abs(swapped - out["logits"]).max() > 1e-3
+
+
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_decoder_sees_only_z(vae_factory, injection):
+  """With z held fixed, the encoder input does not change the decoder's logits."""
+  model, params = vae_factory(latent_injection=injection)
+  ids_a, mask_a = _batch(model.config.vocab_size, seed=1)
+  ids_b, mask_b = _batch(model.config.vocab_size, seed=2)
+  dec = t5_lib.shift_right(ids_a, 0)
+  z = jnp.asarray(np.random.default_rng(0).normal(size=(ids_a.shape[0], 6)), jnp.float32)
+
+  def logits_with_fixed_z(ids, mask):
+    def force_z(next_fun, args, kwargs, context):
+      if context.method_name == "latent_memory":
+        args = (z,)
+      return next_fun(*args, **kwargs)
+    with jax.disable_jit(), __import__("flax").linen.intercept_methods(force_z):
+      return model.apply({"params": params}, ids, mask, dec, sample_latent=False)
+
+  a, b = logits_with_fixed_z(ids_a, mask_a), logits_with_fixed_z(ids_b, mask_b)
+  assert np.abs(a["mu"] - b["mu"]).max() > 1e-3  # the encoders did see different inputs
+  np.testing.assert_array_equal(a["logits"], b["logits"])
+  direct = jit_apply(model)({"params": params}, z, dec, method=model_lib.T5VAEModel.decode_latent)
+  np.testing.assert_allclose(a["logits"], direct, atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+@pytest.mark.parametrize("pool_layers", ["last", "all"])
+def test_padding_changes_neither_mu_nor_logvar(vae_factory, pooling, pool_layers):
+  model, params = vae_factory(pooling=pooling, pool_layers=pool_layers)
+  ids, mask = _batch(model.config.vocab_size, length=8)
+  pad = 5
+  ids_p = jnp.pad(ids, ((0, 0), (0, pad)))
+  mask_p = jnp.pad(mask, ((0, 0), (0, pad)))
+  mu, logvar = jit_apply(model)({"params": params}, ids, mask, method=model_lib.T5VAEModel.posterior)
+  mu_p, logvar_p = jit_apply(model)({"params": params}, ids_p, mask_p, method=model_lib.T5VAEModel.posterior)
+  np.testing.assert_allclose(mu_p, mu, atol=1e-5)
+  np.testing.assert_allclose(logvar_p, logvar, atol=1e-5)
+
+
+def test_pool_padding_ablation_does_see_pads(vae_factory):
+  """The released code's pooling over pad positions changes mu when pads are appended."""
+  model, params = vae_factory(pooling="mean", pool_padding=True)
+  ids, mask = _batch(model.config.vocab_size, length=8)
+  mu, _ = jit_apply(model)({"params": params}, ids, mask, method=model_lib.T5VAEModel.posterior)
+  mu_p, _ = jit_apply(model)({"params": params}, jnp.pad(ids, ((0, 0), (0, 4))),
+                        jnp.pad(mask, ((0, 0), (0, 4))), method=model_lib.T5VAEModel.posterior)
+  assert np.abs(mu_p - mu).max() > 1e-4
+
+
+def test_pool_states_against_numpy():
+  rng = np.random.default_rng(0)
+  states = rng.normal(size=(3, 2, 5, 4)).astype(np.float32)  # (B, layers, T, D)
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], np.int32)
+  for b in range(3):
+    n = mask[b].sum()
+    want_max = states[b, :, :n].reshape(-1, 4).max(0)
+    want_mean = states[b, :, :n].reshape(-1, 4).mean(0)
+    np.testing.assert_allclose(model_lib.pool_states(states, mask, "max", False)[b], want_max,
+                               rtol=1e-6)
+    np.testing.assert_allclose(model_lib.pool_states(states, mask, "mean", False)[b], want_mean,
+                               rtol=1e-5)
+    np.testing.assert_allclose(model_lib.pool_states(states[:, -1], mask, "mean", True)[b],
+                               states[b, -1].mean(0), rtol=1e-5)
+
+
+def test_reparameterised_sampling(vae_factory):
+  model, params = vae_factory()
+  ids, mask = _batch(model.config.vocab_size, batch=2)
+  dec = t5_lib.shift_right(ids, 0)
+  det = jit_apply(model)({"params": params}, ids, mask, dec, sample_latent=False)
+  np.testing.assert_array_equal(det["z"], det["mu"])
+  apply = jit_apply(model)
+  draws = [apply({"params": params}, ids, mask, dec, rngs={"latent": jax.random.key(s)})
+           for s in range(100)]
+  eps = np.stack([(d["z"] - d["mu"]) / np.exp(0.5 * d["logvar"]) for d in draws])
+  assert abs(eps.mean()) < 0.1 and abs(eps.std() - 1.0) < 0.1, (eps.mean(), eps.std())
+  same = apply({"params": params}, ids, mask, dec, rngs={"latent": jax.random.key(0)})
+  np.testing.assert_array_equal(same["z"], draws[0]["z"])
+
+
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_vae_decode_cache_matches_full(vae_factory, injection):
+  model, params = vae_factory(latent_injection=injection)
+  ids, mask = _batch(model.config.vocab_size, batch=2)
+  dec = t5_lib.shift_right(ids, 0)
+  z = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6)), jnp.float32)
+  full = jit_apply(model)({"params": params}, z, dec, method=model_lib.T5VAEModel.decode_latent)
+  dmodel = model.clone(decode=True)
+  cache = dmodel.init(jax.random.key(0), z, dec, method=dmodel.decode_latent)["cache"]
+  step = jit_apply(dmodel)
+  steps = []
+  for t in range(dec.shape[1]):
+    logits, mut = step({"params": params, "cache": cache}, z, dec[:, t:t + 1],
+                       method=model_lib.T5VAEModel.decode_latent, mutable=("cache",))
+    cache = mut["cache"]
+    steps.append(logits[:, 0])
+  np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5)
+
+
+def test_vae_config_validation():
+  with pytest.raises(ValueError, match=r"model.pooling='avg' is not one of \('max', 'mean'\)"):
+    model_lib.VAEConfig(pooling="avg")
+  with pytest.raises(ValueError, match="model.latent_dim=0"):
+    model_lib.VAEConfig(latent_dim=0)
+  with pytest.raises(ValueError, match="latent_injection"):
+    dataclasses.replace(model_lib.VAEConfig(), latent_injection="prefix")
