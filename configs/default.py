@@ -1,0 +1,84 @@
+"""Defaults for every run: the paper's appendix values (Park & Lee 2021, appendix B).
+
+Every ablation of the paper and of SPEC section 10 is one key here; override any of them on
+the command line, e.g. ``--config.batch_size=64 --config.model.pooling=mean``.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # ---- model -------------------------------------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  # A Hugging Face T5 checkpoint (local directory or hub id). Empty: a T5 initialised from
+  # scratch with the shape in ``model.t5`` (demo and tests).
+  config.model.pretrained = "t5-small"
+  config.model.t5 = ml_collections.ConfigDict(dict(
+      vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6,
+      num_heads=8, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+      feed_forward_proj="relu", tie_word_embeddings=True))
+  config.model.dropout_rate = 0.1
+  config.model.latent_dim = 32
+  config.model.pooling = "max"  # max | mean
+  config.model.pool_layers = "last"  # last | all (the paper's text pools every layer)
+  config.model.pool_padding = False  # True: pool over pads too (the released code's bug)
+  config.model.latent_injection = "cross_attention"  # cross_attention (paper) | self_prefix
+  config.model.dtype = "float32"  # compute dtype; bfloat16 on TPU/GPU. Params stay float32.
+
+  # ---- data --------------------------------------------------------------------------------
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "ptb"  # ptb | snli | yahoo | yelp | synthetic
+  config.data.dir = ""  # local directory with train.txt / valid.txt / test.txt (offline)
+  config.data.tfds_dir = ""  # where TFDS builds its array_record files ("" = ~/tensorflow_datasets)
+  config.data.tokenizer = ""  # "" = the pretrained checkpoint's tokenizer
+  config.data.max_len = 64  # tokens incl. EOS; longer sentences are truncated (and counted)
+  config.data.bucket_lengths = (16, 32, 48, 64)  # padded lengths; few shapes, few compilations
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  config.data.on_bad_line = "skip"  # skip (and count) | fail (naming file and line)
+  # Scratch models only: a SentencePiece tokenizer is trained on the training split.
+  config.data.extra_ids = 0  # sentinel tokens to add
+  config.data.tokenizer_model_type = "unigram"  # unigram (T5's) | bpe | word
+  config.data.synthetic = ml_collections.ConfigDict(dict(  # name=synthetic only
+      num_train=10000, num_valid=1000, num_test=1000, seed=0))
+
+  # ---- optimisation ------------------------------------------------------------------------
+  config.batch_size = 32  # global, across all devices and hosts
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-3, weight_decay=0.0, grad_clip_norm=0.0))
+
+  # Phase 1: encoder warm-up (beta = 0, decoder frozen). Phase 2: full VAE.
+  config.phase1 = ml_collections.ConfigDict(dict(
+      epochs=5.0,
+      freeze_decoder=True,  # False: decoder and memory projection train too (ablation)
+  ))
+  config.phase2 = ml_collections.ConfigDict(dict(
+      epochs=3.0,
+      from_phase1=True,  # False: phase 2 from the pretrained T5 directly (no phase 1)
+  ))
+
+  # ---- objective ---------------------------------------------------------------------------
+  config.beta = ml_collections.ConfigDict(dict(
+      schedule="linear",  # constant | linear | cyclical  (phase 2; phase 1 is always 0)
+      value=1.0,  # constant
+      epochs=50.0,  # linear: ramp 0 -> 1 over this many epochs (paper eq. 6)
+      n_cycles=4, ratio=0.5,  # cyclical (Fu et al. 2019), over the whole phase
+  ))
+  config.kl_floor = 0.0  # per-dimension KL threshold lambda (free bits); 0 = off
+  config.kl_threshold_mode = "batch"  # batch (Kingma et al.) | example (released code)
+  config.denoise_rate = 0.0  # token deletion probability for the encoder input: 0, 0.15, 0.4
+  config.denoise_mode = "bernoulli"  # bernoulli | uniform_count (released code)
+
+  # ---- loop, logging, checkpoints ----------------------------------------------------------
+  config.log_every_steps = 50
+  config.eval_every_steps = 500  # also at the end of each phase
+  config.eval_max_examples = 0  # 0 = the whole eval split
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+  config.best_metric = "val/neg_elbo"  # lower is better
+  config.on_nonfinite = "skip"  # skip the update (counted) | stop (keep the last good checkpoint)
+  config.fsdp = False  # shard params and optimizer state over devices too
+  config.progress_bar = True
+  return config

@@ -1,0 +1,32 @@
+"""The offline demo: a tiny T5 from scratch on the synthetic grammar, both phases on 2 CPU cores.
+
+No download: the sentences come from ``t5vae_jax.synthetic`` and a SentencePiece tokenizer is
+trained on them in the workdir.
+"""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.pretrained = ""
+  config.model.t5.update(dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                              num_decoder_layers=2, num_heads=4, feed_forward_proj="relu",
+                              relative_attention_num_buckets=16,
+                              relative_attention_max_distance=32))
+  config.model.dropout_rate = 0.0
+  config.model.latent_dim = 16
+  config.data.name = "synthetic"
+  config.data.synthetic.update(dict(num_train=4000, num_valid=500, num_test=500, seed=0))
+  config.data.tokenizer_model_type = "word"  # the grammar has a few dozen words
+  config.data.max_len = 16
+  config.data.bucket_lengths = (12, 16)
+  config.batch_size = 32
+  config.phase1.epochs = 4
+  config.phase2.epochs = 4
+  config.beta.epochs = 2.0  # short ramp: the demo has few epochs
+  config.kl_floor = 0.25
+  config.denoise_rate = 0.15
+  config.log_every_steps = 25
+  config.eval_every_steps = 250
+  config.checkpoint_every_steps = 250
+  return config

@@ -1,0 +1,10 @@
+"""Yahoo Answers (Yang et al. 2017 split), the paper's appendix recipe on t5-small."""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.name = "yahoo"
+  config.data.max_len = 256
+  config.data.bucket_lengths = (32, 64, 128, 192, 256)
+  return config

@@ -1,0 +1,155 @@
+"""Checkpoints of one training phase, through orbax.
+
+Layout of a phase directory (``<workdir>/phase1``, ``<workdir>/phase2``):
+
+  config.json        the full training config (ml_collections, as JSON)
+  model.json         the T5 config (Hugging Face keys) and the VAE config: enough to rebuild
+                     the network with nothing beside the directory
+  tokenizer/         the tokenizer files
+  checkpoints/<step> orbax: params, opt_state, meta (step, data position, counters); the last
+                     ``keep`` are kept; a save is written to a temporary name and renamed when
+                     complete, so a kill mid-save never leaves a checkpoint that looks whole
+  best/<step>        params of the best validation score so far (one kept)
+  metrics.jsonl      one JSON object per logged step / validation
+
+Every path goes through etils.epath, so the workdir may be a ``gs://`` bucket.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from t5vae_jax import model as model_lib
+from t5vae_jax import t5 as t5_lib
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+  pass
+
+
+def _manager(directory: epath.Path, keep: Optional[int], *, read_only: bool = False,
+             asynchronous: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                         read_only=read_only,
+                                         enable_async_checkpointing=asynchronous,
+                                         cleanup_tmp_directories=not read_only)
+  return ocp.CheckpointManager(directory, options=options,
+                               item_names=("params", "opt_state", "meta"))
+
+
+class PhaseCheckpoints:
+  """Periodic/final saves (keep last k) and the best-by-validation params of one phase."""
+
+  def __init__(self, phase_dir, keep: int = 3, asynchronous: bool = True):
+    self.phase_dir = epath.Path(phase_dir)
+    self.latest = _manager(self.phase_dir / "checkpoints", keep, asynchronous=asynchronous)
+    self.best = _manager(self.phase_dir / "best", 1, asynchronous=asynchronous)
+    self._best_value = self._read_best_value()
+
+  def latest_step(self) -> Optional[int]:
+    return self.latest.latest_step()
+
+  def save(self, step: int, params, opt_state, meta: dict) -> None:
+    self.latest.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def maybe_save_best(self, step: int, params, value: float, metric: str,
+                      mode: str = "min") -> bool:
+    """Saves ``params`` as best if ``value`` beats the best so far."""
+    better = (self._best_value is None or
+              (value < self._best_value if mode == "min" else value > self._best_value))
+    if not better:
+      return False
+    self._best_value = value
+    self.best.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        meta=ocp.args.JsonSave({"step": step, "metric": metric, "value": value})), force=True)
+    return True
+
+  def restore(self, step: int, abstract_params, abstract_opt_state):
+    """(params, opt_state, meta) of ``step``, placed as the abstract trees' shardings say."""
+    restored = self.latest.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params),
+        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        meta=ocp.args.JsonRestore()))
+    return restored["params"], restored["opt_state"], restored["meta"]
+
+  def _read_best_value(self) -> Optional[float]:
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    meta = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return meta["value"]
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def restore_params(phase_dir, abstract_params=None, which: str = "latest", step=None):
+  """Params only (no optimizer state) of a phase directory: for phase 2, eval and loading.
+
+  ``which`` is "latest" or "best". Raises CheckpointNotFoundError naming the directory.
+  """
+  phase_dir = epath.Path(phase_dir)
+  sub = {"latest": "checkpoints", "best": "best"}[which]
+  directory = phase_dir / sub
+  if not directory.exists():
+    raise CheckpointNotFoundError(f"no checkpoint in {directory}")
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_names=("params", "opt_state", "meta"))
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointNotFoundError(f"no checkpoint in {directory}")
+    restore = (ocp.args.StandardRestore(abstract_params) if abstract_params is not None
+               else ocp.args.StandardRestore())
+    restored = manager.restore(step, args=ocp.args.Composite(params=restore))
+    return restored["params"], step
+  finally:
+    manager.close()
+
+
+# --------------------------------------------------------------------------------------------
+# What makes a phase directory self-contained: the network's config and the tokenizer.
+# --------------------------------------------------------------------------------------------
+def write_model_spec(phase_dir, t5_config: t5_lib.T5Config, vae_config: model_lib.VAEConfig,
+                     dtype: str) -> None:
+  spec = {"t5": t5_config.to_hf_dict(), "vae": dataclasses.asdict(vae_config), "dtype": dtype}
+  path = epath.Path(phase_dir)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / "model.json").write_text(json.dumps(spec, indent=2))
+
+
+def read_model_spec(phase_dir) -> tuple[t5_lib.T5Config, model_lib.VAEConfig, str]:
+  path = epath.Path(phase_dir) / "model.json"
+  if not path.exists():
+    raise CheckpointNotFoundError(f"{path} is missing: not a t5vae-jax phase directory")
+  spec = json.loads(path.read_text())
+  return (t5_lib.T5Config.from_hf_dict(spec["t5"]), model_lib.VAEConfig(**spec["vae"]),
+          spec.get("dtype", "float32"))
+
+
+def write_config(phase_dir, config) -> None:
+  path = epath.Path(phase_dir)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+
+def abstract_tree(tree: Any, shardings: Any = None) -> Any:
+  """ShapeDtypeStructs (with shardings when given) for an orbax restore target."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)

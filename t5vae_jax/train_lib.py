@@ -1,0 +1,517 @@
+"""The two-phase trainer (Park & Lee 2021, section 4).
+
+Phase 1 (encoder warm-up): beta = 0; only the encoder, its final norm, ``mu`` and ``logvar``
+train. The decoder, the memory projection, the LM head and the shared (tied) embedding are
+frozen in the optimizer (``optax.multi_transform`` with ``optax.set_to_zero``: no Adam state).
+Phase 2: everything trains with the KL back in (schedule, floor), starting from phase 1's
+params in the same workdir with a fresh optimizer.
+
+One jitted, sharded step ``(state, batch) -> (state, metrics)``; the step's randomness is
+derived from (seed, phase, step), so a resumed run replays exactly what an uninterrupted one
+would have done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import signal
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+
+from t5vae_jax import checkpoint as ckpt_lib
+from t5vae_jax import data as data_lib
+from t5vae_jax import losses
+from t5vae_jax import metrics as metrics_lib
+from t5vae_jax import model as model_lib
+from t5vae_jax import noise
+from t5vae_jax import pretrained
+from t5vae_jax import schedules
+from t5vae_jax import sharding
+from t5vae_jax import t5 as t5_lib
+from t5vae_jax import tokenizer as tokenizer_lib
+
+PHASE1_TRAINABLE = ("encoder", "mu", "logvar")
+PHASE1_DECODER_SIDE = ("decoder", "memory_proj", "lm_head")
+
+
+def info(message: str) -> None:
+  """A line for the user on the lead process (absl INFO is left to libraries' chatter)."""
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr, flush=True)
+
+
+class TrainingError(RuntimeError):
+  """A run cannot go on; the message says why and what to do."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar
+  params: Any
+  opt_state: Any
+  num_skipped: jax.Array  # int32: updates skipped for a non-finite loss or gradient
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer and freezing
+# --------------------------------------------------------------------------------------------
+def trainable_labels(params, phase: int, freeze_decoder: bool = True):
+  """'trainable' / 'frozen' per leaf, by top-level parameter group."""
+  if phase == 2:
+    groups = set(params)
+  else:
+    groups = set(PHASE1_TRAINABLE)
+    if not freeze_decoder:
+      groups |= set(PHASE1_DECODER_SIDE)
+  return {name: jax.tree.map(lambda _: "trainable" if name in groups else "frozen", sub)
+          for name, sub in params.items()}
+
+
+def make_optimizer(config, phase: int, params) -> optax.GradientTransformation:
+  opt = config.optimizer
+  adamw = optax.adamw(opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                      weight_decay=opt.weight_decay)
+  if opt.grad_clip_norm and opt.grad_clip_norm > 0:
+    adamw = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw)
+  labels = trainable_labels(params, phase, config.phase1.freeze_decoder)
+  return optax.multi_transform({"trainable": adamw, "frozen": optax.set_to_zero()}, labels)
+
+
+def make_beta_fn(config, phase: int, steps_per_epoch: int, total_steps: int) -> Callable:
+  if phase == 1:
+    return schedules.make_beta_schedule("zero", steps_per_epoch=steps_per_epoch)
+  b = config.beta
+  return schedules.make_beta_schedule(
+      b.schedule, steps_per_epoch=steps_per_epoch, value=b.value, epochs=b.epochs,
+      total_steps=total_steps, n_cycles=b.n_cycles, ratio=b.ratio)
+
+
+# --------------------------------------------------------------------------------------------
+# The step
+# --------------------------------------------------------------------------------------------
+def step_rngs(base_rng: jax.Array, step) -> dict[str, jax.Array]:
+  noise_rng, latent_rng, dropout_rng = jax.random.split(jax.random.fold_in(base_rng, step), 3)
+  return {"noise": noise_rng, "latent": latent_rng, "dropout": dropout_rng}
+
+
+def compute_loss(params, batch, rngs, *, model: model_lib.T5VAEModel, beta, config,
+                 train: bool):
+  """The VAE loss of one batch; denoising and the KL floor only when ``train``."""
+  ids, mask = batch["input_ids"], batch["attention_mask"]
+  enc_ids, enc_mask = ids, mask
+  if train and config.denoise_rate > 0:
+    enc_ids, enc_mask = noise.delete_tokens(
+        rngs["noise"], ids, mask, config.denoise_rate, config.denoise_mode,
+        eos_id=model.config.eos_token_id, pad_id=model.config.pad_token_id)
+  decoder_input_ids = t5_lib.shift_right(ids, model.config.decoder_start_token_id)
+  out = model.apply({"params": params}, ids, mask, decoder_input_ids, deterministic=not train,
+                    encoder_input_ids=enc_ids, encoder_attention_mask=enc_mask,
+                    rngs={"latent": rngs["latent"], "dropout": rngs["dropout"]})
+  loss, aux = losses.vae_loss(out["logits"], ids, mask, out["mu"], out["logvar"], beta,
+                              kl_floor=config.kl_floor if train else 0.0,
+                              kl_threshold_mode=config.kl_threshold_mode,
+                              example_weights=batch["example_weights"])
+  return loss, (aux, out)
+
+
+def train_step(state: TrainState, batch, *, model, tx, beta_fn, base_rng, config):
+  rngs = step_rngs(base_rng, state.step)
+  beta = beta_fn(state.step)
+
+  def loss_fn(params):
+    loss, (aux, _) = compute_loss(params, batch, rngs, model=model, beta=beta, config=config,
+                                  train=True)
+    return loss, aux
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
+                         opt_state=keep(new_opt_state, state.opt_state),
+                         num_skipped=state.num_skipped + (1 - finite.astype(jnp.int32)))
+  aux = dict(aux, finite=finite.astype(jnp.float32), grad_norm=optax.global_norm(grads))
+  return new_state, aux
+
+
+def eval_step(params, batch, rng, *, model, config):
+  """Per-example rec, KL (no floor), mu, logvar and token counts with z ~ q(z|x)."""
+  rngs = {"latent": rng, "dropout": rng, "noise": rng}
+  _, (_, out) = compute_loss(params, batch, rngs, model=model, beta=1.0, config=config,
+                             train=False)
+  ids, mask = batch["input_ids"], batch["attention_mask"]
+  rec = losses.reconstruction_loss(out["logits"], ids, mask)
+  kl = jnp.sum(losses.kl_per_dim(out["mu"], out["logvar"]), axis=-1)
+  return dict(rec=rec, kl=kl, mu=out["mu"], logvar=out["logvar"],
+              num_tokens=jnp.sum(mask, axis=-1).astype(jnp.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# Building model, tokenizer and data from a config
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Setup:
+  model: model_lib.T5VAEModel
+  t5_config: t5_lib.T5Config
+  vae_config: model_lib.VAEConfig
+  tokenizer: Any
+  pretrained_params: Optional[dict]
+
+
+def vae_config_from(config) -> model_lib.VAEConfig:
+  m = config.model
+  return model_lib.VAEConfig(latent_dim=m.latent_dim, pooling=m.pooling,
+                             pool_layers=m.pool_layers, pool_padding=m.pool_padding,
+                             latent_injection=m.latent_injection)
+
+
+def get_tokenizer(config, workdir: epath.Path):
+  """The configured tokenizer, the pretrained checkpoint's, or (scratch models) one trained on
+  the training split once and kept in ``<workdir>/tokenizer``."""
+  if config.data.tokenizer:
+    return tokenizer_lib.load_tokenizer(config.data.tokenizer)
+  if config.model.pretrained:
+    return pretrained.load_tokenizer(config.model.pretrained)
+  path = workdir / "tokenizer"
+  if (path / "tokenizer_config.json").exists():
+    return tokenizer_lib.load_tokenizer(path)
+  examples, _ = data_lib.read_split(config.data, config.data.train_split)
+  vocab = config.model.t5.vocab_size - config.data.get("extra_ids", 0)
+  return tokenizer_lib.train_sentencepiece_tokenizer(
+      [e["text"] for e in examples], path, vocab_size=vocab,
+      extra_ids=config.data.get("extra_ids", 0),
+      model_type=config.data.get("tokenizer_model_type", "unigram"),
+      hard_vocab_limit=False)  # small corpora (the demo's grammar) have fewer pieces
+
+
+def build_setup(config, workdir) -> Setup:
+  workdir = epath.Path(workdir)
+  tokenizer = get_tokenizer(config, workdir)
+  if config.model.pretrained:
+    t5_config, params = pretrained.load_t5(config.model.pretrained)
+  else:
+    t5_config = t5_lib.T5Config(**config.model.t5.to_dict(),
+                                scale_decoder_outputs=config.model.t5.tie_word_embeddings)
+    params = None
+  t5_config = dataclasses.replace(t5_config, dropout_rate=config.model.dropout_rate)
+  if len(tokenizer) > t5_config.vocab_size:
+    raise TrainingError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size "
+                        f"is {t5_config.vocab_size} (config.model.t5.vocab_size)")
+  vae_config = vae_config_from(config)
+  model = model_lib.T5VAEModel(t5_config, vae=vae_config, dtype=jnp.dtype(config.model.dtype))
+  return Setup(model, t5_config, vae_config, tokenizer, params)
+
+
+# --------------------------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------------------------
+class MetricLogger:
+  """metrics.jsonl in the phase directory, TensorBoard event files, and the console."""
+
+  def __init__(self, phase_dir: epath.Path, enabled: bool):
+    self.enabled = enabled
+    self.path = phase_dir / "metrics.jsonl"
+    self.tb = None
+    if enabled:
+      try:
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(logdir=str(phase_dir / "tensorboard"))
+      except Exception as e:  # TensorBoard is a convenience; never fail a run for it.
+        logging.warning("TensorBoard disabled: %s", e)
+
+  def write(self, step: int, values: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), **{k: float(v) for k, v in values.items()}}
+    with self.path.open("a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self.tb is not None:
+      for k, v in values.items():
+        self.tb.add_scalar(k, float(v), int(step))
+      self.tb.flush()
+
+  def close(self):
+    if self.tb is not None:
+      self.tb.close()
+
+
+def read_metrics(path) -> list[dict]:
+  path = epath.Path(path)
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation over a split (validation during training; eval.py adds importance weighting)
+# --------------------------------------------------------------------------------------------
+def evaluate(params, examples, *, model, config, mesh, rng, batch_size: int,
+             eval_fn=None) -> dict[str, float]:
+  """rec, KL, -ELBO (per sentence and per token), MI (whole set and per batch) and AU."""
+  iterator = data_lib.BatchIterator(
+      examples, bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
+      batch_size=batch_size, shuffle=False, drop_remainder=False, num_epochs=1,
+      seed=0, pad_id=model.config.pad_token_id, eos_id=model.config.eos_token_id)
+  eval_fn = eval_fn or jax.jit(functools.partial(eval_step, model=model, config=config))
+  sums = {"rec": 0.0, "kl": 0.0, "num_tokens": 0.0, "n": 0.0}
+  mus, logvars = [], []
+  for i, batch in enumerate(iterator):
+    weights = batch["example_weights"]
+    device_batch = sharding.global_batch(_model_inputs(batch), mesh)
+    out = jax.device_get(eval_fn(params, device_batch, jax.random.fold_in(rng, i)))
+    real = weights > 0
+    for key in ("rec", "kl", "num_tokens"):
+      sums[key] += float(np.sum(out[key][real]))
+    sums["n"] += float(real.sum())
+    mus.append(out["mu"][real])
+    logvars.append(out["logvar"][real])
+  mu, logvar = np.concatenate(mus), np.concatenate(logvars)
+  n, tokens = sums["n"], sums["num_tokens"]
+  result = {
+      "rec": sums["rec"] / n, "kl": sums["kl"] / n, "neg_elbo": (sums["rec"] + sums["kl"]) / n,
+      "rec_per_token": sums["rec"] / tokens,
+      "ppl_elbo": math.exp(min((sums["rec"] + sums["kl"]) / tokens, 700.0)),
+      "mi": float(metrics_lib.mutual_information(mu, logvar, jax.random.fold_in(rng, 10 ** 6))),
+      "au": int(metrics_lib.active_units(mu)),
+      "num_examples": n,
+  }
+  if len(mu) >= 2:
+    result["mi_batch"] = float(metrics_lib.mutual_information(
+        mu, logvar, jax.random.fold_in(rng, 10 ** 6), batch_size=min(256, len(mu))))
+  return result
+
+
+def _model_inputs(batch: dict) -> dict:
+  return {k: batch[k] for k in ("input_ids", "attention_mask", "example_weights")}
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+class _Preemption:
+  """Turns SIGTERM (TPU preemption, ``kill``) into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def phase_dir(workdir, phase: int) -> epath.Path:
+  return epath.Path(workdir) / f"phase{phase}"
+
+
+def initial_params(setup: Setup, config, workdir, phase: int) -> dict:
+  """Random VAE params with the pretrained T5 inside; for phase 2, phase 1's params."""
+  rng = jax.random.fold_in(jax.random.key(config.seed), 0)
+  params = jax.jit(model_lib.init_params, static_argnums=0)(setup.model, rng)
+  params = jax.device_get(params)
+  if setup.pretrained_params is not None:
+    params = model_lib.merge_pretrained(params, setup.pretrained_params)
+  if phase == 2 and config.phase2.from_phase1:
+    p1 = phase_dir(workdir, 1)
+    try:
+      restored, p1_step = ckpt_lib.restore_params(p1, ckpt_lib.abstract_tree(params))
+    except ckpt_lib.CheckpointNotFoundError:
+      raise TrainingError(
+          f"phase 2 starts from phase 1's params, but there is no phase 1 checkpoint in "
+          f"{p1 / 'checkpoints'}; run --phase 1 with the same --workdir first, or set "
+          "--config.phase2.from_phase1=False") from None
+    info(f"phase 2 starts from phase 1 params (step {p1_step})")
+    params = restored
+  return params
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, phase: int,
+                       max_steps: Optional[int] = None) -> dict[str, float]:
+  """Runs (or resumes) one phase in ``<workdir>/phase<phase>``; returns the last validation.
+
+  ``max_steps`` stops early (tests); the schedule still follows the configured epochs.
+  """
+  if phase not in (1, 2):
+    raise TrainingError(f"--phase must be 1 or 2, got {phase}")
+  workdir = epath.Path(workdir)
+  pdir = phase_dir(workdir, phase)
+  is_lead = jax.process_index() == 0
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+
+  setup = build_setup(config, workdir)
+  model = setup.model
+  pad_id, eos_id = setup.t5_config.pad_token_id, setup.t5_config.eos_token_id
+  train_examples, train_stats = data_lib.load_split(config.data, config.data.train_split,
+                                                    setup.tokenizer)
+  eval_examples, eval_stats = data_lib.load_split(config.data, config.data.eval_split,
+                                                  setup.tokenizer)
+  if config.eval_max_examples:
+    eval_examples = eval_examples[:config.eval_max_examples]
+  info(f"data: train {_fmt(train_stats)}; eval {_fmt(eval_stats)}")
+  iterator = data_lib.BatchIterator(
+      train_examples, bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
+      batch_size=config.batch_size, seed=config.seed + 7919 * phase, shuffle=True,
+      drop_remainder=True, pad_id=pad_id, eos_id=eos_id)
+  steps_per_epoch = iterator.num_batches_per_epoch
+  epochs = config.phase1.epochs if phase == 1 else config.phase2.epochs
+  total_steps = max(1, int(math.ceil(epochs * steps_per_epoch)))
+  beta_fn = make_beta_fn(config, phase, steps_per_epoch, total_steps)
+
+  params = initial_params(setup, config, workdir, phase)
+  tx = make_optimizer(config, phase, params)
+  param_shardings = sharding.tree_shardings(params, mesh, config.fsdp)
+  params = jax.device_put(params, param_shardings)
+  opt_state = jax.jit(tx.init, out_shardings=sharding.tree_shardings(
+      jax.eval_shape(tx.init, params), mesh, config.fsdp))(params)
+  opt_shardings = jax.tree.map(lambda x: x.sharding, opt_state)
+  replicated = sharding.replicated(mesh)
+  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
+                     opt_state=opt_state,
+                     num_skipped=jax.device_put(jnp.zeros((), jnp.int32), replicated))
+  state_shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                               num_skipped=replicated)
+
+  ckpts = ckpt_lib.PhaseCheckpoints(pdir, keep=config.keep_checkpoints)
+  start_step = ckpts.latest_step()
+  if start_step is not None:
+    params, opt_state, meta = ckpts.restore(
+        start_step, ckpt_lib.abstract_tree(state.params, param_shardings),
+        ckpt_lib.abstract_tree(state.opt_state, opt_shardings))
+    state = TrainState(step=jax.device_put(jnp.asarray(meta["step"], jnp.int32), replicated),
+                       params=params, opt_state=opt_state,
+                       num_skipped=jax.device_put(jnp.asarray(meta.get("num_skipped", 0),
+                                                              jnp.int32), replicated))
+    iterator.set_state(meta["data"])
+    info(f"resuming {pdir} at step {start_step}")
+  elif is_lead:
+    ckpt_lib.write_config(pdir, config)
+    ckpt_lib.write_model_spec(pdir, setup.t5_config, setup.vae_config, config.model.dtype)
+    tokenizer_lib.save_tokenizer(setup.tokenizer, pdir / "tokenizer")
+
+  base_rng = jax.random.fold_in(jax.random.key(config.seed), phase)
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, beta_fn=beta_fn, base_rng=base_rng,
+                        config=config),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, replicated), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, model=model, config=config))
+  logger = MetricLogger(pdir, is_lead)
+  eval_batch = max(config.batch_size, 8 * len(jax.devices()))
+  eval_batch -= eval_batch % len(jax.devices())
+
+  def validate(step):
+    result = evaluate(state.params, eval_examples, model=model, config=config, mesh=mesh,
+                      rng=jax.random.fold_in(base_rng, 2 ** 31 - 1), batch_size=eval_batch,
+                      eval_fn=eval_fn)
+    logger.write(step, {f"val/{k}": v for k, v in result.items()})
+    metric = result.get(config.best_metric.removeprefix("val/"))
+    if metric is not None:
+      ckpts.maybe_save_best(step, state.params, float(metric), config.best_metric)
+    info(f"step {step} validation: {_fmt(result)}")
+    return result
+
+  def save(step):
+    ckpts.save(step, state.params, state.opt_state,
+               {"step": step, "data": iterator.get_state(),
+                "num_skipped": int(jax.device_get(state.num_skipped)),
+                "phase": phase, "total_steps": total_steps})
+
+  step = int(jax.device_get(state.step))
+  last_val: dict[str, float] = {}
+  stop_at = total_steps if max_steps is None else min(total_steps, max_steps)
+  progress = _progress(config, is_lead, step, stop_at, phase)
+  pending, tokens, t0 = [], 0, time.perf_counter()
+  with _Preemption() as preemption:
+    while step < stop_at:
+      batch = next(iterator)
+      tokens += int(batch["attention_mask"].sum()) * jax.process_count()
+      state, aux = step_fn(state, sharding.global_batch(_model_inputs(batch), mesh))
+      step += 1
+      pending.append(aux)
+      if config.on_nonfinite == "stop" and not bool(jax.device_get(aux["finite"])):
+        ckpts.wait()
+        raise TrainingError(
+            f"non-finite loss or gradient at step {step} (on_nonfinite=stop); the last good "
+            f"checkpoint is step {ckpts.latest_step()} in {pdir / 'checkpoints'}")
+      if step % config.log_every_steps == 0 or step == stop_at:
+        host = jax.device_get(pending)
+        row = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in host[0]}
+        elapsed = time.perf_counter() - t0
+        row["train/tokens_per_sec"] = tokens / max(elapsed, 1e-9)
+        row["train/num_skipped"] = float(jax.device_get(state.num_skipped))
+        row["train/epoch"] = step / steps_per_epoch
+        logger.write(step, row)
+        progress.update(step, row)
+        pending, tokens, t0 = [], 0, time.perf_counter()
+      if step % config.eval_every_steps == 0 and step != stop_at:
+        last_val = validate(step)
+      if step % config.checkpoint_every_steps == 0 or preemption.requested:
+        save(step)
+      if preemption.requested:
+        ckpts.wait()
+        info(f"SIGTERM: saved step {step} in {pdir}; rerun the same command to resume")
+        progress.close()
+        raise SystemExit(143)
+  if step == stop_at and (not last_val or ckpts.latest_step() != step):
+    last_val = validate(step)
+    if ckpts.latest_step() != step:
+      save(step)
+  ckpts.wait()
+  ckpts.close()
+  progress.close()
+  logger.close()
+  return last_val
+
+
+def _fmt(values: dict) -> str:
+  return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in values.items())
+
+
+class _progress:
+  """A tqdm bar with step, loss, rec, KL, beta and tokens/s (lead process only)."""
+
+  def __init__(self, config, enabled, start, total, phase):
+    self.bar = None
+    if enabled and config.progress_bar:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, initial=start, desc=f"phase {phase}", dynamic_ncols=True)
+    self.last = start
+
+  def update(self, step, row):
+    if self.bar is None:
+      return
+    self.bar.update(step - self.last)
+    self.last = step
+    self.bar.set_postfix(loss=f"{row['train/loss']:.3f}", rec=f"{row['train/rec']:.3f}",
+                         kl=f"{row['train/kl']:.3f}", beta=f"{row['train/beta']:.3f}",
+                         tok_s=f"{row['train/tokens_per_sec']:.0f}")
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
