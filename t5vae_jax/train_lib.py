@@ -144,7 +144,7 @@ def train_step(state: TrainState, batch, *, model, tx, beta_fn, base_rng, config
   new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
                          opt_state=keep(new_opt_state, state.opt_state),
                          num_skipped=state.num_skipped + (1 - finite.astype(jnp.int32)))
-  aux = dict(aux, finite=finite.astype(jnp.float32), grad_norm=optax.global_norm(grads))
+  aux = dict(aux, finite=finite.astype(jnp.float32), grad_norm=optax.tree.norm(grads))
   return new_state, aux
 
 
@@ -324,6 +324,31 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def create_train_state(params, tx, mesh, fsdp: bool) -> tuple[TrainState, TrainState]:
+  """The initial state placed on ``mesh`` (params replicated or FSDP-sharded), and its
+  shardings (a TrainState of NamedShardings)."""
+  param_shardings = sharding.tree_shardings(params, mesh, fsdp)
+  params = jax.device_put(params, param_shardings)
+  opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh, fsdp)
+  opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+  replicated = sharding.replicated(mesh)
+  # Two distinct buffers: the step donates the state, and a buffer may be donated only once.
+  step, num_skipped = (jax.device_put(jnp.zeros((), jnp.int32), replicated) for _ in range(2))
+  state = TrainState(step=step, params=params, opt_state=opt_state, num_skipped=num_skipped)
+  shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                         num_skipped=replicated)
+  return state, shardings
+
+
+def compile_train_step(model, tx, beta_fn, base_rng, config, mesh, state_shardings):
+  """``train_step`` jitted over ``mesh``: batch split on the data axis, state donated."""
+  return jax.jit(
+      functools.partial(train_step, model=model, tx=tx, beta_fn=beta_fn, base_rng=base_rng,
+                        config=config),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
 def phase_dir(workdir, phase: int) -> epath.Path:
   return epath.Path(workdir) / f"phase{phase}"
 
@@ -360,7 +385,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, phase: i
   workdir = epath.Path(workdir)
   pdir = phase_dir(workdir, phase)
   is_lead = jax.process_index() == 0
-  mesh = sharding.make_mesh()
+  devices = jax.devices()[:config.mesh_devices] if config.get("mesh_devices") else None
+  mesh = sharding.make_mesh(devices)
   sharding.check_batch_size(config.batch_size, mesh)
 
   setup = build_setup(config, workdir)
@@ -384,17 +410,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, phase: i
 
   params = initial_params(setup, config, workdir, phase)
   tx = make_optimizer(config, phase, params)
-  param_shardings = sharding.tree_shardings(params, mesh, config.fsdp)
-  params = jax.device_put(params, param_shardings)
-  opt_state = jax.jit(tx.init, out_shardings=sharding.tree_shardings(
-      jax.eval_shape(tx.init, params), mesh, config.fsdp))(params)
-  opt_shardings = jax.tree.map(lambda x: x.sharding, opt_state)
+  state, state_shardings = create_train_state(params, tx, mesh, config.fsdp)
+  param_shardings, opt_shardings = state_shardings.params, state_shardings.opt_state
   replicated = sharding.replicated(mesh)
-  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
-                     opt_state=opt_state,
-                     num_skipped=jax.device_put(jnp.zeros((), jnp.int32), replicated))
-  state_shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
-                               num_skipped=replicated)
 
   ckpts = ckpt_lib.PhaseCheckpoints(pdir, keep=config.keep_checkpoints)
   start_step = ckpts.latest_step()
@@ -414,15 +432,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, phase: i
     tokenizer_lib.save_tokenizer(setup.tokenizer, pdir / "tokenizer")
 
   base_rng = jax.random.fold_in(jax.random.key(config.seed), phase)
-  step_fn = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, beta_fn=beta_fn, base_rng=base_rng,
-                        config=config),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, replicated), donate_argnums=0)
+  step_fn = compile_train_step(model, tx, beta_fn, base_rng, config, mesh, state_shardings)
   eval_fn = jax.jit(functools.partial(eval_step, model=model, config=config))
   logger = MetricLogger(pdir, is_lead)
-  eval_batch = max(config.batch_size, 8 * len(jax.devices()))
-  eval_batch -= eval_batch % len(jax.devices())
+  eval_batch = max(config.batch_size, 8 * mesh.size)
+  eval_batch -= eval_batch % mesh.size
 
   def validate(step):
     result = evaluate(state.params, eval_examples, model=model, config=config, mesh=mesh,
