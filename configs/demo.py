@@ -16,17 +16,17 @@ def get_config():
   config.model.dropout_rate = 0.0
   config.model.latent_dim = 16
   config.data.name = "synthetic"
-  config.data.synthetic.update(dict(num_train=4000, num_valid=500, num_test=500, seed=0))
+  config.data.synthetic.update(dict(num_train=8000, num_valid=500, num_test=500, seed=0))
   config.data.tokenizer_model_type = "word"  # the grammar has a few dozen words
   config.data.max_len = 16
   config.data.bucket_lengths = (12, 16)
   config.batch_size = 32
   config.phase1.epochs = 4
-  config.phase2.epochs = 4
+  config.phase2.epochs = 6
   config.beta.epochs = 2.0  # short ramp: the demo has few epochs
   config.kl_floor = 0.25
   config.denoise_rate = 0.15
   config.log_every_steps = 25
-  config.eval_every_steps = 250
+  config.eval_every_steps = 125
   config.checkpoint_every_steps = 250
   return config

@@ -203,3 +203,15 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path, tfds_dir):
   fa, fb = _flat(a), _flat(b)
   for k in fa:
     np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+
+
+def test_plot_writes_a_png_of_the_validation_curves(phase1_run, tmp_path):
+  from t5vae_jax import plot
+  workdir, _, _ = phase1_run
+  out = tmp_path / "curves.png"
+  assert plot.main([str(workdir), "--phase", "1", "--out", str(out)]) == 0
+  data = out.read_bytes()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+  curves = plot.read_curves(workdir, 1)
+  assert {"val/mi", "val/au", "val/kl", "val/rec"} <= set(curves)
+  assert plot.main([str(tmp_path / "nothing"), "--out", str(out)]) == 1

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The offline demo: set up .venv (first run only), train both phases of configs/demo.py
+# (a tiny T5 from scratch on the synthetic grammar), evaluate, and plot the curves.
+source "$(dirname "$0")/_venv.sh" requirements.txt
+WORKDIR="${1:-runs/demo}"
+python train.py --config configs/demo.py --phase 1 --workdir "$WORKDIR"
+python train.py --config configs/demo.py --phase 2 --workdir "$WORKDIR"
+if [ -f eval.py ]; then
+  python eval.py --workdir "$WORKDIR" --num_samples 50
+fi
+python -m t5vae_jax.plot "$WORKDIR" --phase 1 --out "$WORKDIR/phase1_curves.png"
+python -m t5vae_jax.plot "$WORKDIR" --phase 2 --out "$WORKDIR/phase2_curves.png"
