@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.best_metric = "val/neg_elbo"  # lower is better
   config.on_nonfinite = "skip"  # skip the update (counted) | stop (keep the last good checkpoint)
+  config.debug_nan_steps = ()  # fault injection (tests): steps whose loss is made NaN
   config.fsdp = False  # shard params and optimizer state over devices too
   config.mesh_devices = 0  # 0: all devices (of all hosts); n > 0: the first n (single host)
   config.progress_bar = True

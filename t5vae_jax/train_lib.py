@@ -133,6 +133,9 @@ def train_step(state: TrainState, batch, *, model, tx, beta_fn, base_rng, config
   def loss_fn(params):
     loss, (aux, _) = compute_loss(params, batch, rngs, model=model, beta=beta, config=config,
                                   train=True)
+    poison = tuple(config.get("debug_nan_steps", ()))  # fault injection, for tests
+    if poison:
+      loss = jnp.where(jnp.isin(state.step, jnp.asarray(poison)), jnp.nan, loss)
     return loss, aux
 
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
