@@ -99,7 +99,10 @@ class PhaseCheckpoints:
 def restore_params(phase_dir, abstract_params=None, which: str = "latest", step=None):
   """Params only (no optimizer state) of a phase directory: for phase 2, eval and loading.
 
-  ``which`` is "latest" or "best". Raises CheckpointNotFoundError naming the directory.
+  ``which`` is "latest" or "best". Leaves of ``abstract_params`` without a sharding (or all
+  of them, when it is None) are placed by :func:`default_sharding`, not by the device ids the
+  checkpoint was written from, so a checkpoint restores on any number of processes/devices.
+  Raises CheckpointNotFoundError naming the directory.
   """
   phase_dir = epath.Path(phase_dir)
   sub = {"latest": "checkpoints", "best": "best"}[which]
@@ -108,17 +111,35 @@ def restore_params(phase_dir, abstract_params=None, which: str = "latest", step=
     raise CheckpointNotFoundError(f"no checkpoint in {directory}")
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_names=("params", "opt_state", "meta"))
+      item_handlers={"params": ocp.StandardCheckpointHandler(),
+                     "opt_state": ocp.StandardCheckpointHandler(),
+                     "meta": ocp.JsonCheckpointHandler()})
   try:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise CheckpointNotFoundError(f"no checkpoint in {directory}")
-    restore = (ocp.args.StandardRestore(abstract_params) if abstract_params is not None
-               else ocp.args.StandardRestore())
-    restored = manager.restore(step, args=ocp.args.Composite(params=restore))
+    if abstract_params is None:
+      abstract_params = manager.item_metadata(step)["params"]
+    placement = default_sharding()
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=getattr(x, "sharding", None)
+                                       if isinstance(x, jax.ShapeDtypeStruct) and
+                                       getattr(x, "sharding", None) is not None else placement),
+        abstract_params)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(target)))
     return restored["params"], step
   finally:
     manager.close()
+
+
+def default_sharding() -> jax.sharding.Sharding:
+  """One device on a single process; replicated over every device of a multi-process job."""
+  if jax.process_count() == 1:
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  from t5vae_jax import sharding as sharding_lib
+  return sharding_lib.replicated(sharding_lib.make_mesh())
 
 
 # --------------------------------------------------------------------------------------------

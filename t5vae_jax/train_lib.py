@@ -31,6 +31,7 @@ from absl import logging
 from etils import epath
 
 from t5vae_jax import checkpoint as ckpt_lib
+from t5vae_jax import config_validation
 from t5vae_jax import data as data_lib
 from t5vae_jax import losses
 from t5vae_jax import metrics as metrics_lib
@@ -160,7 +161,8 @@ def eval_step(params, batch, rng, *, model, config):
   rec = losses.reconstruction_loss(out["logits"], ids, mask)
   kl = jnp.sum(losses.kl_per_dim(out["mu"], out["logvar"]), axis=-1)
   return dict(rec=rec, kl=kl, mu=out["mu"], logvar=out["logvar"],
-              num_tokens=jnp.sum(mask, axis=-1).astype(jnp.float32))
+              num_tokens=jnp.sum(mask, axis=-1).astype(jnp.float32),
+              weights=batch["example_weights"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,10 +275,11 @@ def evaluate(params, examples, *, model, config, mesh, rng, batch_size: int,
   sums = {"rec": 0.0, "kl": 0.0, "num_tokens": 0.0, "n": 0.0}
   mus, logvars = [], []
   for i, batch in enumerate(iterator):
-    weights = batch["example_weights"]
     device_batch = sharding.global_batch(_model_inputs(batch), mesh)
-    out = jax.device_get(eval_fn(params, device_batch, jax.random.fold_in(rng, i)))
-    real = weights > 0
+    # Every process gets the whole global batch's outputs (mu/logvar of all hosts), so MI
+    # and AU do not depend on how many processes ran the evaluation.
+    out = fetch_global(eval_fn(params, device_batch, jax.random.fold_in(rng, i)))
+    real = out["weights"] > 0
     for key in ("rec", "kl", "num_tokens"):
       sums[key] += float(np.sum(out[key][real]))
     sums["n"] += float(real.sum())
@@ -296,6 +299,14 @@ def evaluate(params, examples, *, model, config, mesh, rng, batch_size: int,
     result["mi_batch"] = float(metrics_lib.mutual_information(
         mu, logvar, jax.random.fold_in(rng, 10 ** 6), batch_size=min(256, len(mu))))
   return result
+
+
+def fetch_global(tree):
+  """Host numpy copies of (possibly multi-process) global arrays, gathered on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -365,6 +376,8 @@ def initial_params(setup: Setup, config, workdir, phase: int) -> dict:
     params = model_lib.merge_pretrained(params, setup.pretrained_params)
   if phase == 2 and config.phase2.from_phase1:
     p1 = phase_dir(workdir, 1)
+    config_validation.check_model_matches(p1, setup.t5_config, setup.vae_config,
+                                          pretrained=config.model.pretrained, strict=False)
     try:
       restored, p1_step = ckpt_lib.restore_params(p1, ckpt_lib.abstract_tree(params))
     except ckpt_lib.CheckpointNotFoundError:
@@ -420,6 +433,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, phase: i
   ckpts = ckpt_lib.PhaseCheckpoints(pdir, keep=config.keep_checkpoints)
   start_step = ckpts.latest_step()
   if start_step is not None:
+    config_validation.check_model_matches(pdir, setup.t5_config, setup.vae_config,
+                                          pretrained=config.model.pretrained)
     params, opt_state, meta = ckpts.restore(
         start_step, ckpt_lib.abstract_tree(state.params, param_shardings),
         ckpt_lib.abstract_tree(state.opt_state, opt_shardings))
