@@ -3,25 +3,23 @@
   python train.py --config configs/ptb.py --phase 1 --workdir runs/ptb
   python train.py --config configs/ptb.py --phase 2 --workdir runs/ptb   # from phase 1
   python train.py --config configs/ptb.py --phase 1 --config.batch_size=64
+
+A mistake in the flags, the config, the paths or the data ends with one ``error: ...`` line on
+stderr and exit status 2 (see t5vae_jax/cli.py).
 """
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from t5vae_jax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config (a configs/*.py file).",
-                                lock_config=True)
-flags.DEFINE_integer("phase", None, "1: encoder warm-up, 2: full VAE training.")
-flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the tokenizer go.")
-flags.mark_flags_as_required(["config", "phase", "workdir"])
+cli.define_training_flags(FLAGS)
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
   cli.run_training(FLAGS.config, FLAGS.workdir, FLAGS.phase)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_main(main)

@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_split = "train"
   config.data.eval_split = "validation"
   config.data.on_bad_line = "skip"  # skip (and count) | fail (naming file and line)
+  config.data.max_line_chars = 20000  # longer lines are bad data (skip or fail, as above)
   # Scratch models only: a SentencePiece tokenizer is trained on the training split.
   config.data.extra_ids = 0  # sentinel tokens to add
   config.data.tokenizer_model_type = "unigram"  # unigram (T5's) | bpe | word

@@ -40,12 +40,17 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
 def get_builder(config_data) -> datasets_lib.TextLinesBuilder:
   """The prepared TFDS builder that `config_data` (config.data) names.
 
-  Reads config_data.name (ptb | snli | yahoo | yelp | synthetic), .dir (the raw files; None
-  downloads them), .tfds_dir (where TFDS prepares datasets; None is TFDS's default) and, for
-  synthetic, .synthetic.{num_train, num_valid, num_test, seed}.
+  Reads config_data.name (ptb | snli | yahoo | yelp | synthetic), .dir (the raw files; "" or None
+  downloads them), .tfds_dir (where TFDS prepares datasets; "" or None is TFDS's default),
+  .on_bad_line (skip | fail) and .max_line_chars (see datasets.builders) and, for synthetic,
+  .synthetic.{num_train, num_valid, num_test, seed}.
   """
   name = _get(config_data, "name")
-  data_dir = _get(config_data, "tfds_dir")
+  data_dir = _get(config_data, "tfds_dir") or None  # "" would be the current directory
+  policy = {
+      "on_bad_line": _get(config_data, "on_bad_line", "skip"),
+      "max_line_chars": int(_get(config_data, "max_line_chars", datasets_lib.DEFAULT_MAX_LINE_CHARS)),
+  }
   if name == "synthetic":
     sizes = _get(config_data, "synthetic", {})
     config = datasets_lib.SyntheticConfig(
@@ -53,13 +58,17 @@ def get_builder(config_data) -> datasets_lib.TextLinesBuilder:
         num_valid=_get(sizes, "num_valid", 1_000),
         num_test=_get(sizes, "num_test", 1_000),
         seed=_get(sizes, "seed", 0),
+        **policy,
     )
-    return datasets_lib.get_builder(name, data_dir=data_dir, config=config)
-  return datasets_lib.get_builder(name, data_dir=data_dir, raw_dir=_get(config_data, "dir"))
+    return datasets_lib.get_builder(name, data_dir=data_dir, raw_dir=_get(config_data, "dir") or None, config=config)
+  return datasets_lib.get_builder(
+      name, data_dir=data_dir, raw_dir=_get(config_data, "dir") or None, config=datasets_lib.TextLinesConfig(**policy)
+  )
 
 
-def read_split(config_data, split: str) -> tuple[list[dict], int]:
-  """The split's examples {"text", "label"(, "attributes")} and its number of skipped empty lines."""
+def read_split(config_data, split: str) -> tuple[list[dict], dict[str, int]]:
+  """The split's examples {"text", "label"(, "attributes")} and how many lines were skipped,
+  by reason (datasets.SKIP_REASONS: too_long, non_utf8, empty, unexpected_label)."""
   builder = get_builder(config_data)
   source = builder.as_data_source(split)
   examples = []
@@ -69,8 +78,12 @@ def read_split(config_data, split: str) -> tuple[list[dict], int]:
       if "attributes" in record:
         example["attributes"] = {k: int(v) for k, v in record["attributes"].items()}
       examples.append(example)
-  num_skipped_empty = builder.info.metadata["num_skipped_empty"].get(split.split("[")[0], 0)
-  return examples, num_skipped_empty
+  base_split = split.split("[")[0]
+  metadata = builder.info.metadata or {}
+  skipped = {reason: 0 for reason in datasets_lib.SKIP_REASONS}
+  skipped.update(metadata.get("num_skipped", {}).get(base_split, {}))
+  skipped["empty"] = metadata.get("num_skipped_empty", {}).get(base_split, skipped["empty"])
+  return examples, {reason: int(n) for reason, n in skipped.items()}
 
 
 def tokenize(texts: Sequence[str], tokenizer, max_len: int) -> tuple[list[np.ndarray], int]:
@@ -104,9 +117,11 @@ def load_split(config_data, split: str, tokenizer) -> tuple[list[dict], dict]:
   """Examples of `split` with their "input_ids" (EOS-terminated, at most max_len), and stats.
 
   Each example is {"input_ids": int32 array, "text", "label"(, "attributes")}. The stats are
-  num_examples, num_truncated, num_skipped_empty, num_tokens and mean_length (tokens with EOS).
+  num_examples, num_truncated (sentences cut to max_len tokens), num_skipped_<reason> for each
+  reason a line of the file was skipped (datasets.SKIP_REASONS; whole-file counts, also under a
+  sliced split such as train[:100]), num_tokens and mean_length (tokens with EOS).
   """
-  examples, num_skipped_empty = read_split(config_data, split)
+  examples, skipped = read_split(config_data, split)
   token_ids, num_truncated = tokenize(
       [e["text"] for e in examples], tokenizer, _get(config_data, "max_len", 64)
   )
@@ -116,7 +131,7 @@ def load_split(config_data, split: str, tokenizer) -> tuple[list[dict], dict]:
   stats = {
       "num_examples": len(examples),
       "num_truncated": num_truncated,
-      "num_skipped_empty": int(num_skipped_empty),
+      **{f"num_skipped_{reason}": skipped[reason] for reason in datasets_lib.SKIP_REASONS},
       "num_tokens": num_tokens,
       "mean_length": num_tokens / max(len(examples), 1),
   }

@@ -7,11 +7,23 @@ cannot prepare a builder class defined in `__main__`.
 
 A split whose file is missing from `raw_dir` is left out of the build (the others are built) and
 recorded in the metadata, so asking for it later names the missing file.
+
+Bad lines. A line is unusable when it is empty, is not UTF-8, has a label column where the dataset
+has none (a TAB in a PTB/SNLI/Yahoo line), or is longer than `max_line_chars` characters. The
+builder config's `on_bad_line` decides: "skip" leaves it out and counts it by reason (metadata
+"num_skipped": {split: {reason: n}}, the first few logged with file and line), "fail" raises
+DataError naming the file and line. Policy and limit are part of the builder config's name, so a
+dataset prepared under one policy is never read back under the other. (A Yelp label that is not
+an integer always fails: it means the file is not what the builder expects.)
 """
 
+import collections
 import json
 import os
+import socket
+import urllib.parse
 
+from absl import logging
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
@@ -19,6 +31,91 @@ import tensorflow_datasets as tfds
 from t5vae_jax import synthetic
 
 _SPLIT_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
+
+BAD_LINE_POLICIES = ("skip", "fail")
+# Why a line was skipped, in the order they are checked.
+SKIP_REASONS = ("too_long", "non_utf8", "empty", "unexpected_label")
+_REASON_TEXT = {
+    "too_long": "is longer than max_line_chars={limit} characters",
+    "non_utf8": "is not valid UTF-8",
+    "empty": "is empty",
+    "unexpected_label": "has a TAB (a label column?) but {name} lines are plain text",
+}
+DEFAULT_MAX_LINE_CHARS = 20_000
+_LOGGED_PER_REASON = 3
+_VERSION = tfds.core.Version("1.1.0")
+
+
+class DataError(ValueError):
+  """The data cannot be used as it is; the message names the file (and line) and what to do."""
+
+
+def parse_line(raw: bytes, *, has_labels: bool, max_line_chars: int,
+               first_line: bool = False) -> dict | str:
+  """One line of a split file (bytes, newline included or not) -> {"text", "label"}, or the
+  reason (one of SKIP_REASONS) it cannot be used.
+
+  Strips the spaces PTB puts around each line (and a UTF-8 byte-order mark on the first line).
+  With `has_labels`, `label<TAB>text` gives an integer label (-1 without a TAB); a label that is
+  not an integer raises ValueError.
+  """
+  if len(raw) > 4 * max_line_chars + 2:  # more bytes than max_line_chars characters can take
+    return "too_long"
+  try:
+    line = raw.decode("utf-8-sig" if first_line else "utf-8")
+  except UnicodeDecodeError:
+    return "non_utf8"
+  if not line.strip():
+    return "empty"
+  label = -1
+  if has_labels and "\t" in line:
+    label_text, line = line.split("\t", 1)
+    try:
+      label = int(label_text)
+    except ValueError:
+      raise ValueError(f"expected an integer label before the tab, got {label_text!r}") from None
+  text = line.strip()
+  if not text:
+    return "empty"
+  if not has_labels and "\t" in text:
+    return "unexpected_label"
+  if len(text) > max_line_chars:
+    return "too_long"
+  return {"text": text, "label": label}
+
+
+def iter_raw_lines(f, max_bytes: int):
+  """Lines of a binary file, as bytes without the newline; a line of more than `max_bytes`
+  bytes comes back cut to max_bytes + 1 bytes (enough to know it is too long) without ever
+  holding the whole of it in memory."""
+  while True:
+    chunk = f.readline(max_bytes + 1)
+    if not chunk:
+      return
+    if len(chunk) > max_bytes and not chunk.endswith(b"\n"):
+      while True:  # skip the rest of the over-long line
+        rest = f.readline(1 << 20)
+        if not rest or rest.endswith(b"\n"):
+          break
+    yield chunk.rstrip(b"\n").rstrip(b"\r")
+
+
+class TextLinesConfig(tfds.core.BuilderConfig):
+  """What to do with bad lines; the name says it, so each policy has its own prepared copy."""
+
+  def __init__(self, *, on_bad_line: str = "skip", max_line_chars: int = DEFAULT_MAX_LINE_CHARS,
+               name: str | None = None, description: str | None = None):
+    if on_bad_line not in BAD_LINE_POLICIES:
+      raise ValueError(f"on_bad_line={on_bad_line!r} is not one of {BAD_LINE_POLICIES}")
+    if not isinstance(max_line_chars, int) or max_line_chars < 1:
+      raise ValueError(f"max_line_chars={max_line_chars!r} must be a positive integer")
+    policy = f"{on_bad_line}_max{max_line_chars}"
+    super().__init__(
+        name=f"{name}_{policy}" if name else policy,
+        version=_VERSION,
+        description=description or f"Bad lines: {on_bad_line}; lines up to {max_line_chars} chars.",
+    )
+    self.on_bad_line, self.max_line_chars = on_bad_line, max_line_chars
 
 
 class TextLinesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -28,14 +125,18 @@ class TextLinesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   `t5vae_jax.datasets.get_builder(name)` rather than `tfds.builder(name)`.
   """
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = _VERSION
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "Bad-line policy (skip and count by reason, or fail) in the builder config.",
+  }
   # Split -> URL of a public copy of its file; empty when a subclass overrides `_download`.
   URLS: dict[str, str] = {}
   HOMEPAGE = ""
   DESCRIPTION = ""
   # Whether lines are `label<TAB>text`; the label is -1 on lines without a tab.
   HAS_LABELS = False
+  BUILDER_CONFIGS = [TextLinesConfig()]
 
   def __init__(self, *, raw_dir: epath.PathLike | None = None, **kwargs):
     """`raw_dir`: local directory with the split files; None downloads them instead."""
@@ -66,7 +167,11 @@ class TextLinesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if len(missing) == len(files):
       raise FileNotFoundError(f"{self.name}: none of the split files exist: {sorted(missing.values())}")
     self.info.metadata["missing_files"] = missing
+    self.info.metadata["source_files"] = {
+        split: _file_stamp(path) for split, path in files.items() if split not in missing
+    }
     self.info.metadata["num_skipped_empty"] = {}
+    self.info.metadata["num_skipped"] = {}
     return {
         split: self._generate_examples(split, path)
         for split, path in files.items()
@@ -76,38 +181,50 @@ class TextLinesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _download(self, dl_manager: tfds.download.DownloadManager) -> dict[str, epath.Path]:
     return {split: epath.Path(path) for split, path in dl_manager.download(self.URLS).items()}
 
+  @property
+  def _policy(self) -> tuple[str, int]:
+    config = self.builder_config
+    return (getattr(config, "on_bad_line", "skip"),
+            getattr(config, "max_line_chars", DEFAULT_MAX_LINE_CHARS))
+
   def _generate_examples(self, split: str, path: epath.Path):
-    """Yields (line number, example); counts the skipped empty lines into the metadata."""
-    num_skipped_empty, line_number = 0, -1
-    with path.open() as f:
-      for line_number, line in enumerate(f):
-        example = self._parse_line(line, path, line_number)
-        if example is None:
-          num_skipped_empty += 1
+    """Yields (line index, example); skips (and counts) or fails on bad lines, by the config."""
+    on_bad_line, max_line_chars = self._policy
+    counts = collections.Counter()
+    num_lines = 0
+    with path.open("rb") as f:
+      for index, raw in enumerate(iter_raw_lines(f, 4 * max_line_chars + 2)):
+        num_lines += 1
+        try:
+          example = self._parse_line(raw, index)
+        except ValueError as e:
+          raise DataError(f"{path}:{index + 1}: {e}") from None
+        if isinstance(example, dict):
+          yield index, example
           continue
-        yield line_number, example
-    if num_skipped_empty == line_number + 1:  # TFDS would only say that no example was yielded
-      raise ValueError(f"{path} has no non-empty line.")
-    self.info.metadata["num_skipped_empty"][split] = num_skipped_empty
+        counts[example] += 1
+        why = _REASON_TEXT[example].format(limit=max_line_chars, name=self.name)
+        if on_bad_line == "fail":
+          raise DataError(
+              f"{path}:{index + 1}: the line {why} (data.on_bad_line=fail; "
+              "--config.data.on_bad_line=skip skips and counts such lines)")
+        if counts[example] <= _LOGGED_PER_REASON:
+          logging.warning("%s:%d: skipped, the line %s", path, index + 1, why)
+    if sum(counts.values()) == num_lines:  # TFDS would only say that no example was yielded
+      if counts["empty"] == num_lines:
+        raise DataError(f"{path} has no non-empty line.")
+      raise DataError(f"{path} has no usable line: {num_lines} lines, all skipped "
+                      f"({_fmt_counts(counts)}).")
+    if counts:
+      logging.warning("%s: skipped %d of %d lines (%s)", path, sum(counts.values()), num_lines,
+                      _fmt_counts(counts))
+    self.info.metadata.setdefault("num_skipped_empty", {})[split] = counts["empty"]
+    self.info.metadata.setdefault("num_skipped", {})[split] = {r: counts[r] for r in SKIP_REASONS}
 
-  def _parse_line(self, line: str, path: epath.Path, line_number: int) -> dict | None:
-    """The bad-data hook: one line -> example, or None to skip it (counted as empty).
-
-    Strips the spaces PTB puts around each line.
-    """
-    label = -1
-    if self.HAS_LABELS and "\t" in line:
-      label_text, line = line.split("\t", 1)
-      try:
-        label = int(label_text)
-      except ValueError:
-        raise ValueError(
-            f"{path}:{line_number + 1}: expected an integer label before the tab, got {label_text!r}"
-        ) from None
-    text = line.strip()
-    if not text:
-      return None
-    return {"text": text, "label": label}
+  def _parse_line(self, raw: bytes, index: int) -> dict | str:
+    """The bad-data hook: one line -> example, or the reason to skip it (see parse_line)."""
+    return parse_line(raw, has_labels=self.HAS_LABELS, max_line_chars=self._policy[1],
+                      first_line=index == 0)
 
   def as_data_source(self, split=None, **kwargs):
     """As TFDS's, but a split whose file was missing at build time names that file."""
@@ -119,6 +236,33 @@ class TextLinesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           f"Put the file there and build again (get_builder rebuilds when it appears)."
       )
     return super().as_data_source(split, **kwargs)
+
+
+def _fmt_counts(counts) -> str:
+  return ", ".join(f"{reason}: {counts[reason]}" for reason in SKIP_REASONS if counts[reason])
+
+
+def _file_stamp(path: epath.Path) -> dict:
+  """What identifies a source file's content cheaply: its path, size and modification time."""
+  try:
+    stat = path.stat()
+    return {"path": os.fspath(path), "size": int(stat.length), "mtime": float(stat.mtime)}
+  except Exception:  # some file systems cannot stat; then only the path is compared
+    return {"path": os.fspath(path)}
+
+
+def download_hosts(builder_cls) -> list[str]:
+  """Host names the builder downloads from."""
+  urls = list(getattr(builder_cls, "URLS", {}).values())
+  if getattr(builder_cls, "_ARCHIVE_URL", None):
+    urls.append(builder_cls._ARCHIVE_URL)
+  return sorted({urllib.parse.urlparse(url).hostname for url in urls if url})
+
+
+def check_reachable(host: str, port: int = 443, timeout_s: float = 10.0) -> None:
+  """Raises OSError when `host` cannot be resolved or connected to within `timeout_s`."""
+  with socket.create_connection((host, port), timeout=timeout_s):
+    pass
 
 
 class Ptb(TextLinesBuilder, skip_registration=True):
@@ -174,13 +318,16 @@ class Yelp(TextLinesBuilder, skip_registration=True):
   }
 
 
-class SyntheticConfig(tfds.core.BuilderConfig):
-  """How much synthetic data to generate, and from which seed; the name says both."""
+class SyntheticConfig(TextLinesConfig):
+  """How much synthetic data to generate, from which seed, and the bad-line policy (for files
+  given in raw_dir); the name says all of it."""
 
-  def __init__(self, *, num_train: int = 10_000, num_valid: int = 1_000, num_test: int = 1_000, seed: int = 0):
+  def __init__(self, *, num_train: int = 10_000, num_valid: int = 1_000, num_test: int = 1_000, seed: int = 0,
+               on_bad_line: str = "skip", max_line_chars: int = DEFAULT_MAX_LINE_CHARS):
     super().__init__(
         name=f"n{num_train}_{num_valid}_{num_test}_seed{seed}",
-        version=TextLinesBuilder.VERSION,
+        on_bad_line=on_bad_line,
+        max_line_chars=max_line_chars,
         description="Sentences of t5vae_jax.synthetic's grammar.",
     )
     self.num_train, self.num_valid, self.num_test, self.seed = num_train, num_valid, num_test, seed
