@@ -232,6 +232,8 @@ class Attention(nn.Module):
                cache_index=None, deterministic=True):
     """x: (B, Tq, D). prefix_kv / memory_kv: (B, H, S, d_kv). Returns (B, Tq, D)."""
     cfg = self.config
+    if memory_kv is not None and memory_kv.shape[2] == 1:
+      return self._one_slot_memory(x, memory_kv, deterministic)
     q = self._heads(self.q(x))  # (B, Tq, H, dk)
     if memory_kv is not None:
       k = v = jnp.swapaxes(memory_kv, 1, 2).astype(self.dtype)  # (B, S, H, dk)
@@ -251,6 +253,23 @@ class Attention(nn.Module):
     weights = self.dropout(weights, deterministic=deterministic)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
     return self.o(out.reshape(out.shape[:2] + (cfg.num_heads * cfg.d_kv,)))
+
+  def _one_slot_memory(self, x, memory_kv, deterministic):
+    """Attention over a single key: the softmax weight is exactly 1 at every position, so the
+    output is W_o(v) per example, the same for every query position (no query projection, no
+    scores). Attention dropout still applies to that weight, as in the general path."""
+    cfg = self.config
+    if self.is_initializing():
+      self.q(x)  # create W_q so the params keep Hugging Face's layout (it gets no gradient)
+    batch, length = x.shape[:2]
+    v = memory_kv[:, :, 0, :].astype(self.dtype)  # (B, H, dk)
+    out = self.o(v.reshape(batch, 1, cfg.num_heads * cfg.d_kv))  # (B, 1, D)
+    if deterministic or cfg.dropout_rate == 0.0:
+      return jnp.broadcast_to(out, (batch, length, out.shape[-1]))
+    weights = self.dropout(jnp.ones((batch, cfg.num_heads, length, 1), self.dtype),
+                           deterministic=False)
+    per_head = weights[..., 0].transpose(0, 2, 1)[..., None] * v[:, None]  # (B, T, H, dk)
+    return self.o(per_head.reshape(batch, length, cfg.num_heads * cfg.d_kv))
 
 
 class LayerSelfAttention(nn.Module):

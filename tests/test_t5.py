@@ -234,3 +234,19 @@ def test_config_roundtrip_and_validation():
   assert cfg.num_decoder_layers == 1 and cfg.activation == "gelu_new"
   with pytest.raises(ValueError, match="feed_forward_proj='swish-relu'"):
     dataclasses.replace(cfg, feed_forward_proj="swish-relu")
+
+
+def test_one_slot_memory_fast_path_equals_general_attention(fixtures_dir):
+  """A one-slot memory skips the softmax (its weight is 1); two copies of the slot go through
+  the general attention path (weights 1/2 each) and must give the same logits."""
+  config, params = pretrained.load_t5(str(fixtures_dir / "t5_v1_1"))
+  rng = np.random.default_rng(0)
+  memory = jnp.asarray(rng.normal(size=(3, config.num_decoder_layers, config.num_heads, 1,
+                                        config.d_kv)), jnp.float32)
+  dec = jnp.asarray(rng.integers(2, config.vocab_size, (3, 7)))
+  model = t5_lib.T5(config)
+  one = model.apply({"params": params}, dec, memory_kv=memory, method=model.decode_logits)
+  two = model.apply({"params": params}, dec, memory_kv=jnp.concatenate([memory, memory], 3),
+                    method=model.decode_logits)
+  np.testing.assert_allclose(one, two, atol=1e-5)
+  assert np.abs(np.asarray(one[0]) - np.asarray(one[1])).max() > 1e-3  # per example
