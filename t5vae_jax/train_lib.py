@@ -395,7 +395,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, phase: i
   """Runs (or resumes) one phase in ``<workdir>/phase<phase>``; returns the last validation.
 
   ``max_steps`` stops early (tests); the schedule still follows the configured epochs.
+  SIGTERM, from the start on, saves a checkpoint after the current step and exits with 143.
   """
+  with _Preemption() as preemption:
+    return _run_phase(config, workdir, phase, max_steps, preemption)
+
+
+def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption: "_Preemption"):
   if phase not in (1, 2):
     raise TrainingError(f"--phase must be 1 or 2, got {phase}")
   workdir = epath.Path(workdir)
@@ -478,37 +484,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, phase: i
   stop_at = total_steps if max_steps is None else min(total_steps, max_steps)
   progress = _progress(config, is_lead, step, stop_at, phase)
   pending, tokens, t0 = [], 0, time.perf_counter()
-  with _Preemption() as preemption:
-    while step < stop_at:
-      batch = next(iterator)
-      tokens += int(batch["attention_mask"].sum()) * jax.process_count()
-      state, aux = step_fn(state, sharding.global_batch(_model_inputs(batch), mesh))
-      step += 1
-      pending.append(aux)
-      if config.on_nonfinite == "stop" and not bool(jax.device_get(aux["finite"])):
-        ckpts.wait()
-        raise TrainingError(
-            f"non-finite loss or gradient at step {step} (on_nonfinite=stop); the last good "
-            f"checkpoint is step {ckpts.latest_step()} in {pdir / 'checkpoints'}")
-      if step % config.log_every_steps == 0 or step == stop_at:
-        host = jax.device_get(pending)
-        row = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in host[0]}
-        elapsed = time.perf_counter() - t0
-        row["train/tokens_per_sec"] = tokens / max(elapsed, 1e-9)
-        row["train/num_skipped"] = float(jax.device_get(state.num_skipped))
-        row["train/epoch"] = step / steps_per_epoch
-        logger.write(step, row)
-        progress.update(step, row)
-        pending, tokens, t0 = [], 0, time.perf_counter()
-      if step % config.eval_every_steps == 0 and step != stop_at:
-        last_val = validate(step)
-      if step % config.checkpoint_every_steps == 0 or preemption.requested:
-        save(step)
-      if preemption.requested:
-        ckpts.wait()
-        info(f"SIGTERM: saved step {step} in {pdir}; rerun the same command to resume")
-        progress.close()
-        raise SystemExit(143)
+  while step < stop_at:
+    batch = next(iterator)
+    tokens += int(batch["attention_mask"].sum()) * jax.process_count()
+    state, aux = step_fn(state, sharding.global_batch(_model_inputs(batch), mesh))
+    step += 1
+    pending.append(aux)
+    if config.on_nonfinite == "stop" and not bool(jax.device_get(aux["finite"])):
+      ckpts.wait()
+      raise TrainingError(
+          f"non-finite loss or gradient at step {step} (on_nonfinite=stop); the last good "
+          f"checkpoint is step {ckpts.latest_step()} in {pdir / 'checkpoints'}")
+    if step % config.log_every_steps == 0 or step == stop_at:
+      host = jax.device_get(pending)
+      row = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in host[0]}
+      elapsed = time.perf_counter() - t0
+      row["train/tokens_per_sec"] = tokens / max(elapsed, 1e-9)
+      row["train/num_skipped"] = float(jax.device_get(state.num_skipped))
+      row["train/epoch"] = step / steps_per_epoch
+      logger.write(step, row)
+      progress.update(step, row)
+      pending, tokens, t0 = [], 0, time.perf_counter()
+    if step % config.eval_every_steps == 0 and step != stop_at:
+      last_val = validate(step)
+    if step % config.checkpoint_every_steps == 0 or preemption.requested:
+      save(step)
+    if preemption.requested:
+      ckpts.wait()
+      info(f"SIGTERM: saved step {step} in {pdir}; rerun the same command to resume")
+      progress.close()
+      raise SystemExit(143)
+  # A SIGTERM from here on only means the run is ending anyway: the final save below happens.
   if step == stop_at and (not last_val or ckpts.latest_step() != step):
     last_val = validate(step)
     if ckpts.latest_step() != step:

@@ -15,6 +15,7 @@ import pytest
 from _demo_checkpoint import ROOT, demo_workdir
 from t5vae_jax import api
 from t5vae_jax import data as data_lib
+from t5vae_jax import config_validation
 from t5vae_jax import evaluation
 from t5vae_jax import sharding
 from t5vae_jax import t5 as t5_lib
@@ -219,7 +220,7 @@ def test_helpers():
                                       "rate=1", "data.buckets=(4, 8)"])
   assert config.data.max_len == 32 and config.data.dir == "/x/y" and config.flag is True
   assert config.rate == 1.0 and list(config.data.buckets) == [4, 8]
-  with pytest.raises(KeyError):
+  with pytest.raises(config_validation.ConfigError, match="config.data.nope"):
     evaluation.apply_overrides(config, ["data.nope=1"])
   row = evaluation.markdown_row("r", {"ppl": 2.5, "kl": 1.0, "neg_elbo": 3.0, "mi": 0.5,
                                       "au": 3, "rec": 2.0, "mi_batch": 0.4,

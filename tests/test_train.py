@@ -170,7 +170,8 @@ def _wait_for(predicate, proc, timeout):
 
 def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path, tfds_dir):
   """Kill phase 1 with SIGTERM mid-run, resume it: final params equal an uninterrupted run's."""
-  extra = {"checkpoint_every_steps": 1000}  # only the SIGTERM save and the final one
+  # Only the SIGTERM save and the final one; 3 epochs leave time to send the signal mid-run.
+  extra = {"checkpoint_every_steps": 1000, "phase1.epochs": 3.0}
   straight = tmp_path / "straight"
   train_lib.train_and_evaluate(tiny_config(tfds_dir, **extra), str(straight), phase=1)
 
@@ -182,7 +183,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path, tfds_dir):
                           stderr=subprocess.STDOUT, text=True)
   metrics = killed / "phase1" / "metrics.jsonl"
   try:
-    assert _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3,
+    assert _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
                      proc, 180), proc.communicate()[0] if proc.poll() is not None else "timeout"
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -193,7 +194,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path, tfds_dir):
   assert "SIGTERM: saved step" in out
   saved = ckpt_lib.PhaseCheckpoints(killed / "phase1").latest_step()
   a, step_a = ckpt_lib.restore_params(straight / "phase1")
-  assert 6 <= saved < step_a  # stopped mid-run, after at least three logged steps
+  assert 4 <= saved < step_a  # stopped mid-run, after at least two logged steps
 
   resumed = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
