@@ -36,6 +36,7 @@ _USER_ERROR_CLASSES = (
     ("t5vae_jax.train_lib", "TrainingError"),
     ("t5vae_jax.pretrained", "CheckpointError"),
     ("t5vae_jax.datasets.builders", "DataError"),
+    ("t5vae_jax.pretrain", "PretrainError"),
 )
 
 

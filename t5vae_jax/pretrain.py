@@ -48,7 +48,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import signal
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -699,28 +698,6 @@ def _datasets(args, tokenizer, spec):
   return train, valid
 
 
-class _Stop:
-  """SIGTERM -> stop after the current step (then save and export as at the end)."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      pass
-    return self
-
-  def _handle(self, signum, frame):
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """Runs the command; returns a summary (final step, losses, timings, paths)."""
   t_start = time.perf_counter()
@@ -878,7 +855,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   start_step = step
   stopped_by = "steps"
   batch = train.train_batch(step, args.batch_size) if step < args.steps else None
-  with _Stop() as stop:
+  from t5vae_jax.train_lib import PreemptionFlag
+  with PreemptionFlag() as stop:  # SIGTERM: stop after the step, save, export
     while step < args.steps:
       t_step = time.perf_counter()
       tokens = int(batch["attention_mask"].sum() + batch["target_mask"].sum())

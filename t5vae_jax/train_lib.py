@@ -316,7 +316,7 @@ def _model_inputs(batch: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
-class _Preemption:
+class PreemptionFlag:
   """Turns SIGTERM (TPU preemption, ``kill``) into a flag the loop checks after each step."""
 
   def __init__(self):
@@ -397,11 +397,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, phase: i
   ``max_steps`` stops early (tests); the schedule still follows the configured epochs.
   SIGTERM, from the start on, saves a checkpoint after the current step and exits with 143.
   """
-  with _Preemption() as preemption:
+  with PreemptionFlag() as preemption:
     return _run_phase(config, workdir, phase, max_steps, preemption)
 
 
-def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption: "_Preemption"):
+def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
+               preemption: "PreemptionFlag"):
   if phase not in (1, 2):
     raise TrainingError(f"--phase must be 1 or 2, got {phase}")
   workdir = epath.Path(workdir)
