@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any, Optional
 
 import jax
@@ -30,6 +31,14 @@ from t5vae_jax import t5 as t5_lib
 
 class CheckpointNotFoundError(FileNotFoundError):
   pass
+
+
+def absolute(path) -> epath.Path:
+  """orbax needs absolute paths: make a local relative path absolute; leave gs:// etc. alone."""
+  text = os.fspath(path)
+  if "://" in text:
+    return epath.Path(text)
+  return epath.Path(os.path.abspath(text))
 
 
 def _manager(directory: epath.Path, keep: Optional[int], *, read_only: bool = False,
@@ -46,7 +55,7 @@ class PhaseCheckpoints:
   """Periodic/final saves (keep last k) and the best-by-validation params of one phase."""
 
   def __init__(self, phase_dir, keep: int = 3, asynchronous: bool = True):
-    self.phase_dir = epath.Path(phase_dir)
+    self.phase_dir = absolute(phase_dir)
     self.latest = _manager(self.phase_dir / "checkpoints", keep, asynchronous=asynchronous)
     self.best = _manager(self.phase_dir / "best", 1, asynchronous=asynchronous)
     self._best_value = self._read_best_value()
@@ -104,7 +113,7 @@ def restore_params(phase_dir, abstract_params=None, which: str = "latest", step=
   checkpoint was written from, so a checkpoint restores on any number of processes/devices.
   Raises CheckpointNotFoundError naming the directory.
   """
-  phase_dir = epath.Path(phase_dir)
+  phase_dir = absolute(phase_dir)
   sub = {"latest": "checkpoints", "best": "best"}[which]
   directory = phase_dir / sub
   if not directory.exists():

@@ -719,7 +719,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   for flag, path in (("--text", args.text), ("--valid", args.valid)):
     if path is not None and not epath.Path(path).is_file():
       raise PretrainError(f"{flag} {path}: no such file")
-  out = epath.Path(args.out)
+  from t5vae_jax.checkpoint import absolute
+  out = absolute(args.out)  # orbax wants absolute paths; `--out runs/t5` is relative
   ckpt_dir = out / CKPT_DIR
   is_lead = jax.process_index() == 0
   if not args.resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):

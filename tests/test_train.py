@@ -216,3 +216,18 @@ def test_plot_writes_a_png_of_the_validation_curves(phase1_run, tmp_path):
   curves = plot.read_curves(workdir, 1)
   assert {"val/mi", "val/au", "val/kl", "val/rec"} <= set(curves)
   assert plot.main([str(tmp_path / "nothing"), "--out", str(out)]) == 1
+
+
+def test_relative_workdir_checkpoints_save_and_restore(tmp_path, monkeypatch):
+  """`--workdir runs/demo` is relative; orbax only takes absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  ckpts = ckpt_lib.PhaseCheckpoints("runs/demo/phase1", keep=2)
+  params = {"w": jnp.arange(6.0).reshape(2, 3)}
+  opt_state = {"m": jnp.ones(3)}
+  ckpts.save(5, params, opt_state, {"step": 5})
+  ckpts.wait()
+  ckpts.close()
+  restored, step = ckpt_lib.restore_params("runs/demo/phase1")
+  assert step == 5
+  np.testing.assert_array_equal(restored["w"], params["w"])
+  assert (tmp_path / "runs" / "demo" / "phase1" / "checkpoints" / "5").is_dir()
