@@ -323,7 +323,7 @@ def main():
   torch_ms, torch_min, torch_all = summary(torch_t)
   padded = args.batch_size * 2 * args.length
   real = 2 * float(np.mean([b["attention_mask"].sum() for b in batches]))
-  print(f"losses (dropout, sampled z; should fall alike): ours "
+  print(f"losses ({'dropout, ' if args.dropout else ''}sampled z; should fall alike): ours "
         f"{our_losses[0]:.2f} -> {our_losses[-1]:.2f}, torch {torch_losses[0]:.2f} -> "
         f"{torch_losses[-1]:.2f}")
   print(f"step pairs timed: {len(kept)}; quiet (other processes <= {args.max_other} cores): "

@@ -128,9 +128,95 @@ def relative_position_bucket(relative_position: Array, bidirectional: bool, num_
   return buckets + jnp.where(is_small, distance, large)
 
 
-def _dense(features: int, name: str, std: float, dtype) -> nn.Dense:
-  return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=nn.initializers.normal(std), name=name)
+# ----------------------------------------------------------------------------- fast pieces
+# Two changes to stock Flax layers that make the train step about twice as fast on CPU (see
+# bench/RESULTS.md): a matmul whose weight gradient multiplies an explicitly transposed operand
+# (XLA:CPU is slow at dots that contract over the leading axis of both operands, which is what
+# x^T g is), and dropout bits from a cheap counter hash instead of a threefry draw per element.
+
+
+@jax.custom_vjp
+def _matmul_cpu(x: Array, w: Array) -> Array:
+  return jnp.dot(x, w)
+
+
+def _matmul_cpu_fwd(x, w):
+  return jnp.dot(x, w), (x, w)
+
+
+def _matmul_cpu_bwd(residuals, g):
+  x, w = residuals
+  dx = jnp.dot(g, w.T)
+  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+  # dW = x^T g. Transpose the smaller operand into a real (row-major) array first; the barrier
+  # stops XLA from folding the transpose back into the dot.
+  if x2.shape[1] <= g2.shape[1]:
+    dw = jnp.dot(jax.lax.optimization_barrier(x2.T), g2)
+  else:
+    dw = jnp.dot(jax.lax.optimization_barrier(g2.T), x2).T
+  return dx, dw.astype(w.dtype)
+
+
+_matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
+
+
+def matmul(x: Array, w: Array) -> Array:
+  """x (..., K) @ w (K, N); same value and gradients as ``jnp.dot``, faster backward on CPU."""
+  if jax.default_backend() == "cpu":
+    return _matmul_cpu(x, w)
+  return jnp.dot(x, w)
+
+
+class Dense(nn.Module):
+  """A bias-free linear layer with ``nn.Dense``'s parameter layout (``kernel``: (in, out))."""
+  features: int
+  kernel_init: Any = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    return matmul(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+def _lowbias32(x: Array) -> Array:
+  """A 32-bit integer hash with good avalanche (Wellons' lowbias32)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def hash_bits(key: Array, shape: tuple[int, ...]) -> Array:
+  """uint32 bits that are a function of (key, position) only, like ``jax.random.bits``.
+
+  Two words from one threefry draw seed a double lowbias32 hash of the flat position. Costs
+  a few integer ops per element instead of a threefry block, which dominates a CPU train step.
+  """
+  seed = jax.random.bits(key, (2,), jnp.uint32)
+  position = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  return _lowbias32(_lowbias32(position + seed[0]) ^ seed[1])
+
+
+class Dropout(nn.Module):
+  """Inverted dropout drawing from the ``dropout`` rng stream, with ``hash_bits``."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate >= 1.0:
+      return jnp.zeros_like(x)
+    threshold = jnp.uint32(min(int(round(self.rate * 2 ** 32)), 2 ** 32 - 1))
+    keep = hash_bits(self.make_rng("dropout"), x.shape) >= threshold
+    return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype),
+                     jnp.zeros((), x.dtype))
+
+
+def _dense(features: int, name: str, std: float, dtype) -> Dense:
+  return Dense(features, kernel_init=nn.initializers.normal(std), dtype=dtype, name=name)
 
 
 class LayerNorm(nn.Module):
@@ -162,7 +248,7 @@ class DenseReluDense(nn.Module):
                                                                        self.dtype)(x)
     else:
       h = act(_dense(cfg.d_ff, "wi", std_in, self.dtype)(x))
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    h = Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return _dense(cfg.d_model, "wo", std_out, self.dtype)(h)
 
 
@@ -211,7 +297,7 @@ class Attention(nn.Module):
       self.relative_attention_bias = nn.Embed(
           cfg.relative_attention_num_buckets, cfg.num_heads, param_dtype=jnp.float32,
           embedding_init=nn.initializers.normal(cfg.d_model ** -0.5))
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate)
     if self.decode:
       self.kv_cache = KVCache()
 
@@ -246,12 +332,14 @@ class Attention(nn.Module):
         prefix = jnp.swapaxes(prefix_kv, 1, 2).astype(self.dtype)
         k = jnp.concatenate([prefix, k], axis=1)
         v = jnp.concatenate([prefix, v], axis=1)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    # (B, H, T, dk) operands: XLA:CPU runs batched dots faster with the batch axes leading.
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
     if bias is not None:
       scores = scores + bias
     weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
     weights = self.dropout(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    out = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", weights, v), 1, 2)
     return self.o(out.reshape(out.shape[:2] + (cfg.num_heads * cfg.d_kv,)))
 
   def _one_slot_memory(self, x, memory_kv, deterministic):
@@ -283,7 +371,7 @@ class LayerSelfAttention(nn.Module):
     self.SelfAttention = Attention(self.config, self.has_relative_attention_bias,
                                    self.bidirectional, self.decode, self.dtype)
     self.layer_norm = LayerNorm(self.config.layer_norm_epsilon, self.dtype)
-    self.dropout = nn.Dropout(self.config.dropout_rate)
+    self.dropout = Dropout(self.config.dropout_rate)
 
   def __call__(self, x, bias, *, prefix_kv=None, cache_index=None, deterministic=True):
     h = self.SelfAttention(self.layer_norm(x), bias, prefix_kv=prefix_kv,
@@ -298,7 +386,7 @@ class LayerCrossAttention(nn.Module):
   def setup(self):
     self.EncDecAttention = Attention(self.config, False, True, False, self.dtype)
     self.layer_norm = LayerNorm(self.config.layer_norm_epsilon, self.dtype)
-    self.dropout = nn.Dropout(self.config.dropout_rate)
+    self.dropout = Dropout(self.config.dropout_rate)
 
   def __call__(self, x, bias, *, kv_input=None, memory_kv=None, deterministic=True):
     h = self.EncDecAttention(self.layer_norm(x), bias, kv_input=kv_input, memory_kv=memory_kv,
@@ -313,7 +401,7 @@ class LayerFF(nn.Module):
   def setup(self):
     self.DenseReluDense = DenseReluDense(self.config, self.dtype)
     self.layer_norm = LayerNorm(self.config.layer_norm_epsilon, self.dtype)
-    self.dropout = nn.Dropout(self.config.dropout_rate)
+    self.dropout = Dropout(self.config.dropout_rate)
 
   def __call__(self, x, deterministic=True):
     h = self.DenseReluDense(self.layer_norm(x), deterministic)
@@ -378,7 +466,7 @@ class Stack(nn.Module):
     n = cfg.num_decoder_layers if self.is_decoder else cfg.num_layers
     self.block = [Block(cfg, self.is_decoder, i == 0, self.decode, self.dtype) for i in range(n)]
     self.final_layer_norm = LayerNorm(cfg.layer_norm_epsilon, self.dtype)
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate)
     if self.decode and self.is_decoder:
       self.decode_position = DecodePosition()
 
@@ -470,7 +558,7 @@ class T5(nn.Module):
     if self.config.scale_decoder_outputs:
       h = h * (self.config.d_model ** -0.5)
     if self.config.tie_word_embeddings:
-      logits = self.shared.attend(h)
+      logits = matmul(h, self.shared.embedding.astype(self.dtype).T)
     else:
       logits = self.lm_head(h)
     return logits.astype(jnp.float32)

@@ -250,3 +250,43 @@ def test_one_slot_memory_fast_path_equals_general_attention(fixtures_dir):
                     method=model.decode_logits)
   np.testing.assert_allclose(one, two, atol=1e-5)
   assert np.abs(np.asarray(one[0]) - np.asarray(one[1])).max() > 1e-3  # per example
+
+
+@pytest.mark.parametrize("shapes", [((3, 5, 8), (8, 16)), ((3, 5, 16), (16, 4))])
+def test_matmul_gradients_equal_plain_dot(shapes):
+  """The CPU matmul's custom backward (both transpose branches) against jnp.dot's autodiff."""
+  x_shape, w_shape = shapes
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
+  g = jnp.asarray(rng.normal(size=x_shape[:-1] + w_shape[-1:]), jnp.float32)
+  ours = jax.jit(jax.grad(lambda x, w: jnp.sum(t5_lib.matmul(x, w) * g), argnums=(0, 1)))(x, w)
+  x64, w64, g64 = (np.asarray(a, np.float64) for a in (x, w, g))
+  np.testing.assert_allclose(t5_lib.matmul(x, w), x64 @ w64, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ours[0], g64 @ w64.T, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ours[1], np.einsum("btk,btn->kn", x64, g64), rtol=1e-5, atol=1e-5)
+
+
+def test_hash_dropout_statistics():
+  """Keep rate, scaling, determinism per key, and no correlation between neighbours or keys."""
+  rate = 0.1
+  drop = t5_lib.Dropout(rate)
+  x = jnp.ones((64, 128, 32), jnp.float32)
+  apply = jax.jit(lambda key: drop.apply({}, x, deterministic=False, rngs={"dropout": key}))
+  a, a_again, b = apply(jax.random.key(0)), apply(jax.random.key(0)), apply(jax.random.key(1))
+  np.testing.assert_array_equal(a, a_again)
+  np.testing.assert_allclose(np.unique(np.asarray(a)), [0.0, 1 / (1 - rate)], rtol=1e-6)
+  keep_a, keep_b = np.asarray(a) > 0, np.asarray(b) > 0
+  n = keep_a.size  # 262144: the standard error of a rate is about 6e-4
+  assert abs(keep_a.mean() - (1 - rate)) < 4e-3
+  assert abs(keep_b.mean() - (1 - rate)) < 4e-3
+  assert (keep_a != keep_b).mean() > 0.1  # different keys, different masks
+
+  def corr(u, v):
+    u, v = u.astype(np.float64).ravel(), v.astype(np.float64).ravel()
+    return np.corrcoef(u, v)[0, 1]
+
+  flat = keep_a.ravel()
+  assert abs(corr(flat[:-1], flat[1:])) < 4 / np.sqrt(n)  # neighbouring positions
+  assert abs(corr(keep_a, keep_b)) < 4 / np.sqrt(n)  # two keys
+  np.testing.assert_array_equal(drop.apply({}, x, deterministic=True), x)
