@@ -338,3 +338,11 @@ def test_run_main_for_other_programs(flag, code, stderr):
     assert "Traceback" in result.stderr and "RuntimeError: a bug" in result.stderr
   else:
     assert result.stderr == stderr
+
+
+def test_ptb_study_script_rejects_an_unknown_row():
+  proc = subprocess.run(["bash", str(ROOT / "scripts" / "ptb_study.sh"), "zz"],
+                        capture_output=True, text=True)
+  assert proc.returncode == 2
+  assert "unknown row 'zz'" in proc.stderr
+  assert not (ROOT / "runs" / "ptb-study" / "zz").exists()
