@@ -142,7 +142,8 @@ def train_step(state: TrainState, batch, *, model, tx, beta_fn, base_rng, config
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grad_norm = optax.tree.norm(grads)
   # A NaN or inf anywhere in the gradients makes their norm non-finite: one pass, no
-  # per-leaf checks. lax.cond (not jnp.where over every leaf) keeps the skip free when unused.
+  # per-leaf checks (a finite gradient whose norm overflows float32, > ~1.8e19, is skipped
+  # too). lax.cond (not jnp.where over every leaf) keeps the skip free when unused.
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
   def apply_update(state):

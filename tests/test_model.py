@@ -91,8 +91,8 @@ def test_decoder_sees_only_z(vae_factory, injection):
 
   a, b = logits_with_fixed_z(ids_a, mask_a), logits_with_fixed_z(ids_b, mask_b)
   assert np.abs(a["mu"] - b["mu"]).max() > 1e-3  # the encoders did see different inputs
-  # Equal up to float summation order (eager dots may split work across threads differently).
-  np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-5, rtol=0)
+  np.testing.assert_array_equal(a["logits"], b["logits"])
+  # Eager against jitted: float32 summation order differs (1.2e-6 seen at logits ~0.2).
   direct = jit_apply(model)({"params": params}, z, dec, method=model_lib.T5VAEModel.decode_latent)
   np.testing.assert_allclose(a["logits"], direct, atol=1e-5, rtol=0)
 
