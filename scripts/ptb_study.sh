@@ -16,8 +16,10 @@
 # T5_DIR is the pretrained checkpoint (default runs/t5-ptb, written by t5vae_jax.pretrain).
 # Runs go to runs/ptb-study/ROW; each phase is resumable (rerun the same command), and
 # eval.py writes eval.json into each phase directory. Environment: P1_EPOCHS (default 5) and
-# P2_EPOCHS (default 3) as in the paper's appendix; DATA (default ../shared/data/ptb);
-# EVAL_ARGS (default: K = 500 importance samples on the test split).
+# P2_EPOCHS (default 3) as in the paper's appendix; BETA_EPOCHS (default 50: beta's linear
+# ramp, paper eq. 6; scale it with P2_EPOCHS to keep the paper's final beta on a shorter run);
+# DATA (default ../shared/data/ptb); EVAL_ARGS (default: K = 500 importance samples on the
+# test split).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 row=${1:?usage: scripts/ptb_study.sh ROW [T5_DIR]}
@@ -25,11 +27,13 @@ t5=${2:-runs/t5-ptb}
 data=${DATA:-../shared/data/ptb}
 p1=${P1_EPOCHS:-5}
 p2=${P2_EPOCHS:-3}
+beta_epochs=${BETA_EPOCHS:-50}
 eval_args=${EVAL_ARGS:---num_samples=500 --split=test}
 work=runs/ptb-study/$row
 
 common=(--config configs/ptb.py --config.model.pretrained="$t5" --config.data.dir="$data"
-        --config.phase1.epochs="$p1" --config.phase2.epochs="$p2" --config.progress_bar=False)
+        --config.phase1.epochs="$p1" --config.phase2.epochs="$p2" --config.beta.epochs="$beta_epochs"
+        --config.progress_bar=False)
 share_phase1=""
 case "$row" in
   a)        extra=(--config.phase2.from_phase1=False) ;;

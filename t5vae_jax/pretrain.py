@@ -45,6 +45,7 @@ warm-up then cosine / inverse-square-root / constant learning rate.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import functools
 import json
@@ -351,7 +352,14 @@ class SpanCorruptionData:
       out["attention_mask"][r, :len(inputs)] = 1
       out["targets"][r, :len(targets)] = targets
       out["target_mask"][r, :len(targets)] = 1
+    out["span_mask"] = out["target_mask"] * ~self.is_marker(out["targets"])
     return out
+
+  def is_marker(self, ids: np.ndarray) -> np.ndarray:
+    """True at sentinels and EOS: the target tokens that carry no word of the text."""
+    s = self.spec
+    return (((ids <= s.first_sentinel_id) & (ids > s.first_sentinel_id - s.num_sentinels))
+            | (ids == s.eos_id))
 
   def train_batch(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
     return self.batch_from(range(step * batch_size, (step + 1) * batch_size))
@@ -400,6 +408,7 @@ class OptimizerSettings:
   final_lr_fraction: float = 0.1
   weight_decay: float = 0.01
   clip_grad_norm: float = 1.0
+  embedding_lr_multiplier: float = 1.0
   total_steps: int = 5000
 
   @classmethod
@@ -441,6 +450,12 @@ def make_optimizer(opt: OptimizerSettings, schedule):
                          weight_decay_rate=opt.weight_decay or None)
   else:
     raise ValueError(f"unknown optimizer {opt.optimizer!r}")
+  if opt.embedding_lr_multiplier != 1.0:
+    # T5 initialises the shared embedding at std 1 while Adam moves every entry by about lr per
+    # step, so the embedding (and with it the tied output layer) barely moves at lr 1e-3.
+    is_embedding = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda path, _: any(getattr(k, "key", None) == "shared" for k in path), params)
+    tx = optax.chain(tx, optax.masked(optax.scale(opt.embedding_lr_multiplier), is_embedding))
   if opt.clip_grad_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt.clip_grad_norm), tx)
   return tx
@@ -454,10 +469,16 @@ def _loss_terms(params, batch, *, model, rng, deterministic):
   logits = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
                        decoder_input_ids, deterministic=deterministic,
                        rngs=None if deterministic else {"dropout": rng})
-  mask = batch["target_mask"].astype(jnp.float32)
   ce = losses.token_cross_entropy(logits, batch["targets"])
   correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32)
-  return jnp.sum(ce * mask), jnp.sum(correct * mask), jnp.sum(mask)
+  # All targets, and the span words alone: sentinels and EOS are easy to predict and can
+  # hide a model that has not learnt to use the context (a unigram plateau).
+  sums = {}
+  for prefix, key in (("", "target_mask"), ("span_", "span_mask")):
+    mask = batch[key].astype(jnp.float32)
+    sums.update({prefix + "ce_sum": jnp.sum(ce * mask), prefix + "correct": jnp.sum(correct * mask),
+                 prefix + "count": jnp.sum(mask)})
+  return sums
 
 
 def train_step(state, batch, *, model, tx, schedule, base_rng, dropout: bool):
@@ -467,22 +488,22 @@ def train_step(state, batch, *, model, tx, schedule, base_rng, dropout: bool):
   rng = jax.random.fold_in(base_rng, state["step"])
 
   def loss_fn(params):
-    ce_sum, correct, count = _loss_terms(params, batch, model=model, rng=rng,
-                                         deterministic=not dropout)
-    count = jnp.maximum(count, 1.0)
-    return ce_sum / count, (correct / count, count)
+    sums = _loss_terms(params, batch, model=model, rng=rng, deterministic=not dropout)
+    return sums["ce_sum"] / jnp.maximum(sums["count"], 1.0), sums
 
-  (loss, (accuracy, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-  metrics = {"loss": loss, "accuracy": accuracy, "target_tokens": count,
+  count, span_count = jnp.maximum(sums["count"], 1.0), jnp.maximum(sums["span_count"], 1.0)
+  metrics = {"loss": loss, "accuracy": sums["correct"] / count, "target_tokens": sums["count"],
+             "span_loss": sums["span_ce_sum"] / span_count,
+             "span_accuracy": sums["span_correct"] / span_count,
              "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
   return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
 
 def eval_step(params, batch, *, model):
-  ce_sum, correct, count = _loss_terms(params, batch, model=model, rng=None, deterministic=True)
-  return {"ce_sum": ce_sum, "correct": correct, "count": count}
+  return _loss_terms(params, batch, model=model, rng=None, deterministic=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -616,6 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--weight_decay", type=float, default=0.01,
                  help="decoupled weight decay on matrices (adamw); adafactor's decay rate")
   g.add_argument("--clip_grad_norm", type=float, default=1.0, help="0 = no clipping")
+  g.add_argument("--embedding_lr_multiplier", type=float, default=1.0,
+                 help="the shared embedding's step is this many times the others' (its init "
+                      "std is 1, so a plain Adam step moves it relatively little)")
   g.add_argument("--seed", type=int, default=0)
   g.add_argument("--num_devices", type=int, default=None,
                  help="use the first N devices (default: all devices of all processes)")
@@ -823,17 +847,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if valid is None:
       return None
     t = time.perf_counter()
-    sums = {"ce_sum": 0.0, "correct": 0.0, "count": 0.0}
+    sums = collections.Counter()
     for batch in valid.epoch_batches(args.batch_size, args.valid_max_batches):
       res = fetch(eval_fn(state["params"], local(batch)))
-      for k in sums:
-        sums[k] += float(res[k])
+      sums.update({k: float(v) for k, v in res.items()})
     loss = sums["ce_sum"] / max(sums["count"], 1)
+    span = max(sums["span_count"], 1)
     row = {"step": at_step, "valid_loss": loss, "valid_accuracy": sums["correct"] /
-           max(sums["count"], 1), "valid_seconds": time.perf_counter() - t}
+           max(sums["count"], 1), "valid_span_loss": sums["span_ce_sum"] / span,
+           "valid_span_accuracy": sums["span_correct"] / span,
+           "valid_seconds": time.perf_counter() - t}
     last_valid_seconds[0] = row["valid_seconds"]
     log(row)
-    _info(f"step {at_step}: valid loss {loss:.4f} acc {row['valid_accuracy']:.3f} "
+    _info(f"step {at_step}: valid loss {loss:.4f} acc {row['valid_accuracy']:.3f}; span words: "
+          f"loss {row['valid_span_loss']:.4f} acc {row['valid_span_accuracy']:.3f} "
           f"({row['valid_seconds']:.1f}s)")
     return loss
 
@@ -877,6 +904,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         last_loss = loss
         row = {"step": step, "loss": loss,
                "accuracy": float(np.mean([h["accuracy"] for h in window])),
+               "span_loss": float(np.mean([h["span_loss"] for h in window])),
+               "span_accuracy": float(np.mean([h["span_accuracy"] for h in window])),
                "grad_norm": float(np.mean([h["grad_norm"] for h in window])),
                "lr": float(window[-1]["lr"]), "steps_per_s": len(window) / (now - t_window),
                "tokens_per_s": window_tokens / (now - t_window),
@@ -884,6 +913,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                "elapsed_s": now - t_start}
         log(row)
         _info(f"step {step}/{args.steps} loss {loss:.4f} acc {row['accuracy']:.3f} "
+              f"(span words {row['span_loss']:.3f} / {row['span_accuracy']:.3f}) "
               f"lr {row['lr']:.2e} gnorm {row['grad_norm']:.2f} "
               f"{row['steps_per_s']:.2f} steps/s {row['tokens_per_s']:.0f} tok/s "
               f"epoch {row['epoch']:.2f} ({row['elapsed_s']:.0f}s)")

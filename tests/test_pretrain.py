@@ -191,6 +191,40 @@ def test_lines_mode_pads_per_batch():
     assert len(inputs) <= 16
 
 
+def test_span_mask_marks_the_masked_words_only():
+  lines = [np.arange(3, 3 + n) for n in (12, 20, 30, 7)]
+  data = pretrain.SpanCorruptionData(lines, mode="lines", max_len=32, spec=_spec(), seed=3,
+                                     shuffle=False)
+  batch = data.batch_from(range(4), rows=5)
+  assert batch["span_mask"].shape == batch["target_mask"].shape
+  for r in range(4):
+    inputs, targets = data.example(r)
+    num_spans = int(np.sum((inputs > SENT0 - 100) & (inputs <= SENT0)))
+    assert num_spans >= 1
+    # Targets are one sentinel per span, the span words, and EOS; only the words count.
+    assert batch["span_mask"][r].sum() == len(targets) - num_spans - 1
+    words = batch["targets"][r][batch["span_mask"][r] > 0]
+    assert np.all(words >= 3) and np.all(words < 3 + 30)  # content ids, no marker
+  assert batch["span_mask"][4].sum() == 0  # an empty padding row
+
+
+def test_embedding_lr_multiplier_scales_only_the_shared_embedding():
+  import jax.numpy as jnp
+  params = {"shared": {"embedding": jnp.ones((4, 3))}, "encoder": {"kernel": jnp.ones((3, 3))}}
+  grads = jax.tree.map(lambda x: 0.5 * x, params)
+  updates = {}
+  for k in (1.0, 7.0):
+    opt = pretrain.OptimizerSettings(lr=1e-2, schedule="constant", warmup_steps=0,
+                                     weight_decay=0.0, embedding_lr_multiplier=k)
+    tx = pretrain.make_optimizer(opt, pretrain.make_schedule(opt))
+    updates[k], _ = tx.update(grads, tx.init(params), params)
+  # Adam's first step is -lr * sign(g) (up to eps): the embedding's is k times the others'.
+  np.testing.assert_allclose(updates[1.0]["encoder"]["kernel"], -1e-2, rtol=1e-4)
+  np.testing.assert_allclose(updates[7.0]["encoder"]["kernel"], -1e-2, rtol=1e-4)
+  np.testing.assert_allclose(updates[1.0]["shared"]["embedding"], -1e-2, rtol=1e-4)
+  np.testing.assert_allclose(updates[7.0]["shared"]["embedding"], -7e-2, rtol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end: a tiny run
 # ---------------------------------------------------------------------------------------------
@@ -236,8 +270,11 @@ def test_tiny_run_loss_goes_down(run):
   _, out, summary = run
   assert summary["step"] == 20 and summary["stopped_by"] == "steps"
   assert summary["last_loss"] < summary["first_loss"] - 1.0, summary
-  valid = [r["valid_loss"] for r in _log(out) if "valid_loss" in r]
-  assert len(valid) == 2 and valid[1] < valid[0]
+  valid = [r for r in _log(out) if "valid_loss" in r]
+  assert len(valid) == 2 and valid[1]["valid_loss"] < valid[0]["valid_loss"]
+  # The span words alone are harder than all targets (sentinels and EOS are easy).
+  assert valid[1]["valid_span_loss"] > valid[1]["valid_loss"]
+  assert 0.0 <= valid[1]["valid_span_accuracy"] < valid[1]["valid_accuracy"]
 
 
 def test_output_loads_like_a_hugging_face_checkpoint(run):
