@@ -18,8 +18,9 @@
 # eval.py writes eval.json into each phase directory. Environment: P1_EPOCHS (default 5) and
 # P2_EPOCHS (default 3) as in the paper's appendix; BETA_EPOCHS (default 50: beta's linear
 # ramp, paper eq. 6; scale it with P2_EPOCHS to keep the paper's final beta on a shorter run);
-# DATA (default ../shared/data/ptb); EVAL_ARGS (default: K = 500 importance samples on the
-# test split).
+# DATA (default ../shared/data/ptb); TRAIN_ARGS (more train.py flags for both phases, e.g.
+# "--config.eval_every_steps=100 --config.eval_max_examples=500" for denser curves);
+# EVAL_ARGS (default: K = 500 importance samples on the test split).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 row=${1:?usage: scripts/ptb_study.sh ROW [T5_DIR]}
@@ -33,7 +34,7 @@ work=runs/ptb-study/$row
 
 common=(--config configs/ptb.py --config.model.pretrained="$t5" --config.data.dir="$data"
         --config.phase1.epochs="$p1" --config.phase2.epochs="$p2" --config.beta.epochs="$beta_epochs"
-        --config.progress_bar=False)
+        --config.progress_bar=False ${TRAIN_ARGS:-})
 share_phase1=""
 case "$row" in
   a)        extra=(--config.phase2.from_phase1=False) ;;

@@ -710,6 +710,14 @@ def _prepare_tokenizer(args, out):
   return tokenizer_lib.load_tokenizer(out)
 
 
+def unigram_cross_entropy(train_tokens: np.ndarray, eval_tokens: np.ndarray,
+                          vocab_size: int, smoothing: float = 0.1) -> float:
+  """Mean -log p(token) of ``eval_tokens`` under the (add-``smoothing``) unigram distribution
+  of ``train_tokens``: what span-word loss a model reaches without using any context."""
+  counts = np.bincount(train_tokens, minlength=vocab_size)[:vocab_size] + smoothing
+  return float(-np.mean(np.log(counts[eval_tokens] / counts.sum())))
+
+
 def _datasets(args, tokenizer, spec):
   """(train, valid or None) span-corruption data of the command's text files."""
   kw = dict(mode=args.examples, max_len=args.max_len, spec=spec, seed=args.seed,
@@ -782,6 +790,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         f"{train.num_examples / args.batch_size:.1f} steps/epoch; tokenized in "
         f"{time.perf_counter() - t0:.1f}s" + (f"; valid {valid.num_examples} examples"
                                                 if valid else ""))
+  unigram_ce = None
+  if valid is not None:
+    unigram_ce = unigram_cross_entropy(train.flat, valid.flat, vocab)
+    _info(f"valid span words under the training text's unigram distribution: loss "
+          f"{unigram_ce:.3f} (a model below it uses context)")
 
   run_info = {"t5": config.to_hf_dict(), "examples": args.examples, "max_len": args.max_len,
               "noise_density": args.noise_density, "mean_span_length": args.mean_span_length,
@@ -855,7 +868,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     span = max(sums["span_count"], 1)
     row = {"step": at_step, "valid_loss": loss, "valid_accuracy": sums["correct"] /
            max(sums["count"], 1), "valid_span_loss": sums["span_ce_sum"] / span,
-           "valid_span_accuracy": sums["span_correct"] / span,
+           "valid_span_accuracy": sums["span_correct"] / span, "unigram_span_loss": unigram_ce,
            "valid_seconds": time.perf_counter() - t}
     last_valid_seconds[0] = row["valid_seconds"]
     log(row)

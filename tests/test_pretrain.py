@@ -267,7 +267,7 @@ def _log(out):
 
 
 def test_tiny_run_loss_goes_down(run):
-  _, out, summary = run
+  root, out, summary = run
   assert summary["step"] == 20 and summary["stopped_by"] == "steps"
   assert summary["last_loss"] < summary["first_loss"] - 1.0, summary
   valid = [r for r in _log(out) if "valid_loss" in r]
@@ -275,6 +275,19 @@ def test_tiny_run_loss_goes_down(run):
   # The span words alone are harder than all targets (sentinels and EOS are easy).
   assert valid[1]["valid_span_loss"] > valid[1]["valid_loss"]
   assert 0.0 <= valid[1]["valid_span_accuracy"] < valid[1]["valid_accuracy"]
+  # The logged unigram baseline is that of the run's own tokenized text.
+  tokenizer = pretrained.load_tokenizer(str(out))
+  flat = lambda name: np.concatenate(pretrain.tokenize_lines(tokenizer, root / name))  # noqa
+  want = pretrain.unigram_cross_entropy(flat("train.txt"), flat("valid.txt"),
+                                        pretrained.load_t5(str(out))[0].vocab_size)
+  assert [r["unigram_span_loss"] for r in valid] == pytest.approx([want, want], rel=1e-9)
+
+
+def test_unigram_cross_entropy_by_hand():
+  train = np.array([3, 3, 3, 4])  # p(3) = 3.1 / 4.6, p(4) = 1.1 / 4.6, p(5) = 0.1 / 4.6
+  got = pretrain.unigram_cross_entropy(train, np.array([3, 4, 5]), vocab_size=6)
+  want = -np.mean(np.log(np.array([3.1, 1.1, 0.1]) / (4 + 0.6)))
+  np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 def test_output_loads_like_a_hugging_face_checkpoint(run):
