@@ -127,20 +127,37 @@ def restore_params(phase_dir, abstract_params=None, which: str = "latest", step=
     step = manager.latest_step() if step is None else step
     if step is None:
       raise CheckpointNotFoundError(f"no checkpoint in {directory}")
-    if abstract_params is None:
-      abstract_params = manager.item_metadata(step)["params"]
-    placement = default_sharding()
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=getattr(x, "sharding", None)
-                                       if isinstance(x, jax.ShapeDtypeStruct) and
-                                       getattr(x, "sharding", None) is not None else placement),
-        abstract_params)
+    metadata = manager.item_metadata(step)["params"]  # a TreeMetadata: dict-like, not a dict
+    on_disk = {k: metadata[k] for k in metadata.keys()}
+    # The checkpoint's own tree is restored: a VAE finetuned from a Hugging Face T5 keeps that
+    # T5's cross-attention k/v (unused: z's memory replaces them), which a freshly initialised
+    # model has no leaf for. ``abstract_params`` gives the shardings; its leaves must exist.
+    target = _restore_target(on_disk, abstract_params, default_sharding(), ())
     restored = manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(target)))
     return restored["params"], step
   finally:
     manager.close()
+
+
+def _restore_target(on_disk, abstract, placement, path: tuple):
+  """ShapeDtypeStructs in the on-disk tree's structure, sharded as ``abstract`` where it has
+  the leaf (else ``placement``); a leaf of ``abstract`` missing on disk is an error."""
+  if isinstance(on_disk, dict):
+    if isinstance(abstract, dict):
+      missing = sorted(set(abstract) - set(on_disk))
+      if missing:
+        raise ValueError(f"the checkpoint has no parameter {'/'.join(path + (missing[0],))!r}"
+                         f" ({len(missing)} missing): it was written by another model")
+    sub = abstract if isinstance(abstract, dict) else {}
+    return {k: _restore_target(v, sub.get(k), placement, path + (k,)) for k, v in on_disk.items()}
+  sharding = getattr(abstract, "sharding", None)
+  if not isinstance(abstract, jax.ShapeDtypeStruct) or sharding is None:
+    sharding = placement
+  if abstract is not None and tuple(abstract.shape) != tuple(on_disk.shape):
+    raise ValueError(f"parameter {'/'.join(path)!r} has shape {tuple(on_disk.shape)} in the "
+                     f"checkpoint but {tuple(abstract.shape)} in the model")
+  return jax.ShapeDtypeStruct(on_disk.shape, on_disk.dtype, sharding=sharding)
 
 
 def default_sharding() -> jax.sharding.Sharding:

@@ -178,3 +178,28 @@ def test_vae_config_validation():
     model_lib.VAEConfig(latent_dim=0)
   with pytest.raises(ValueError, match="latent_injection"):
     dataclasses.replace(model_lib.VAEConfig(), latent_injection="prefix")
+
+
+def test_finetuned_checkpoint_restores_into_a_fresh_model(vae_factory, tmp_path):
+  """A VAE finetuned from a Hugging Face T5 keeps that T5's cross-attention k/v (z's memory
+  replaces them), which a freshly initialised VAE has no leaf for: eval.py and T5VAE.load
+  build the model fresh and must still restore the checkpoint, extra leaves and all."""
+  from t5vae_jax import checkpoint as ckpt_lib
+  model, params = vae_factory()
+  fresh = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
+  extra = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  known = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(fresh)[0]}
+  assert any("EncDecAttention" in k and k not in known for k in extra)  # the case at hand
+  ckpts = ckpt_lib.PhaseCheckpoints(tmp_path / "phase2", keep=1, asynchronous=False)
+  ckpts.save(7, params, {"count": jnp.zeros(())}, {"step": 7})
+  ckpts.close()
+  restored, step = ckpt_lib.restore_params(tmp_path / "phase2", ckpt_lib.abstract_tree(fresh))
+  assert step == 7
+  jax.tree.map(np.testing.assert_array_equal, restored, jax.device_get(params))
+  # A leaf the model needs but the checkpoint lacks is still an error that names it.
+  del params["mu"]
+  ckpts = ckpt_lib.PhaseCheckpoints(tmp_path / "other", keep=1, asynchronous=False)
+  ckpts.save(1, params, {"count": jnp.zeros(())}, {"step": 1})
+  ckpts.close()
+  with pytest.raises(ValueError, match="no parameter 'mu'"):
+    ckpt_lib.restore_params(tmp_path / "other", ckpt_lib.abstract_tree(fresh))
