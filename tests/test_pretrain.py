@@ -383,3 +383,22 @@ def test_help_documents_the_options():
   for flag in ("--text", "--out", "--tokenizer", "--noise_density", "--mean_span_length",
                "--max_minutes", "--resume", "--feed_forward_proj", "--dtype", "--optimizer"):
     assert flag in result.stdout
+
+
+def test_check_context_use_script(run, capsys):
+  """scripts/check_context_use.py on the tiny run: losses per word kind, own vs other input."""
+  import importlib.util
+  import pathlib
+  root, out, _ = run
+  path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "check_context_use.py"
+  spec = importlib.util.spec_from_file_location("check_context_use", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.main([str(out), "--text", str(root / "valid.txt"), "--lines", "40"]) == 0
+  rows = {line[:14].strip(): line[14:].split() for line in capsys.readouterr().out.splitlines()
+          if line[:14].strip() in ("first of span", "later in span", "all")}
+  assert set(rows) == {"first of span", "later in span", "all"}
+  counts = {k: int(v[0]) for k, v in rows.items()}
+  assert counts["all"] == counts["first of span"] + counts["later in span"] > 0
+  for values in rows.values():
+    assert all(np.isfinite(float(x)) and float(x) > 0 for x in values[1:])
