@@ -24,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pooling = "max"  # max | mean
   config.model.pool_layers = "last"  # last | all (the paper's text pools every layer)
   config.model.pool_padding = False  # True: pool over pads too (the released code's bug)
+  # True: pool the encoder output after T5's final dropout, as the released code does; the max
+  # of dropped-out states differs between training and evaluation (docs/ptb-study.md).
+  config.model.pool_dropout = False
   config.model.latent_injection = "cross_attention"  # cross_attention (paper) | self_prefix
   config.model.dtype = "float32"  # compute dtype; bfloat16 on TPU/GPU. Params stay float32.
 

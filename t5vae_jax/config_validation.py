@@ -149,6 +149,7 @@ RULES: dict[str, Rule] = {
     "model.pooling": choice(POOLINGS, "pooling of the encoder states"),
     "model.pool_layers": choice(POOL_LAYERS, "which encoder layers are pooled"),
     "model.pool_padding": boolean("pool over pads too (ablation)"),
+    "model.pool_dropout": boolean("pool the encoder output after its final dropout (ablation)"),
     "model.latent_injection": choice(INJECTIONS, "how z reaches the decoder"),
     "model.dtype": choice(DTYPES, "compute dtype"),
     # data

@@ -33,6 +33,10 @@ class VAEConfig:
   pooling: str = "max"
   pool_layers: str = "last"
   pool_padding: bool = False  # ablation only: the released code pools over pad positions
+  # Ablation only: the released code pools the encoder output *after* T5's final dropout. A max
+  # over dropped-out states is biased (a feature negative everywhere pools to the 0 of a dropped
+  # position in training, to its true max in evaluation), so eval-time z is off-distribution.
+  pool_dropout: bool = False
   latent_injection: str = "cross_attention"
 
   def __post_init__(self):
@@ -79,7 +83,8 @@ class T5VAEModel(t5_lib.T5):
     """(B, T) -> mu, logvar: (B, L) float32."""
     embeddings = self.shared(input_ids)
     states = self.encoder(embeddings, attention_mask=attention_mask, deterministic=deterministic,
-                          return_all_hidden=self.vae.pool_layers == "all")
+                          return_all_hidden=self.vae.pool_layers == "all",
+                          final_dropout=self.vae.pool_dropout)
     pooled = pool_states(states, attention_mask, self.vae.pooling, self.vae.pool_padding)
     return self.mu(pooled), self.logvar(pooled)
 

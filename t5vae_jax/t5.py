@@ -472,7 +472,7 @@ class Stack(nn.Module):
 
   def __call__(self, embeddings, *, attention_mask=None, encoder_hidden_states=None,
                encoder_attention_mask=None, memory_kv=None, prefix_kv=None,
-               deterministic=True, return_all_hidden=False):
+               deterministic=True, return_all_hidden=False, final_dropout=True):
     """embeddings: (B, T, D). memory_kv / prefix_kv: (B, layers, H, S, d_kv) or None.
 
     Returns (B, T, D) final states, or with ``return_all_hidden`` (B, layers, T, D): every
@@ -517,7 +517,9 @@ class Stack(nn.Module):
                 prefix_kv=None if prefix_kv is None else prefix_kv[:, i],
                 cache_index=cache_index, deterministic=deterministic)
       hidden.append(x)
-    x = self.dropout(self.final_layer_norm(x), deterministic=deterministic)
+    x = self.final_layer_norm(x)
+    if final_dropout:
+      x = self.dropout(x, deterministic=deterministic)
     if return_all_hidden:
       return jnp.stack(hidden[:-1] + [x], axis=1)
     return x

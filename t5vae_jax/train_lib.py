@@ -187,6 +187,7 @@ def vae_config_from(config) -> model_lib.VAEConfig:
   m = config.model
   return model_lib.VAEConfig(latent_dim=m.latent_dim, pooling=m.pooling,
                              pool_layers=m.pool_layers, pool_padding=m.pool_padding,
+                             pool_dropout=m.get("pool_dropout", False),
                              latent_injection=m.latent_injection)
 
 

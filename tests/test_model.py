@@ -203,3 +203,28 @@ def test_finetuned_checkpoint_restores_into_a_fresh_model(vae_factory, tmp_path)
   ckpts.close()
   with pytest.raises(ValueError, match="no parameter 'mu'"):
     ckpt_lib.restore_params(tmp_path / "other", ckpt_lib.abstract_tree(fresh))
+
+
+def test_pooled_encoder_output_skips_the_final_dropout(tiny_t5):
+  """With mu = the pooled states (identity kernel), a training-mode max pool over T5's final
+  dropout yields many exact zeros (a dropped position wins every feature that is negative at
+  all others); pooling before that dropout (the default) leaves far fewer (only where every
+  dropout inside the few tiny layers hit one coordinate). The released code's placement,
+  ``pool_dropout=True``, stays as an ablation. Evaluation mode is the same for both."""
+  config, t5_params = tiny_t5
+  config = dataclasses.replace(config, dropout_rate=0.5)
+  ids, mask = _batch(config.vocab_size, batch=8)
+  zeros, mu_eval = {}, {}
+  for pool_dropout in (False, True):
+    vae = model_lib.VAEConfig(latent_dim=config.d_model, pool_dropout=pool_dropout)
+    model = model_lib.T5VAEModel(config, vae=vae)
+    params = model_lib.merge_pretrained(
+        jax.jit(model_lib.init_params, static_argnums=0)(model, jax.random.key(1)), t5_params)
+    params["mu"]["kernel"] = jnp.eye(config.d_model)
+    mu_train = model.apply({"params": params}, ids, mask, False,
+                           method=model_lib.T5VAEModel.posterior, rngs={"dropout": jax.random.key(3)})[0]
+    zeros[pool_dropout] = float(np.mean(np.asarray(mu_train) == 0.0))
+    mu_eval[pool_dropout] = np.asarray(model.apply({"params": params}, ids, mask, True,
+                                                   method=model_lib.T5VAEModel.posterior)[0])
+  assert zeros[True] > 0.2 and zeros[False] < zeros[True] / 5, zeros
+  np.testing.assert_array_equal(mu_eval[False], mu_eval[True])
