@@ -3,9 +3,9 @@
     python scripts/check_context_use.py runs/t5-ptb --text ../shared/data/ptb/valid.txt
 
 Span-corrupts the first --lines lines of --text (T5's objective, --noise_density) and prints the
-loss on the masked words, split into the first word of each span and the later ones, for three
-inputs: the true encoder input, another sentence's encoder input (rows rolled by one), and
-next to it the unigram loss of those words under --text's own token frequencies. A model that
+loss on the masked words, split into the first word of each span and the later ones, for two
+encoder inputs: the sentence's own and another sentence's (rows rolled by one); next to them,
+the unigram loss of those words under --text's own token frequencies. A model that
 uses its encoder loses clearly more with another sentence's input; one that sits at the
 unigram loss has learnt nothing beyond word frequencies.
 """
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
   own = np.asarray(token_losses(batch["input_ids"], batch["attention_mask"]))
   other = np.asarray(token_losses(np.roll(batch["input_ids"], 1, axis=0),
                                   np.roll(batch["attention_mask"], 1, axis=0)))
-  counts = np.bincount(np.concatenate(lines), minlength=config.vocab_size) + 0.1
-  unigram = -np.log(counts[batch["targets"]] / counts.sum())
+  unigram = pretrain.unigram_neg_log_probs(np.concatenate(lines), batch["targets"],
+                                          config.vocab_size)
   print(f"{args.checkpoint}: {data.num_examples} lines of {args.text}, noise "
         f"{args.noise_density:g}; loss (nats) on the masked words")
   print(f"{'words':<14}{'count':>7}{'own input':>11}{'other input':>13}{'unigram':>9}")

@@ -16,7 +16,8 @@ import json
 import pathlib
 import sys
 
-# Row -> (what it is, the overrides of scripts/ptb_study.sh, the paper's PTB row or None).
+# Row of scripts/ptb_study.sh (whose header lists its overrides) -> (what it is, the paper's
+# PTB row or None).
 ROWS = {
     "a": ("phase 2 only (no phase 1), max pool", None),
     "b": ("phase 1 + phase 2, max pool", "Max pool"),
@@ -52,14 +53,10 @@ def _read_json(path: pathlib.Path):
 
 
 def _last_val(phase_dir: pathlib.Path) -> dict:
-  """The last validation row (val/*) of a phase's metrics log, or {}."""
-  for name in ("metrics.jsonl", "log.jsonl"):
-    path = phase_dir / name
-    if path.exists():
-      rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-      rows = [r for r in rows if "val/mi" in r]
-      return rows[-1] if rows else {}
-  return {}
+  """The last validation row (val/*) of a phase's metrics.jsonl, or {}."""
+  from t5vae_jax import train_lib
+  rows = [r for r in train_lib.read_metrics(phase_dir / "metrics.jsonl") if "val/mi" in r]
+  return rows[-1] if rows else {}
 
 
 def results_table(runs: pathlib.Path, env: str) -> str:

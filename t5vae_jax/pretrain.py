@@ -710,12 +710,19 @@ def _prepare_tokenizer(args, out):
   return tokenizer_lib.load_tokenizer(out)
 
 
+def unigram_neg_log_probs(train_tokens: np.ndarray, tokens: np.ndarray, vocab_size: int,
+                          smoothing: float = 0.1) -> np.ndarray:
+  """-log p(token) of each of ``tokens`` under the (add-``smoothing``) unigram distribution
+  of ``train_tokens``."""
+  counts = np.bincount(train_tokens, minlength=vocab_size)[:vocab_size] + smoothing
+  return -np.log(counts[tokens] / counts.sum())
+
+
 def unigram_cross_entropy(train_tokens: np.ndarray, eval_tokens: np.ndarray,
                           vocab_size: int, smoothing: float = 0.1) -> float:
-  """Mean -log p(token) of ``eval_tokens`` under the (add-``smoothing``) unigram distribution
-  of ``train_tokens``: what span-word loss a model reaches without using any context."""
-  counts = np.bincount(train_tokens, minlength=vocab_size)[:vocab_size] + smoothing
-  return float(-np.mean(np.log(counts[eval_tokens] / counts.sum())))
+  """Mean unigram -log p of ``eval_tokens``: what span-word loss a model reaches without
+  using any context."""
+  return float(np.mean(unigram_neg_log_probs(train_tokens, eval_tokens, vocab_size, smoothing)))
 
 
 def _datasets(args, tokenizer, spec):
