@@ -657,6 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--max_minutes", type=float, default=None,
                  help="wall-clock budget of the whole command: stop training in time, then "
                       "save, validate and write OUT as usual")
+  g.add_argument("--stop_at_step", type=int, default=None,
+                 help="stop after this step as --max_minutes would (save, validate, write OUT), "
+                      "while the schedule still runs over --steps: a budget that reproduces "
+                      "exactly, e.g. a run that --max_minutes once stopped")
   return p
 
 
@@ -753,6 +757,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
   if not 0.0 < args.noise_density < 1.0:
     raise PretrainError(f"--noise_density {args.noise_density} must lie in (0, 1)")
+  if args.stop_at_step is not None and args.stop_at_step < 1:
+    raise PretrainError(f"--stop_at_step {args.stop_at_step} must be at least 1")
   if args.mean_span_length < 1.0:
     raise PretrainError(f"--mean_span_length {args.mean_span_length} must be at least 1")
   for flag, path in (("--text", args.text), ("--valid", args.valid)):
@@ -954,8 +960,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
       if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         stop_now = bool(multihost_utils.broadcast_one_to_all(np.asarray(stop_now)))
-      if stop_now and step < args.steps:
-        stopped_by = "SIGTERM" if stop.requested else "max_minutes"
+      at_stop_step = args.stop_at_step is not None and step >= args.stop_at_step
+      if (stop_now or at_stop_step) and step < args.steps:
+        stopped_by = ("SIGTERM" if stop.requested else
+                      "max_minutes" if stop_now else "stop_at_step")
         _info(f"stopping at step {step} ({stopped_by})")
         break
   if window:  # steps since the last log line

@@ -376,12 +376,35 @@ def test_max_minutes_stops_and_still_writes_the_checkpoint(run, tmp_path):
   assert (budget / pretrain.CKPT_DIR / "1").exists()
 
 
+def test_stop_at_step_equals_the_full_schedule_cut_there(run, tmp_path):
+  """--stop_at_step N keeps --steps' schedule: its params are the uninterrupted run's at step N
+  (the run's own checkpoint at step 10), and the stop is reported as such."""
+  root, out, _ = run
+  cut = tmp_path / "out"
+  summary = pretrain.main(_args(root / "train.txt", root / "valid.txt", cut, "--tokenizer",
+                                str(out), "--stop_at_step", "10"))
+  assert summary["stopped_by"] == "stop_at_step" and summary["step"] == 10
+  assert summary["valid_loss"] is not None  # validated and written like a --max_minutes stop
+  _, got = pretrained.load_t5(str(cut))
+  _, full = pretrained.load_t5(str(out))
+  import orbax.checkpoint as ocp
+  restored = ocp.StandardCheckpointer().restore(
+      (out / pretrain.CKPT_DIR / "10" / "params").resolve())
+  assert len(jax.tree.leaves(got)) == len(jax.tree.leaves(restored))
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
+  assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(got)))
+  with pytest.raises(pretrain.PretrainError, match="--stop_at_step"):
+    pretrain.main(_args(root / "train.txt", root / "valid.txt", tmp_path / "x",
+                        "--stop_at_step", "0"))
+
+
 def test_help_documents_the_options():
   result = subprocess.run([sys.executable, "-m", "t5vae_jax.pretrain", "--help"],
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 0
   for flag in ("--text", "--out", "--tokenizer", "--noise_density", "--mean_span_length",
-               "--max_minutes", "--resume", "--feed_forward_proj", "--dtype", "--optimizer"):
+               "--max_minutes", "--stop_at_step", "--resume", "--feed_forward_proj", "--dtype", "--optimizer"):
     assert flag in result.stdout
 
 
