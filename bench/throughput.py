@@ -4,7 +4,8 @@
 
 Ours: a SentencePiece tokenizer (trained on the file, or ``--tokenizer DIR``), data.tokenize
 (EOS appended, truncated to max_len, as data.load_split does), data.BatchIterator with length
-bucketing (config.data.bucket_lengths), our jitted phase-2 train step (self_prefix, float32).
+bucketing (config.data.bucket_lengths), our jitted phase-2 train step (self_prefix, float32,
+token packing as configured by default; one compilation per length and packed capacity).
 Released recipe: the same token ids, shuffled, every sequence padded to 256, batch 32, Hugging
 Face's PyTorch T5 with the z prefix (bench/torch_reference.py), AdamW.
 Same model shape on both sides (tiny by default: d_model 128, 2+2 layers; vocab = the
@@ -27,6 +28,7 @@ import numpy as np
 
 import train_step as bench_step  # bench/train_step.py: our side's config and step
 from t5vae_jax import data as data_lib
+from t5vae_jax import packing as packing_lib
 from t5vae_jax import tokenizer as tokenizer_lib
 
 
@@ -88,6 +90,8 @@ def main():
                       help="ours: padded lengths (config.data.bucket_lengths); '' = library default")
   parser.add_argument("--torch-length", type=int, default=256, help="released recipe: pad to this")
   parser.add_argument("--dropout", type=float, default=0.1)
+  parser.add_argument("--pack-tokens", choices=("on", "off"), default="on",
+                      help="config.pack_tokens of our step (on: the default config)")
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
@@ -123,7 +127,8 @@ def main():
 
   # ---- our side ------------------------------------------------------------------------------
   shape = dict(bench_step.SIZES[args.size], vocab_size=len(tokenizer))
-  config = bench_step.make_config(shape, dropout=args.dropout)
+  config = bench_step.make_config(shape, dropout=args.dropout,
+                                  pack_tokens=args.pack_tokens == "on")
   config.data.max_len = args.max_len
   config.data.bucket_lengths = tuple(int(x) for x in args.bucket_lengths.split(",") if x)
   buckets = data_lib.bucket_lengths_from_config(config.data)
@@ -135,15 +140,21 @@ def main():
   inputs = lambda b: {k: b[k] for k in ("input_ids", "attention_mask", "example_weights")}
   state = bench_step.new_state(params, tx)
   t0 = time.perf_counter()
-  for length in buckets:  # one compilation per bucket shape, before timing
-    ids = np.zeros((args.batch_size, length), np.int32)
-    ids[:, 0] = t5_config.eos_token_id
-    warm = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int32),
-            "example_weights": np.ones((args.batch_size,), np.float32)}
-    state, aux = step_fn(state, warm)
+  # One compilation per padded length and packed capacity, before timing: a batch of each
+  # (length, capacity) among the next batches the timing can use, read from a saved position.
+  position = iterator.get_state()
+  warm = {}
+  for _ in range(4 * args.steps):
+    batch = next(iterator)
+    capacity = packing_lib.capacity(batch["attention_mask"]) if config.pack_tokens else None
+    warm.setdefault((batch["input_ids"].shape[1], capacity), batch)
+  iterator.set_state(position)
+  for batch in warm.values():
+    state, aux = step_fn(state, inputs(batch))
     jax.block_until_ready((state, aux))
   t_compile = time.perf_counter() - t0
-  print(f"ours: buckets {buckets}; compile + 1 step per bucket: {t_compile:.1f} s")
+  print(f"ours: buckets {buckets}, pack_tokens={config.pack_tokens}: compile + 1 step for each "
+        f"of {len(warm)} (length, capacity) shapes: {t_compile:.1f} s")
 
   # ---- released recipe -------------------------------------------------------------------------
   torch_model = tr.TorchT5VAE(t5_config, config.model.latent_dim)

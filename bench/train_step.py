@@ -29,6 +29,7 @@ import numpy as np
 
 from t5vae_jax import losses
 from t5vae_jax import model as model_lib
+from t5vae_jax import packing as packing_lib
 from t5vae_jax import t5 as t5_lib
 from t5vae_jax import train_lib
 
@@ -42,7 +43,8 @@ DEFAULT_STEPS = {"tiny": 20, "small": 5}
 
 
 # ----------------------------------------------------------------------------- our side
-def make_config(shape: dict, *, dropout: float = 0.1, latent_dim: int = 32):
+def make_config(shape: dict, *, dropout: float = 0.1, latent_dim: int = 32,
+                pack_tokens: bool = True):
   """configs/default.py with a scratch model of ``shape``, self_prefix, constant beta 1."""
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
   from configs import default
@@ -59,11 +61,16 @@ def make_config(shape: dict, *, dropout: float = 0.1, latent_dim: int = 32):
   config.beta.value = 1.0
   config.kl_floor = 0.0
   config.denoise_rate = 0.0
+  config.pack_tokens = pack_tokens
   return config
 
 
 def build_ours(config, seed: int = 0):
-  """(model, t5_config, params, tx, state, step_fn) as train_lib.train_and_evaluate builds them."""
+  """(model, t5_config, params, tx, step_fn) as train_lib.train_and_evaluate builds them.
+
+  ``step_fn(state, batch)`` packs the real tokens (``config.pack_tokens``, the default) with
+  the batch's capacity, as the training loop does: one compilation per distinct capacity.
+  """
   t5_config = t5_lib.T5Config(**config.model.t5.to_dict(),
                               scale_decoder_outputs=config.model.t5.tie_word_embeddings)
   t5_config = dataclasses.replace(t5_config, dropout_rate=config.model.dropout_rate)
@@ -74,8 +81,17 @@ def build_ours(config, seed: int = 0):
   tx = train_lib.make_optimizer(config, 2, params)
   beta_fn = train_lib.make_beta_fn(config, 2, steps_per_epoch=1000, total_steps=1000)
   base_rng = jax.random.fold_in(jax.random.key(seed), 2)
-  step_fn = jax.jit(functools.partial(train_lib.train_step, model=model, tx=tx, beta_fn=beta_fn,
-                                      base_rng=base_rng, config=config), donate_argnums=0)
+  jitted = {}
+
+  def step_fn(state, batch):
+    capacity = (packing_lib.capacity(np.asarray(batch["attention_mask"]))
+                if config.pack_tokens else None)
+    if capacity not in jitted:
+      jitted[capacity] = jax.jit(functools.partial(
+          train_lib.train_step, model=model, tx=tx, beta_fn=beta_fn, base_rng=base_rng,
+          config=config, capacity=capacity), donate_argnums=0)
+    return jitted[capacity](state, batch)
+  step_fn.num_compiled = lambda: len(jitted)
   return model, t5_config, params, tx, step_fn
 
 
@@ -117,12 +133,19 @@ def parity_check(model, config, params, tx, torch_model, torch_opt, batch, *, ve
   import torch_reference as tr
 
   ids, mask = batch["input_ids"], batch["attention_mask"]
+  capacity = packing_lib.capacity(mask) if config.pack_tokens else None
 
-  def det_loss(p):
+  def det_loss(p):  # our train step's loss (packed as configured), deterministic
     dec_ids = t5_lib.shift_right(ids, model.config.decoder_start_token_id)
-    out = model.apply({"params": p}, ids, mask, dec_ids, deterministic=True, sample_latent=False)
-    loss, aux = losses.vae_loss(out["logits"], ids, mask, out["mu"], out["logvar"], 1.0,
-                                example_weights=batch["example_weights"])
+    packing = None if capacity is None else packing_lib.make_packing(mask, capacity)
+    out = model.apply({"params": p}, ids, mask, dec_ids, deterministic=True, sample_latent=False,
+                      packing=packing, encoder_packing=packing)
+    if packing is None:
+      token_nll = losses.token_cross_entropy(out["logits"], ids)
+    else:
+      token_nll = packing.unpack(losses.token_cross_entropy(out["logits"], packing.pack(ids)))
+    loss, aux = losses.vae_loss_from_token_nll(token_nll, mask, out["mu"], out["logvar"], 1.0,
+                                               example_weights=batch["example_weights"])
     return loss, aux
 
   (our_loss, _), our_grads = jax.jit(jax.value_and_grad(det_loss, has_aux=True))(params)
@@ -234,6 +257,8 @@ def main():
   parser.add_argument("--dropout", type=float, default=0.1)
   parser.add_argument("--threads", type=int, default=os.cpu_count(),
                       help="torch.set_num_threads (XLA keeps its default)")
+  parser.add_argument("--pack-tokens", choices=("on", "off"), default="on",
+                      help="config.pack_tokens of our step (on: the default config)")
   parser.add_argument("--skip-parity", action="store_true")
   parser.add_argument("--max-other", type=float, default=0.2,
                       help="set aside step pairs while other processes use more cores than this")
@@ -253,9 +278,11 @@ def main():
   info = machine_info()
   print(" ".join(f"{k}={v}" for k, v in info.items()))
   print(f"size={args.size} batch={args.batch_size} length={args.length}+{args.length} "
-        f"dropout={args.dropout} steps={steps} warmup={args.warmup} load={loadavg()}")
+        f"dropout={args.dropout} steps={steps} warmup={args.warmup} "
+        f"pack_tokens={args.pack_tokens} load={loadavg()}")
 
-  config = make_config(SIZES[args.size], dropout=args.dropout)
+  config = make_config(SIZES[args.size], dropout=args.dropout,
+                       pack_tokens=args.pack_tokens == "on")
   model, t5_config, params, tx, step_fn = build_ours(config)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   print(f"model: {t5_config.d_model=} layers={t5_config.num_layers}+{t5_config.num_decoder_layers}"
@@ -279,9 +306,11 @@ def main():
 
   state = new_state(params, tx)
   t0 = time.perf_counter()
-  state, aux = step_fn(state, batches[0])
-  jax.block_until_ready((state, aux))
-  print(f"ours: first call (compile + 1 step) {time.perf_counter() - t0:.1f} s")
+  for b in batches:  # compile every capacity these batches need before timing
+    state, aux = step_fn(state, b)
+    jax.block_until_ready((state, aux))
+  print(f"ours: {len(batches)} first steps, compiling {step_fn.num_compiled()} program(s): "
+        f"{time.perf_counter() - t0:.1f} s")
   torch_batches = [(torch.from_numpy(b["input_ids"]).long(),
                     torch.from_numpy(b["attention_mask"]).long()) for b in batches]
 

@@ -85,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.on_nonfinite = "skip"  # skip the update (counted) | stop (keep the last good checkpoint)
   config.debug_nan_steps = ()  # fault injection (tests): steps whose loss is made NaN
   config.fsdp = False  # shard params and optimizer state over devices too
+  # Run the per-token layers (projections, feed-forward, output layer, loss) of a train step on
+  # the real tokens only (t5vae_jax/packing.py); same loss, a few compilations per padded length.
+  config.pack_tokens = True
   config.mesh_devices = 0  # 0: all devices (of all hosts); n > 0: the first n (single host)
   config.progress_bar = True
   return config

@@ -203,6 +203,7 @@ RULES: dict[str, Rule] = {
     "best_metric": choice(BEST_METRICS, "lower is better"),
     "on_nonfinite": choice(NONFINITE_POLICIES),
     "fsdp": boolean(),
+    "pack_tokens": boolean(),
     "mesh_devices": integer(0, description="0 = all devices"),
     "progress_bar": boolean(),
     "debug_nan_steps": Rule("ints", "a tuple of step numbers", None,

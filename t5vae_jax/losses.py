@@ -114,20 +114,10 @@ def reconstruction_loss(logits: Array, targets: Array, target_mask: Array) -> Ar
   return jnp.sum(token_nll * target_mask.astype(jnp.float32), axis=-1)  # (B,)
 
 
-def vae_loss(
-    logits: Array,
-    targets: Array,
-    target_mask: Array,
-    mu: Array,
-    logvar: Array,
-    beta: float | Array,
-    kl_floor: float | Array = 0.0,
-    kl_threshold_mode: str = "batch",
-    example_weights: Array | None = None,
-) -> tuple[Array, dict[str, Any]]:
+def vae_loss(logits: Array, targets: Array, *args, **kwargs) -> tuple[Array, dict[str, Any]]:
   """The training objective mean_batch(rec) + beta * thresholded KL, and metrics.
 
-  Args:
+  Args (all but logits and targets are passed on to `vae_loss_from_token_nll()`):
     logits: (B, T, V) decoder logits.
     targets: (B, T) target ids (ending with EOS, then pad).
     target_mask: (B, T) 1 at target tokens (EOS included), 0 at padding.
@@ -142,9 +132,25 @@ def vae_loss(
     `rec_per_token` (nats/token), `kl` (nats/sentence, no floor), `kl_thresholded`,
     `neg_elbo` (= rec + kl), `elbo` (= -neg_elbo), `num_tokens`, `beta`.
   """
-  rec_per_example = reconstruction_loss(logits, targets, target_mask)  # (B,)
+  return vae_loss_from_token_nll(token_cross_entropy(logits, targets), *args, **kwargs)
+
+
+def vae_loss_from_token_nll(
+    token_nll: Array,
+    target_mask: Array,
+    mu: Array,
+    logvar: Array,
+    beta: float | Array,
+    kl_floor: float | Array = 0.0,
+    kl_threshold_mode: str = "batch",
+    example_weights: Array | None = None,
+) -> tuple[Array, dict[str, Any]]:
+  """`vae_loss()` from the (B, T) target tokens' -log p (any value at padding): for callers
+  that computed it without (B, T, V) logits, e.g. on packed tokens."""
+  mask = target_mask.astype(jnp.float32)
+  rec_per_example = jnp.sum(jnp.where(mask > 0, token_nll, 0.0), axis=-1)  # (B,)
   kl = kl_per_dim(mu, logvar)  # (B, L)
-  tokens_per_example = jnp.sum(target_mask.astype(jnp.float32), axis=-1)  # (B,)
+  tokens_per_example = jnp.sum(mask, axis=-1)  # (B,)
 
   rec_total, num_examples = _batch_sum_and_count(rec_per_example, example_weights)
   num_tokens, _ = _batch_sum_and_count(tokens_per_example, example_weights)

@@ -79,12 +79,19 @@ class T5VAEModel(t5_lib.T5):
                                 kernel_init=nn.initializers.normal(L ** -0.5),
                                 param_dtype=jnp.float32, dtype=self.dtype)
 
-  def posterior(self, input_ids, attention_mask, deterministic=True):
-    """(B, T) -> mu, logvar: (B, L) float32."""
-    embeddings = self.shared(input_ids)
-    states = self.encoder(embeddings, attention_mask=attention_mask, deterministic=deterministic,
-                          return_all_hidden=self.vae.pool_layers == "all",
-                          final_dropout=self.vae.pool_dropout)
+  def posterior(self, input_ids, attention_mask, deterministic=True, packing=None):
+    """(B, T) -> mu, logvar: (B, L) float32. ``packing`` (of ``attention_mask``) runs the
+    encoder's per-token layers on the real tokens only."""
+    if self.vae.pool_padding:
+      packing = None  # this ablation pools the pad positions' states, which packing skips
+    all_layers = self.vae.pool_layers == "all"
+    ids = input_ids if packing is None else packing.pack(input_ids)
+    states = self.encoder(self.shared(ids), attention_mask=attention_mask,
+                          deterministic=deterministic, return_all_hidden=all_layers,
+                          final_dropout=self.vae.pool_dropout, packing=packing)
+    if packing is not None:  # back to (B, [layers,] T, D) for pooling; pads are masked there
+      states = (jnp.moveaxis(packing.unpack(jnp.moveaxis(states, 1, 2)), 2, 1) if all_layers
+                else packing.unpack(states))
     pooled = pool_states(states, attention_mask, self.vae.pooling, self.vae.pool_padding)
     return self.mu(pooled), self.logvar(pooled)
 
@@ -94,31 +101,38 @@ class T5VAEModel(t5_lib.T5):
     memory = self.memory_proj(z.astype(self.dtype))
     return memory.reshape(z.shape[0], cfg.num_decoder_layers, cfg.num_heads, 1, cfg.d_kv)
 
-  def decode_latent(self, z, decoder_input_ids, deterministic=True):
-    """Decoder logits (B, T, vocab) given latents z (B, L)."""
+  def decode_latent(self, z, decoder_input_ids, deterministic=True, packing=None):
+    """Decoder logits (B, T, vocab) given latents z (B, L); (S, C, vocab) with ``packing``."""
     memory = self.latent_memory(z)
     if self.vae.latent_injection == "cross_attention":
-      return self.decode_logits(decoder_input_ids, memory_kv=memory, deterministic=deterministic)
-    return self.decode_logits(decoder_input_ids, prefix_kv=memory, deterministic=deterministic)
+      return self.decode_logits(decoder_input_ids, memory_kv=memory, deterministic=deterministic,
+                                packing=packing)
+    return self.decode_logits(decoder_input_ids, prefix_kv=memory, deterministic=deterministic,
+                              packing=packing)
 
   def __call__(self, input_ids, attention_mask, decoder_input_ids, deterministic=True,
-               sample_latent=True, encoder_input_ids=None, encoder_attention_mask=None):
+               sample_latent=True, encoder_input_ids=None, encoder_attention_mask=None,
+               packing=None, encoder_packing=None):
     """Autoencodes; returns dict(logits, mu, logvar, z).
 
     ``encoder_input_ids``/``encoder_attention_mask`` (a noised copy of the input) replace what
     the encoder sees when given; the decoder always reconstructs the clean targets.
     ``sample_latent`` draws z with the 'latent' rng; otherwise z = mu.
+    ``packing`` (of ``attention_mask``) and ``encoder_packing`` (of the encoder's mask) run the
+    decoder's and the encoder's per-token layers on real tokens only (``packing.py``); the
+    logits are then (S, C, vocab) at the decoder's packed slots.
     """
     enc_ids = input_ids if encoder_input_ids is None else encoder_input_ids
     enc_mask = attention_mask if encoder_attention_mask is None else encoder_attention_mask
-    mu, logvar = self.posterior(enc_ids, enc_mask, deterministic)
+    mu, logvar = self.posterior(enc_ids, enc_mask, deterministic, packing=encoder_packing)
     if sample_latent:
       eps = jax.random.normal(self.make_rng("latent"), mu.shape, mu.dtype)
       z = mu + jnp.exp(0.5 * logvar) * eps
     else:
       z = mu
-    logits = self.decode_latent(z, decoder_input_ids, deterministic)
-    chex.assert_shape(logits, decoder_input_ids.shape + (self.config.vocab_size,))
+    logits = self.decode_latent(z, decoder_input_ids, deterministic, packing=packing)
+    slots = decoder_input_ids.shape if packing is None else packing.gather_index.shape
+    chex.assert_shape(logits, slots + (self.config.vocab_size,))
     return dict(logits=logits, mu=mu, logvar=logvar, z=z)
 
 

@@ -315,17 +315,22 @@ class Attention(nn.Module):
     return x.reshape(x.shape[:-1] + (self.config.num_heads, self.config.d_kv))
 
   def __call__(self, x, bias, *, kv_input=None, prefix_kv=None, memory_kv=None,
-               cache_index=None, deterministic=True):
-    """x: (B, Tq, D). prefix_kv / memory_kv: (B, H, S, d_kv). Returns (B, Tq, D)."""
+               cache_index=None, deterministic=True, packing=None):
+    """x: (B, Tq, D), or (shards, slots, D) with ``packing`` (see ``packing.py``: projections
+    run on the real tokens only, the attention itself on the (B, T) layout).
+    prefix_kv / memory_kv: (B, H, S, d_kv). Returns x's shape."""
     cfg = self.config
     if memory_kv is not None and memory_kv.shape[2] == 1:
-      return self._one_slot_memory(x, memory_kv, deterministic)
-    q = self._heads(self.q(x))  # (B, Tq, H, dk)
+      return self._one_slot_memory(x, memory_kv, deterministic, packing)
+    if packing is not None and (kv_input is not None or self.decode):
+      raise ValueError("packed tokens support self-attention and latent memory only")
+    unpack = (lambda t: t) if packing is None else packing.unpack
+    q = self._heads(unpack(self.q(x)))  # (B, Tq, H, dk)
     if memory_kv is not None:
       k = v = jnp.swapaxes(memory_kv, 1, 2).astype(self.dtype)  # (B, S, H, dk)
     else:
       src = x if kv_input is None else kv_input
-      k, v = self._heads(self.k(src)), self._heads(self.v(src))
+      k, v = self._heads(unpack(self.k(src))), self._heads(unpack(self.v(src)))
       if self.decode:
         k, v = self.kv_cache(k, v, cache_index)
       if prefix_kv is not None:
@@ -340,24 +345,36 @@ class Attention(nn.Module):
     weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
     weights = self.dropout(weights, deterministic=deterministic)
     out = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", weights, v), 1, 2)
-    return self.o(out.reshape(out.shape[:2] + (cfg.num_heads * cfg.d_kv,)))
+    out = out.reshape(out.shape[:2] + (cfg.num_heads * cfg.d_kv,))
+    return self.o(out if packing is None else packing.pack(out))
 
-  def _one_slot_memory(self, x, memory_kv, deterministic):
+  def _one_slot_memory(self, x, memory_kv, deterministic, packing=None):
     """Attention over a single key: the softmax weight is exactly 1 at every position, so the
     output is W_o(v) per example, the same for every query position (no query projection, no
     scores). Attention dropout still applies to that weight, as in the general path."""
     cfg = self.config
     if self.is_initializing():
       self.q(x)  # create W_q so the params keep Hugging Face's layout (it gets no gradient)
-    batch, length = x.shape[:2]
+    batch = memory_kv.shape[0]
+    inner = cfg.num_heads * cfg.d_kv
     v = memory_kv[:, :, 0, :].astype(self.dtype)  # (B, H, dk)
-    out = self.o(v.reshape(batch, 1, cfg.num_heads * cfg.d_kv))  # (B, 1, D)
+    # Which example each query position belongs to: (B, T) rows, or packed (S, C) slots.
+    rows = (None if packing is None else packing.example_index())
     if deterministic or cfg.dropout_rate == 0.0:
-      return jnp.broadcast_to(out, (batch, length, out.shape[-1]))
-    weights = self.dropout(jnp.ones((batch, cfg.num_heads, length, 1), self.dtype),
-                           deterministic=False)
-    per_head = weights[..., 0].transpose(0, 2, 1)[..., None] * v[:, None]  # (B, T, H, dk)
-    return self.o(per_head.reshape(batch, length, cfg.num_heads * cfg.d_kv))
+      out = self.o(v.reshape(batch, 1, inner))  # (B, 1, D)
+      if rows is None:
+        return jnp.broadcast_to(out, x.shape[:2] + out.shape[-1:])
+      return out[rows, 0]  # (S, C, D)
+    if rows is None:
+      batch, length = x.shape[:2]
+      weights = self.dropout(jnp.ones((batch, cfg.num_heads, length, 1), self.dtype),
+                             deterministic=False)
+      per_head = weights[..., 0].transpose(0, 2, 1)[..., None] * v[:, None]  # (B, T, H, dk)
+    else:
+      weights = self.dropout(jnp.ones(x.shape[:2] + (cfg.num_heads,), self.dtype),
+                             deterministic=False)  # (S, C, H)
+      per_head = weights[..., None] * v[rows]  # (S, C, H, dk)
+    return self.o(per_head.reshape(x.shape[:2] + (inner,)))
 
 
 class LayerSelfAttention(nn.Module):
@@ -373,9 +390,11 @@ class LayerSelfAttention(nn.Module):
     self.layer_norm = LayerNorm(self.config.layer_norm_epsilon, self.dtype)
     self.dropout = Dropout(self.config.dropout_rate)
 
-  def __call__(self, x, bias, *, prefix_kv=None, cache_index=None, deterministic=True):
+  def __call__(self, x, bias, *, prefix_kv=None, cache_index=None, deterministic=True,
+               packing=None):
     h = self.SelfAttention(self.layer_norm(x), bias, prefix_kv=prefix_kv,
-                           cache_index=cache_index, deterministic=deterministic)
+                           cache_index=cache_index, deterministic=deterministic,
+                           packing=packing)
     return x + self.dropout(h, deterministic=deterministic)
 
 
@@ -388,9 +407,10 @@ class LayerCrossAttention(nn.Module):
     self.layer_norm = LayerNorm(self.config.layer_norm_epsilon, self.dtype)
     self.dropout = Dropout(self.config.dropout_rate)
 
-  def __call__(self, x, bias, *, kv_input=None, memory_kv=None, deterministic=True):
+  def __call__(self, x, bias, *, kv_input=None, memory_kv=None, deterministic=True,
+               packing=None):
     h = self.EncDecAttention(self.layer_norm(x), bias, kv_input=kv_input, memory_kv=memory_kv,
-                             deterministic=deterministic)
+                             deterministic=deterministic, packing=packing)
     return x + self.dropout(h, deterministic=deterministic)
 
 
@@ -426,12 +446,13 @@ class Block(nn.Module):
     self.layer = layers
 
   def __call__(self, x, self_bias, *, cross_bias=None, encoder_hidden_states=None,
-               memory_kv=None, prefix_kv=None, cache_index=None, deterministic=True):
+               memory_kv=None, prefix_kv=None, cache_index=None, deterministic=True,
+               packing=None):
     x = self.layer[0](x, self_bias, prefix_kv=prefix_kv, cache_index=cache_index,
-                      deterministic=deterministic)
+                      deterministic=deterministic, packing=packing)
     if self.is_decoder and (encoder_hidden_states is not None or memory_kv is not None):
       x = self.layer[1](x, cross_bias, kv_input=encoder_hidden_states, memory_kv=memory_kv,
-                        deterministic=deterministic)
+                        deterministic=deterministic, packing=packing)
     return self.layer[-1](x, deterministic)
 
 
@@ -472,13 +493,16 @@ class Stack(nn.Module):
 
   def __call__(self, embeddings, *, attention_mask=None, encoder_hidden_states=None,
                encoder_attention_mask=None, memory_kv=None, prefix_kv=None,
-               deterministic=True, return_all_hidden=False, final_dropout=True):
+               deterministic=True, return_all_hidden=False, final_dropout=True, packing=None):
     """embeddings: (B, T, D). memory_kv / prefix_kv: (B, layers, H, S, d_kv) or None.
 
     Returns (B, T, D) final states, or with ``return_all_hidden`` (B, layers, T, D): every
     block's output, the last one after the final norm (Hugging Face's ``hidden_states[1:]``).
+    With ``packing`` (``packing.py``), embeddings and the result are packed: (S, C, D), or
+    (S, layers, C, D) with ``return_all_hidden``; attention masks padding by ``attention_mask``
+    (encoder) and causality as usual.
     """
-    length = embeddings.shape[1]
+    length = embeddings.shape[1] if packing is None else packing.length
     rel_bias = self.block[0].layer[0].SelfAttention.compute_bias
     cache_index = None
     if not self.is_decoder:
@@ -515,7 +539,7 @@ class Stack(nn.Module):
       x = block(x, bias, cross_bias=cross_bias, encoder_hidden_states=encoder_hidden_states,
                 memory_kv=None if memory_kv is None else memory_kv[:, i],
                 prefix_kv=None if prefix_kv is None else prefix_kv[:, i],
-                cache_index=cache_index, deterministic=deterministic)
+                cache_index=cache_index, deterministic=deterministic, packing=packing)
       hidden.append(x)
     x = self.final_layer_norm(x)
     if final_dropout:
@@ -552,11 +576,13 @@ class T5(nn.Module):
 
   def decode_logits(self, decoder_input_ids, *, encoder_hidden_states=None,
                     encoder_attention_mask=None, memory_kv=None, prefix_kv=None,
-                    deterministic=True):
-    """(B, T) decoder input ids -> (B, T, vocab) float32 logits."""
-    h = self.decoder(self.shared(decoder_input_ids), encoder_hidden_states=encoder_hidden_states,
+                    deterministic=True, packing=None):
+    """(B, T) decoder input ids -> (B, T, vocab) float32 logits; (S, C, vocab) at the packed
+    slots with ``packing`` (the output layer then runs on real tokens only)."""
+    ids = decoder_input_ids if packing is None else packing.pack(decoder_input_ids)
+    h = self.decoder(self.shared(ids), encoder_hidden_states=encoder_hidden_states,
                      encoder_attention_mask=encoder_attention_mask, memory_kv=memory_kv,
-                     prefix_kv=prefix_kv, deterministic=deterministic)
+                     prefix_kv=prefix_kv, deterministic=deterministic, packing=packing)
     if self.config.scale_decoder_outputs:
       h = h * (self.config.d_model ** -0.5)
     if self.config.tie_word_embeddings:

@@ -37,6 +37,7 @@ from t5vae_jax import losses
 from t5vae_jax import metrics as metrics_lib
 from t5vae_jax import model as model_lib
 from t5vae_jax import noise
+from t5vae_jax import packing as packing_lib
 from t5vae_jax import pretrained
 from t5vae_jax import schedules
 from t5vae_jax import sharding
@@ -108,8 +109,13 @@ def step_rngs(base_rng: jax.Array, step) -> dict[str, jax.Array]:
 
 
 def compute_loss(params, batch, rngs, *, model: model_lib.T5VAEModel, beta, config,
-                 train: bool):
-  """The VAE loss of one batch; denoising and the KL floor only when ``train``."""
+                 train: bool, capacity: Optional[int] = None, num_shards: int = 1):
+  """The VAE loss of one batch; denoising and the KL floor only when ``train``.
+
+  With ``capacity`` (static; ``packing.capacity`` of the batch's mask) the per-token layers
+  and the output layer run on the real tokens only, ``num_shards`` packs per data shard; the
+  loss is the same, ``out["logits"]`` then holds the packed slots.
+  """
   ids, mask = batch["input_ids"], batch["attention_mask"]
   enc_ids, enc_mask = ids, mask
   if train and config.denoise_rate > 0:
@@ -117,23 +123,37 @@ def compute_loss(params, batch, rngs, *, model: model_lib.T5VAEModel, beta, conf
         rngs["noise"], ids, mask, config.denoise_rate, config.denoise_mode,
         eos_id=model.config.eos_token_id, pad_id=model.config.pad_token_id)
   decoder_input_ids = t5_lib.shift_right(ids, model.config.decoder_start_token_id)
+  packing = enc_packing = None
+  if capacity is not None:
+    packing = packing_lib.make_packing(mask, capacity, num_shards)
+    # Denoising only deletes tokens: the clean batch's capacity holds the noised one too.
+    enc_packing = (packing if enc_mask is mask else
+                   packing_lib.make_packing(enc_mask, capacity, num_shards))
   out = model.apply({"params": params}, ids, mask, decoder_input_ids, deterministic=not train,
                     encoder_input_ids=enc_ids, encoder_attention_mask=enc_mask,
+                    packing=packing, encoder_packing=enc_packing,
                     rngs={"latent": rngs["latent"], "dropout": rngs["dropout"]})
-  loss, aux = losses.vae_loss(out["logits"], ids, mask, out["mu"], out["logvar"], beta,
-                              kl_floor=config.kl_floor if train else 0.0,
-                              kl_threshold_mode=config.kl_threshold_mode,
-                              example_weights=batch["example_weights"])
+  if packing is None:
+    token_nll = losses.token_cross_entropy(out["logits"], ids)  # (B, T)
+  else:
+    token_nll = packing.unpack(losses.token_cross_entropy(out["logits"], packing.pack(ids)))
+  loss, aux = losses.vae_loss_from_token_nll(token_nll, mask, out["mu"], out["logvar"], beta,
+                                             kl_floor=config.kl_floor if train else 0.0,
+                                             kl_threshold_mode=config.kl_threshold_mode,
+                                             example_weights=batch["example_weights"])
   return loss, (aux, out)
 
 
-def train_step(state: TrainState, batch, *, model, tx, beta_fn, base_rng, config):
+def train_step(state: TrainState, batch, *, model, tx, beta_fn, base_rng, config,
+               capacity: Optional[int] = None, num_shards: int = 1):
+  """One AdamW step (skipped when the loss or gradient is not finite). ``capacity`` and
+  ``num_shards``: token packing, see ``compute_loss``."""
   rngs = step_rngs(base_rng, state.step)
   beta = beta_fn(state.step)
 
   def loss_fn(params):
     loss, (aux, _) = compute_loss(params, batch, rngs, model=model, beta=beta, config=config,
-                                  train=True)
+                                  train=True, capacity=capacity, num_shards=num_shards)
     poison = tuple(config.get("debug_nan_steps", ()))  # fault injection, for tests
     if poison:
       loss = jnp.where(jnp.isin(state.step, jnp.asarray(poison)), jnp.nan, loss)
@@ -362,12 +382,39 @@ def create_train_state(params, tx, mesh, fsdp: bool) -> tuple[TrainState, TrainS
 
 
 def compile_train_step(model, tx, beta_fn, base_rng, config, mesh, state_shardings):
-  """``train_step`` jitted over ``mesh``: batch split on the data axis, state donated."""
-  return jax.jit(
-      functools.partial(train_step, model=model, tx=tx, beta_fn=beta_fn, base_rng=base_rng,
-                        config=config),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+  """``train_step`` jitted over ``mesh``: batch split on the data axis, state donated.
+
+  Returns ``step_fn(state, batch, capacity)``: ``capacity`` from ``packing_capacity`` (or
+  None: no packing); one compilation per distinct capacity and padded length.
+  """
+  jitted = {}
+
+  def step_fn(state, batch, capacity=None):
+    if capacity not in jitted:
+      jitted[capacity] = jax.jit(
+          functools.partial(train_step, model=model, tx=tx, beta_fn=beta_fn, base_rng=base_rng,
+                            config=config, capacity=capacity,
+                            num_shards=mesh.shape[sharding.DATA_AXIS]),
+          in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+          out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+    return jitted[capacity](state, batch)
+  return step_fn
+
+
+def packing_capacity(config, local_mask: np.ndarray, mesh) -> Optional[int]:
+  """Packed slots per data shard for this step's batch (None when ``pack_tokens`` is off).
+
+  Each process sees its own rows (its shards); the capacity is the largest over processes so
+  that every process runs the same program.
+  """
+  if not config.get("pack_tokens", False):
+    return None
+  local_shards = max(1, mesh.shape[sharding.DATA_AXIS] // jax.process_count())
+  capacity = packing_lib.capacity(local_mask, local_shards)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    capacity = int(np.max(multihost_utils.process_allgather(np.asarray(capacity))))
+  return capacity
 
 
 def phase_dir(workdir, phase: int) -> epath.Path:
@@ -495,7 +542,8 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
   while step < stop_at:
     batch = next(iterator)
     tokens += int(batch["attention_mask"].sum()) * jax.process_count()
-    state, aux = step_fn(state, sharding.global_batch(_model_inputs(batch), mesh))
+    capacity = packing_capacity(config, batch["attention_mask"], mesh)
+    state, aux = step_fn(state, sharding.global_batch(_model_inputs(batch), mesh), capacity)
     step += 1
     pending.append(aux)
     if config.on_nonfinite == "stop" and not bool(jax.device_get(aux["finite"])):
