@@ -5,12 +5,13 @@
 Ours: a SentencePiece tokenizer (trained on the file, or ``--tokenizer DIR``), data.tokenize
 (EOS appended, truncated to max_len, as data.load_split does), data.BatchIterator with length
 bucketing (config.data.bucket_lengths), our jitted phase-2 train step (self_prefix, float32,
-token packing as configured by default; one compilation per length and packed capacity).
+with `config.pack_tokens` (on by default; `--pack-tokens off` to compare)).
 Released recipe: the same token ids, shuffled, every sequence padded to 256, batch 32, Hugging
 Face's PyTorch T5 with the z prefix (bench/torch_reference.py), AdamW.
 Same model shape on both sides (tiny by default: d_model 128, 2+2 layers; vocab = the
-tokenizer's). Each side runs --steps steps after warm-up (ours: one compilation per bucket,
-reported separately), in alternating chunks so that load from other processes hits both alike.
+tokenizer's). Each side runs --steps steps after warm-up (ours: one compilation per length and
+packed capacity, reported separately), in alternating chunks so that load from other processes
+hits both alike.
 Tokens counted are each sentence's tokens with EOS, once per step (input = target).
 
 Not a test and not imported by tests: the data path is an argument.
