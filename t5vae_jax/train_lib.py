@@ -133,15 +133,20 @@ def compute_loss(params, batch, rngs, *, model: model_lib.T5VAEModel, beta, conf
                     encoder_input_ids=enc_ids, encoder_attention_mask=enc_mask,
                     packing=packing, encoder_packing=enc_packing,
                     rngs={"latent": rngs["latent"], "dropout": rngs["dropout"]})
-  if packing is None:
-    token_nll = losses.token_cross_entropy(out["logits"], ids)  # (B, T)
-  else:
-    token_nll = packing.unpack(losses.token_cross_entropy(out["logits"], packing.pack(ids)))
+  token_nll = target_token_nll(out["logits"], ids, packing)
   loss, aux = losses.vae_loss_from_token_nll(token_nll, mask, out["mu"], out["logvar"], beta,
                                              kl_floor=config.kl_floor if train else 0.0,
                                              kl_threshold_mode=config.kl_threshold_mode,
                                              example_weights=batch["example_weights"])
   return loss, (aux, out)
+
+
+def target_token_nll(logits, targets, packing=None):
+  """(B, T) -log p of each target token from the model's logits: (B, T, V), or (S, C, V) at
+  the slots of ``packing``."""
+  if packing is None:
+    return losses.token_cross_entropy(logits, targets)
+  return packing.unpack(losses.token_cross_entropy(logits, packing.pack(targets)))
 
 
 def train_step(state: TrainState, batch, *, model, tx, beta_fn, base_rng, config,
