@@ -12,12 +12,14 @@ Three metrics, each timed in a fresh child process (so that its peak RSS is its 
     vocab 128, L 16; random weights, the cost does not depend on them) over random
     sentences of 6-16 tokens: ours = evaluation.batch_statistics (encoder once per batch, the
     K samples decoded k at a time as one (B*k)-row batch inside a jitted loop; k as eval.py
-    picks it: at most 50, and at most 512 rows per pass on CPU);
+    picks it: at most 50, and at most 512 rows per pass on CPU; token packing on, as in
+    eval.py, unless --pack-tokens off);
     loop = per batch, the encoder once, then a Python loop over the K samples, each a jitted
     decoder call on the batch and numpy log weights, logsumexp at the end. Different draws
     (ours are per example, the loop's numpy), so the mean NLLs agree up to Monte Carlo noise.
 
-Times exclude compilation (one warm-up call first; its time is printed as compile_s).
+Times exclude compilation (a warm-up call per compiled program first; printed as compile_s);
+MI and AU, which take under a second, print the median of 5 calls (the MI loop: 1 call).
 `ratio` = loop time / our time. Peak memory is the child's peak RSS above its RSS after
 imports and data. The default K for IW-NLL is 100 at N = 10k (1M decoder rows of 16 tokens
 each way): K = 500 at 10k sentences would take about 4 minutes for ours and 8 for the loop on
@@ -44,6 +46,17 @@ def peak_rss_mib() -> float:
 def current_rss_mib() -> float:
   with open("/proc/self/statm") as f:
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def median_time(fn, repeats):
+  """(median seconds over ``repeats`` calls, last value): short timings on a shared VM vary by
+  2x from call to call."""
+  times, value = [], None
+  for _ in range(repeats):
+    t = time.perf_counter()
+    value = fn()
+    times.append(time.perf_counter() - t)
+  return sorted(times)[len(times) // 2], value
 
 
 # ------------------------------------------------------------------------------------ data
@@ -93,71 +106,85 @@ def mi_ours(args):
   base = current_rss_mib()
   fn = lambda: float(metrics.mutual_information_from_samples(mu, logvar, z))
   t = time.perf_counter(); fn(); compile_s = time.perf_counter() - t
-  t = time.perf_counter(); value = fn(); seconds = time.perf_counter() - t
+  seconds, value = median_time(fn, 5)
   return dict(value=value, seconds=seconds, compile_s=compile_s, base=base)
 
 
 def mi_loop(args):
   mu, logvar, z = posteriors(args.n, args.latent_dim, args.seed)
   base = current_rss_mib()
-  t = time.perf_counter()
-  total = 0.0
-  for start in range(0, args.n, 128):  # query batches
-    zb = z[start:start + 128]
-    log_q = np_log_gauss(zb[:, None, :], mu[None], logvar[None])  # (b, N)
-    log_agg = np_logsumexp(log_q, 1) - math.log(args.n)
-    total += float(np.sum(np_log_gauss(zb, mu[start:start + 128], logvar[start:start + 128])
-                          - log_agg))
-  return dict(value=total / args.n, seconds=time.perf_counter() - t, compile_s=0.0, base=base)
+
+  def fn():
+    total = 0.0
+    for start in range(0, args.n, 128):  # query batches
+      zb = z[start:start + 128]
+      log_q = np_log_gauss(zb[:, None, :], mu[None], logvar[None])  # (b, N)
+      log_agg = np_logsumexp(log_q, 1) - math.log(args.n)
+      total += float(np.sum(np_log_gauss(zb, mu[start:start + 128], logvar[start:start + 128])
+                            - log_agg))
+    return total / args.n
+  seconds, value = median_time(fn, 1)  # one call takes seconds
+  return dict(value=value, seconds=seconds, compile_s=0.0, base=base)
 
 
 def au_ours(args):
   from t5vae_jax import metrics
   mu, _, _ = posteriors(args.n, args.latent_dim, args.seed)
   base = current_rss_mib()
-  t = time.perf_counter(); int(metrics.active_units(mu)); compile_s = time.perf_counter() - t
-  t = time.perf_counter(); value = int(metrics.active_units(mu)); seconds = time.perf_counter() - t
+  fn = lambda: int(metrics.active_units(mu))
+  t = time.perf_counter(); fn(); compile_s = time.perf_counter() - t
+  seconds, value = median_time(fn, 5)
   return dict(value=value, seconds=seconds, compile_s=compile_s, base=base)
 
 
 def au_loop(args):
   mu, _, _ = posteriors(args.n, args.latent_dim, args.seed)
   base = current_rss_mib()
-  t = time.perf_counter()
-  count, total, total_sq = 0, np.zeros(args.latent_dim), np.zeros(args.latent_dim)
-  for start in range(0, args.n, args.batch_size):
-    b = mu[start:start + args.batch_size].astype(np.float64)
-    count += len(b); total += b.sum(0); total_sq += (b ** 2).sum(0)
-  var = (total_sq - total ** 2 / count) / (count - 1)
-  return dict(value=int(np.sum(var > 0.01)), seconds=time.perf_counter() - t, compile_s=0.0,
-              base=base)
+
+  def fn():
+    count, total, total_sq = 0, np.zeros(args.latent_dim), np.zeros(args.latent_dim)
+    for start in range(0, args.n, args.batch_size):
+      b = mu[start:start + args.batch_size].astype(np.float64)
+      count += len(b); total += b.sum(0); total_sq += (b ** 2).sum(0)
+    var = (total_sq - total ** 2 / count) / (count - 1)
+    return int(np.sum(var > 0.01))
+  seconds, value = median_time(fn, 5)
+  return dict(value=value, seconds=seconds, compile_s=0.0, base=base)
 
 
 def iw_ours(args):
   import jax
   import jax.numpy as jnp
   from t5vae_jax import evaluation
+  from t5vae_jax import packing as packing_lib
   model, params = demo_model()
   ids, mask = sentences(args.iw_n, args.seed)
   base = current_rss_mib()
   chunk = evaluation.chunk_size_for(args.iw_k, args.iw_chunk, args.batch_size, ids.shape[1],
                                     128)
-  fn = evaluation.compiled_batch_statistics(model, chunk)
   rng = jax.random.key(args.seed)
   num_chunks = jnp.int32(args.iw_k // chunk)
+  starts = range(0, args.iw_n, args.batch_size)
+  # As eval.py: one compiled program per packed capacity (None: no packing).
+  capacities = [packing_lib.capacity(mask[s:s + args.batch_size]) if args.pack_tokens == "on"
+                else None for s in starts]
 
-  def run(stop):
-    out = []
-    for start in range(0, stop, args.batch_size):
-      batch = {"input_ids": ids[start:start + args.batch_size],
-               "attention_mask": mask[start:start + args.batch_size],
-               "example_ids": np.arange(start, start + args.batch_size, dtype=np.int32)}
-      out.append(fn(params, batch, rng, num_chunks)["nll"])
+  def batch_at(start):
+    return {"input_ids": ids[start:start + args.batch_size],
+            "attention_mask": mask[start:start + args.batch_size],
+            "example_ids": np.arange(start, start + args.batch_size, dtype=np.int32)}
+
+  def run(indices):
+    out = [evaluation.compiled_batch_statistics(model, chunk, capacities[i])(
+        params, batch_at(starts[i]), rng, num_chunks)["nll"] for i in indices]
     return np.concatenate(jax.device_get(out))
-  t = time.perf_counter(); run(args.batch_size); compile_s = time.perf_counter() - t
-  t = time.perf_counter(); nll = run(args.iw_n); seconds = time.perf_counter() - t
+  first = {}
+  for i, c in enumerate(capacities):
+    first.setdefault(c, i)
+  t = time.perf_counter(); run(list(first.values())); compile_s = time.perf_counter() - t
+  t = time.perf_counter(); nll = run(range(len(starts))); seconds = time.perf_counter() - t
   return dict(value=float(nll.mean()), seconds=seconds, compile_s=compile_s, base=base,
-              chunk=chunk)
+              chunk=chunk, capacities=sorted(first, key=lambda c: c or 0))
 
 
 def iw_loop(args):
@@ -213,6 +240,8 @@ def main():
                       help="most samples per decoder pass (eval.py's --iw_chunk; lowered to "
                       "512 rows per pass on CPU as eval.py does)")
   parser.add_argument("--batch-size", type=int, default=64)
+  parser.add_argument("--pack-tokens", choices=("on", "off"), default="on",
+                      help="IW-NLL: ours on the real tokens only (eval.py's default) or padded")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--only", default="mi,au,iw", help="comma-separated subset")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -239,7 +268,8 @@ def main():
       results[kind] = json.loads(line[0][len("RESULT "):])
     ours, loop = results["ours"], results["loop"]
     rows.append((metric, ours, loop))
-    extra = f" (k={ours['chunk']} per decoder pass)" if "chunk" in ours else ""
+    extra = (f" (k={ours['chunk']} per decoder pass, packed capacities "
+             f"{ours['capacities']})" if "chunk" in ours else "")
     print(f"{metric:3s} ours {ours['seconds']:9.3f} s (compile {ours['compile_s']:.1f} s, "
           f"peak +{ours['peak_mib']:.0f} MiB) value {ours['value']:.5g}{extra}")
     print(f"{'':3s} loop {loop['seconds']:9.3f} s (compile {loop['compile_s']:.1f} s, "

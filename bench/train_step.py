@@ -140,7 +140,7 @@ def parity_check(model, config, params, tx, torch_model, torch_opt, batch, *, ve
     packing = None if capacity is None else packing_lib.make_packing(mask, capacity)
     out = model.apply({"params": p}, ids, mask, dec_ids, deterministic=True, sample_latent=False,
                       packing=packing, encoder_packing=packing)
-    token_nll = train_lib.target_token_nll(out["logits"], ids, packing)
+    token_nll = losses.target_token_nll(out["logits"], ids, packing)
     loss, aux = losses.vae_loss_from_token_nll(token_nll, mask, out["mu"], out["logvar"], 1.0,
                                                example_weights=batch["example_weights"])
     return loss, aux

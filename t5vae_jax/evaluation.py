@@ -47,6 +47,7 @@ from t5vae_jax import data as data_lib
 from t5vae_jax import losses
 from t5vae_jax import metrics as metrics_lib
 from t5vae_jax import model as model_lib
+from t5vae_jax import packing as packing_lib
 from t5vae_jax import sharding
 from t5vae_jax import t5 as t5_lib
 
@@ -93,31 +94,46 @@ def elbo_latents(rng, example_ids, mu, logvar):
                       logvar)[:, 0]
 
 
-def reconstruction_at(params, ids, mask, z, *, model: model_lib.T5VAEModel):
-  """-log p(x|z_k) for each example and sample: ids, mask (B, T), z (B, k, L) -> (B, k)."""
+def reconstruction_at(params, ids, mask, z, *, model: model_lib.T5VAEModel,
+                      capacity: Optional[int] = None, num_shards: int = 1):
+  """-log p(x|z_k) for each example and sample: ids, mask (B, T), z (B, k, L) -> (B, k).
+
+  ``capacity`` (static, slots per data shard for the (B, T) batch; ``packing.capacity``)
+  packs the k tiled copies' real tokens into k * capacity slots per shard, so the decoder's
+  per-token layers skip the padding (``packing.py``); the result is the same.
+  """
   batch, k, latent_dim = z.shape
   tiled_ids = jnp.repeat(ids, k, axis=0)  # rows b*k .. b*k+k-1 are example b
   tiled_mask = jnp.repeat(mask, k, axis=0)
+  # A shard's B/S examples become its B*k/S tiled rows: packing stays within the shard.
+  packing = (None if capacity is None else
+             packing_lib.make_packing(tiled_mask, k * capacity, num_shards))
   decoder_inputs = t5_lib.shift_right(tiled_ids, model.config.decoder_start_token_id)
   logits = model.apply({"params": params}, z.reshape(batch * k, latent_dim), decoder_inputs,
-                       method=model_lib.T5VAEModel.decode_latent)
-  return losses.reconstruction_loss(logits, tiled_ids, tiled_mask).reshape(batch, k)
+                       packing=packing, method=model_lib.T5VAEModel.decode_latent)
+  return losses.reconstruction_loss(logits, tiled_ids, tiled_mask, packing).reshape(batch, k)
 
 
 def batch_statistics(params, batch, rng, num_chunks, *, model: model_lib.T5VAEModel,
-                     chunk_size: int) -> dict[str, jax.Array]:
+                     chunk_size: int, capacity: Optional[int] = None,
+                     num_shards: int = 1) -> dict[str, jax.Array]:
   """Per example: rec, kl, nll, num_tokens, mu, logvar (and example_ids, passed through).
 
   ``batch``: input_ids, attention_mask (B, T), example_ids (B,). The importance-weighted nll
   uses K = num_chunks * chunk_size samples; ``num_chunks`` is traced (a loop bound), so every
-  K with the same chunk size shares one compilation. K = 0 gives nll = NaN.
+  K with the same chunk size shares one compilation. K = 0 gives nll = NaN. ``capacity``
+  (static; ``packing.capacity_on_mesh`` of the mask) runs the encoder's and the decoder's
+  per-token layers on the real tokens only, ``num_shards`` packing per data shard.
   """
   ids, mask = batch["input_ids"], batch["attention_mask"]
   example_ids = batch["example_ids"]
-  mu, logvar = model.apply({"params": params}, ids, mask,
+  encoder_packing = (None if capacity is None else
+                     packing_lib.make_packing(mask, capacity, num_shards))
+  mu, logvar = model.apply({"params": params}, ids, mask, packing=encoder_packing,
                            method=model_lib.T5VAEModel.posterior)
   mu, logvar = mu.astype(jnp.float32), logvar.astype(jnp.float32)
-  rec_fn = functools.partial(reconstruction_at, params, ids, mask, model=model)
+  rec_fn = functools.partial(reconstruction_at, params, ids, mask, model=model,
+                             capacity=capacity, num_shards=num_shards)
   z = elbo_latents(rng, example_ids, mu, logvar)
   rec = rec_fn(z[:, None])[:, 0]
   kl = jnp.sum(losses.kl_per_dim(mu, logvar), axis=-1)
@@ -136,9 +152,12 @@ def batch_statistics(params, batch, rng, num_chunks, *, model: model_lib.T5VAEMo
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_batch_statistics(model: model_lib.T5VAEModel, chunk_size: int):
-  """``batch_statistics`` jitted, one per (model, chunk size): (params, batch, rng, num_chunks)."""
-  return jax.jit(functools.partial(batch_statistics, model=model, chunk_size=chunk_size))
+def compiled_batch_statistics(model: model_lib.T5VAEModel, chunk_size: int,
+                              capacity: Optional[int] = None, num_shards: int = 1):
+  """``batch_statistics`` jitted, one per (model, chunk size, packing capacity and shards):
+  (params, batch, rng, num_chunks)."""
+  return jax.jit(functools.partial(batch_statistics, model=model, chunk_size=chunk_size,
+                                   capacity=capacity, num_shards=num_shards))
 
 
 def default_max_rows() -> int:
@@ -179,12 +198,15 @@ def evaluate(params, examples: Sequence, *, model: model_lib.T5VAEModel, mesh,
              num_samples: int = DEFAULT_NUM_SAMPLES, iw_chunk: int = DEFAULT_IW_CHUNK,
              mi_batch_size: int = DEFAULT_MI_BATCH_SIZE, seed: int = 0,
              max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, max_rows: Optional[int] = None,
-             progress: bool = True, return_arrays: bool = False) -> dict[str, Any]:
+             pack_tokens: bool = True, progress: bool = True,
+             return_arrays: bool = False) -> dict[str, Any]:
   """All metrics of ``examples`` (dicts with "input_ids", as data.load_split gives).
 
   ``batch_size`` is global (a multiple of the mesh's devices); params should already be placed
-  on ``mesh`` (replicated or FSDP-sharded). ``return_arrays`` adds "arrays": the per-example
-  rec, kl, nll, num_tokens, mu and logvar in the order of ``examples`` (numpy).
+  on ``mesh`` (replicated or FSDP-sharded). ``pack_tokens``: the per-token layers run on the
+  real tokens only (same numbers up to float rounding; one compilation per packed capacity).
+  ``return_arrays`` adds "arrays": the per-example rec, kl, nll, num_tokens, mu and logvar in
+  the order of ``examples`` (numpy).
   """
   sharding.check_batch_size(batch_size, mesh)
   cfg = model.config
@@ -214,8 +236,11 @@ def evaluate(params, examples: Sequence, *, model: model_lib.T5VAEModel, mesh,
     device_batch = sharding.global_batch(
         {k: batch[k] for k in ("input_ids", "attention_mask", "example_ids")}, mesh)
     num_chunks = jnp.asarray(num_samples // chunk if num_samples else 0, jnp.int32)
-    out = _gather(compiled_batch_statistics(model, chunk)(params, device_batch, rng,
-                                                          num_chunks))
+    capacity = (packing_lib.capacity_on_mesh(batch["attention_mask"], mesh) if pack_tokens
+                else None)
+    statistics_fn = compiled_batch_statistics(model, chunk, capacity,
+                                              mesh.shape[sharding.DATA_AXIS])
+    out = _gather(statistics_fn(params, device_batch, rng, num_chunks))
     ids = np.asarray(out["example_ids"])
     real = ids >= 0
     for key in per_example:
@@ -264,6 +289,7 @@ def evaluate(params, examples: Sequence, *, model: model_lib.T5VAEModel, mesh,
     result.update(mi_batch=None, au=None, au_variances=None)
   result.update(num_samples=int(num_samples), iw_chunks=sorted(chunks_used),
                 mi_batch_size=int(mi_batch_size), batch_size=int(batch_size), seed=int(seed),
+                pack_tokens=bool(pack_tokens),
                 num_devices=int(mesh.devices.size), seconds=elapsed)
   if return_arrays:
     result["arrays"] = dict(per_example, mu=mu_all, logvar=logvar_all)
@@ -384,7 +410,7 @@ def evaluate_phase(phase_dir, *, checkpoint="latest", split: str = "test",
                     bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
                     num_samples=num_samples, iw_chunk=iw_chunk, mi_batch_size=mi_batch_size,
                     seed=seed, max_logits_bytes=max_logits_bytes, max_rows=max_rows,
-                    progress=progress)
+                    pack_tokens=bool(config.get("pack_tokens", True)), progress=progress)
   name = run_name or f"{phase_dir.parent.name}/{phase_dir.name}"
   result = {"run": name, "phase_dir": str(phase_dir), "checkpoint": which,
             "step": int(restored_step), "split": split,

@@ -103,14 +103,23 @@ def token_cross_entropy(logits: Array, targets: Array) -> Array:
   return log_normaliser - target_logits[..., 0]  # (B, T)
 
 
-def reconstruction_loss(logits: Array, targets: Array, target_mask: Array) -> Array:
+def target_token_nll(logits: Array, targets: Array, packing=None) -> Array:
+  """(B, T) -log p of each target token from the model's logits: (B, T, V), or (S, C, V) at
+  the slots of ``packing`` (``t5vae_jax.packing.Packing``; zeros at padding then)."""
+  if packing is None:
+    return token_cross_entropy(logits, targets)
+  return packing.unpack(token_cross_entropy(logits, packing.pack(targets)))
+
+
+def reconstruction_loss(logits: Array, targets: Array, target_mask: Array,
+                        packing=None) -> Array:
   """-log p(x | z) per example in nats per sentence, (B,) float32.
 
   Summed (not averaged) over the non-pad target positions, EOS included, as the ELBO asks:
   averaging over positions, as the released code does over 256 padded positions, would
-  silently rescale the KL weight.
+  silently rescale the KL weight. ``packing``: logits at packed slots (``target_token_nll``).
   """
-  token_nll = token_cross_entropy(logits, targets)  # (B, T)
+  token_nll = target_token_nll(logits, targets, packing)  # (B, T)
   return jnp.sum(token_nll * target_mask.astype(jnp.float32), axis=-1)  # (B,)
 
 

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5vae_jax import sharding
+
 Array = jax.Array
 
 CAPACITY_STEPS = 8  # capacities are multiples of 1/CAPACITY_STEPS of a shard's positions
@@ -96,3 +98,14 @@ def capacity(mask: np.ndarray, num_shards: int = 1) -> int:
   most = int((mask.reshape(num_shards, positions) > 0).sum(axis=1).max())
   step = max(1, math.ceil(positions / CAPACITY_STEPS))
   return int(min(positions, max(step, math.ceil(most / step) * step)))
+
+
+def capacity_on_mesh(local_mask: np.ndarray, mesh) -> int:
+  """``capacity`` of this process's rows ``local_mask`` over its data shards of ``mesh``; on
+  several hosts the largest over processes, so that every process runs the same program."""
+  local_shards = max(1, mesh.shape[sharding.DATA_AXIS] // jax.process_count())
+  slots = capacity(local_mask, local_shards)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    slots = int(np.max(multihost_utils.process_allgather(np.asarray(slots))))
+  return slots

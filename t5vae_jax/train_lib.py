@@ -133,20 +133,13 @@ def compute_loss(params, batch, rngs, *, model: model_lib.T5VAEModel, beta, conf
                     encoder_input_ids=enc_ids, encoder_attention_mask=enc_mask,
                     packing=packing, encoder_packing=enc_packing,
                     rngs={"latent": rngs["latent"], "dropout": rngs["dropout"]})
-  token_nll = target_token_nll(out["logits"], ids, packing)
+  token_nll = losses.target_token_nll(out["logits"], ids, packing)
   loss, aux = losses.vae_loss_from_token_nll(token_nll, mask, out["mu"], out["logvar"], beta,
                                              kl_floor=config.kl_floor if train else 0.0,
                                              kl_threshold_mode=config.kl_threshold_mode,
                                              example_weights=batch["example_weights"])
   return loss, (aux, out)
 
-
-def target_token_nll(logits, targets, packing=None):
-  """(B, T) -log p of each target token from the model's logits: (B, T, V), or (S, C, V) at
-  the slots of ``packing``."""
-  if packing is None:
-    return losses.token_cross_entropy(logits, targets)
-  return packing.unpack(losses.token_cross_entropy(logits, packing.pack(targets)))
 
 
 def train_step(state: TrainState, batch, *, model, tx, beta_fn, base_rng, config,
@@ -414,12 +407,7 @@ def packing_capacity(config, local_mask: np.ndarray, mesh) -> Optional[int]:
   """
   if not config.get("pack_tokens", False):
     return None
-  local_shards = max(1, mesh.shape[sharding.DATA_AXIS] // jax.process_count())
-  capacity = packing_lib.capacity(local_mask, local_shards)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    capacity = int(np.max(multihost_utils.process_allgather(np.asarray(capacity))))
-  return capacity
+  return packing_lib.capacity_on_mesh(local_mask, mesh)
 
 
 def phase_dir(workdir, phase: int) -> epath.Path:

@@ -17,6 +17,7 @@ from t5vae_jax import api
 from t5vae_jax import data as data_lib
 from t5vae_jax import config_validation
 from t5vae_jax import evaluation
+from t5vae_jax import packing as packing_lib
 from t5vae_jax import sharding
 from t5vae_jax import t5 as t5_lib
 from t5vae_jax import tokenizer as tokenizer_lib
@@ -26,7 +27,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 CLI_ARGS = ["--num_samples=16", "--iw_chunk=4", "--batch_size=16", "--mi_batch_size=16",
             "--max_examples=40", "--noprogress", "--config.data.bucket_lengths=(16,)",
-            "--output=eval_cli.json"]
+            "--output=eval_cli.json", "--config.pack_tokens=False"]
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +93,8 @@ def _np_rec(model, params, batch, z):
 
 def test_iw_nll_matches_numpy_and_k1_is_the_single_sample_elbo(trained):
   """K = 1: nll = rec + log q(z|x) - log p(z) at the same draw z (the Monte Carlo -ELBO);
-  K = 4 (4 chunks of 1): numpy's logsumexp of the 4 log weights minus log 4."""
+  K = 4 (4 chunks of 1): numpy's logsumexp of the 4 log weights minus log 4; the same with
+  token packing."""
   _, model, params, examples = trained
   batch = _batch(examples[:16])
   rng = jax.random.key(3)
@@ -123,6 +125,16 @@ def test_iw_nll_matches_numpy_and_k1_is_the_single_sample_elbo(trained):
   kl = 0.5 * np.sum(mu ** 2 + np.exp(logvar) - 1 - logvar, -1)
   np.testing.assert_allclose(out1["kl"], kl, rtol=1e-4, atol=1e-4)
 
+  # Token packing (2 data shards, 2 samples per decoder pass: the tiled copies are packed too)
+  # gives the same numbers at the same draws.
+  capacity = packing_lib.capacity(batch["attention_mask"], 2)
+  assert capacity < 8 * 16  # the batch has padding to skip
+  packed = jax.device_get(evaluation.compiled_batch_statistics(model, 2, capacity, 2)(
+      params, batch, rng, jnp.int32(2)))
+  for key in ("mu", "logvar", "rec", "kl", "num_tokens"):
+    np.testing.assert_allclose(packed[key], out1[key], rtol=1e-5, atol=1e-5, err_msg=key)
+  np.testing.assert_allclose(packed["nll"], out4["nll"], rtol=1e-5, atol=1e-4)
+
 
 def test_iw_nll_tightens_with_k(trained):
   """On a trained model the bound tightens with K: mean NLL(K=1) > NLL(8) > NLL(64), and the
@@ -147,8 +159,9 @@ def test_iw_nll_tightens_with_k(trained):
 
 
 def test_eval_same_on_1_and_8_devices_cli_and_independent_mi_au(trained, eval_cli):
-  """evaluate() on a 1-device mesh, in this process, and eval.py over all 8 simulated devices
-  (and with another chunking of the K samples) give the same numbers; eval.py writes eval.json and prints the Markdown row; AU and MI equal
+  """evaluate() on a 1-device mesh, in this process (token packing on, the default), and
+  eval.py over all 8 simulated devices (packing off by a --config flag, and another chunking
+  of the K samples) give the same numbers; eval.py writes eval.json and prints the Markdown row; AU and MI equal
   numpy's on the gathered posteriors (at the same draw for MI), and mu equals encode's."""
   pdir, model, params, examples = trained
   examples = examples[:40]  # 3 batches of 16, the last one partly filler
@@ -168,7 +181,7 @@ def test_eval_same_on_1_and_8_devices_cli_and_independent_mi_au(trained, eval_cl
   assert eval_cli.returncode == 0, stderr[-3000:]
   eight = json.loads((pdir / "eval_cli.json").read_text())
   assert eight["num_devices"] == 8 and eight["split"] == "test" and eight["num_samples"] == 16
-  assert eight["iw_chunks"] == [4]
+  assert eight["iw_chunks"] == [4] and eight["pack_tokens"] is False and one["pack_tokens"]
   for key in ("rec", "kl", "neg_elbo", "nll", "ppl", "ppl_elbo", "mi", "mi_batch",
               "rec_per_token", "kl_per_token", "nll_per_token", "neg_elbo_per_token"):
     np.testing.assert_allclose(one[key], eight[key], rtol=2e-5, err_msg=key)

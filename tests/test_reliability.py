@@ -51,6 +51,6 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_params(tmp_path, 
   log = []
   overrides = soak.DEFAULT_OVERRIDES + [f"--config.data.tfds_dir={tfds_dir}",
                                         "--config.phase1.epochs=1"]
-  ok = soak.run(3, tmp_path, overrides, seed=1, log=log.append)
+  ok = soak.run(2, tmp_path, overrides, seed=1, log=log.append)
   assert ok, "\n".join(log)
   assert any("SIGKILL" in line for line in log), log
