@@ -38,7 +38,10 @@ cli.setup_runtime()
 assert jax.process_count() == num_processes and jax.process_index() == process_id
 from test_train import tiny_config  # noqa: E402
 
+# Token packing on (configs/demo.py turns it off): each process packs its own shards with the
+# largest capacity over processes.
 config = tiny_config(tfds_dir, mesh_devices=0, log_every_steps=1, checkpoint_every_steps=2,
+                     pack_tokens=True,
                      eval_max_examples=40, **{"phase1.epochs": 1.0})
 workdir = out_dir / "work"
 record = {}

@@ -27,7 +27,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 CLI_ARGS = ["--num_samples=16", "--iw_chunk=4", "--batch_size=16", "--mi_batch_size=16",
             "--max_examples=40", "--noprogress", "--config.data.bucket_lengths=(16,)",
-            "--output=eval_cli.json", "--config.pack_tokens=False"]
+            "--output=eval_cli.json", "--config.pack_tokens=True"]
 
 
 @pytest.fixture(scope="session")
@@ -159,9 +159,9 @@ def test_iw_nll_tightens_with_k(trained):
 
 
 def test_eval_same_on_1_and_8_devices_cli_and_independent_mi_au(trained, eval_cli):
-  """evaluate() on a 1-device mesh, in this process (token packing on, the default), and
-  eval.py over all 8 simulated devices (packing off by a --config flag, and another chunking
-  of the K samples) give the same numbers; eval.py writes eval.json and prints the Markdown row; AU and MI equal
+  """evaluate() on a 1-device mesh, in this process (token packing off), and eval.py over all
+  8 simulated devices (packing on by a --config flag: the demo's config has it off; another
+  chunking of the K samples) give the same numbers; eval.py writes eval.json and prints the Markdown row; AU and MI equal
   numpy's on the gathered posteriors (at the same draw for MI), and mu equals encode's."""
   pdir, model, params, examples = trained
   examples = examples[:40]  # 3 batches of 16, the last one partly filler
@@ -169,7 +169,7 @@ def test_eval_same_on_1_and_8_devices_cli_and_independent_mi_au(trained, eval_cl
   one = evaluation.evaluate(
       jax.device_put(params, sharding.replicated(mesh)), examples, model=model, mesh=mesh,
       batch_size=16, bucket_lengths=(16,), num_samples=16, iw_chunk=8, mi_batch_size=16,
-      progress=False, return_arrays=True)
+      pack_tokens=False, progress=False, return_arrays=True)
   assert one["num_examples"] == 40 and one["num_devices"] == 1 and one["iw_chunks"] == [8]
   assert one["nll"] < one["neg_elbo"]
   assert one["neg_elbo"] == pytest.approx(one["rec"] + one["kl"], rel=1e-12)
@@ -181,7 +181,7 @@ def test_eval_same_on_1_and_8_devices_cli_and_independent_mi_au(trained, eval_cl
   assert eval_cli.returncode == 0, stderr[-3000:]
   eight = json.loads((pdir / "eval_cli.json").read_text())
   assert eight["num_devices"] == 8 and eight["split"] == "test" and eight["num_samples"] == 16
-  assert eight["iw_chunks"] == [4] and eight["pack_tokens"] is False and one["pack_tokens"]
+  assert eight["iw_chunks"] == [4] and eight["pack_tokens"] is True and one["pack_tokens"] is False
   for key in ("rec", "kl", "neg_elbo", "nll", "ppl", "ppl_elbo", "mi", "mi_batch",
               "rec_per_token", "kl_per_token", "nll_per_token", "neg_elbo_per_token"):
     np.testing.assert_allclose(one[key], eight[key], rtol=2e-5, err_msg=key)
