@@ -352,6 +352,19 @@ def apply_overrides(config, overrides: Sequence[str]):
   return config
 
 
+# Keys that configs saved by older versions lack, with the value those versions behaved as.
+NEW_CONFIG_KEYS = {"pack_tokens": False}
+
+
+def fill_new_keys(config):
+  """Adds NEW_CONFIG_KEYS missing from a saved config (so --config.pack_tokens=... works on a
+  run saved before the key existed); returns config."""
+  for key, value in NEW_CONFIG_KEYS.items():
+    if key not in config:
+      config[key] = value
+  return config
+
+
 def markdown_header() -> str:
   return ("| run | PPL | KL | -ELBO | MI | AU | rec | MI (batch) | PPL (ELBO) | K |\n"
           "|---|---|---|---|---|---|---|---|---|---|")
@@ -388,7 +401,7 @@ def evaluate_phase(phase_dir, *, checkpoint="latest", split: str = "test",
   config = api.load_config(phase_dir)
   if config is None:
     raise FileNotFoundError(f"{phase_dir / 'config.json'} is missing: not a phase directory")
-  apply_overrides(config, config_overrides)
+  apply_overrides(fill_new_keys(config), config_overrides)
   if data_dir is not None:
     config.data.dir = data_dir
   if tfds_dir is not None:
@@ -410,7 +423,7 @@ def evaluate_phase(phase_dir, *, checkpoint="latest", split: str = "test",
                     bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
                     num_samples=num_samples, iw_chunk=iw_chunk, mi_batch_size=mi_batch_size,
                     seed=seed, max_logits_bytes=max_logits_bytes, max_rows=max_rows,
-                    pack_tokens=bool(config.get("pack_tokens", True)), progress=progress)
+                    pack_tokens=bool(config.pack_tokens), progress=progress)
   name = run_name or f"{phase_dir.parent.name}/{phase_dir.name}"
   result = {"run": name, "phase_dir": str(phase_dir), "checkpoint": which,
             "step": int(restored_step), "split": split,
