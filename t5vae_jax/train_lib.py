@@ -141,7 +141,6 @@ def compute_loss(params, batch, rngs, *, model: model_lib.T5VAEModel, beta, conf
   return loss, (aux, out)
 
 
-
 def train_step(state: TrainState, batch, *, model, tx, beta_fn, base_rng, config,
                capacity: Optional[int] = None, num_shards: int = 1):
   """One AdamW step (skipped when the loss or gradient is not finite). ``capacity`` and
