@@ -20,7 +20,10 @@ from t5vae_jax.datasets.builders import Yahoo
 from t5vae_jax.datasets.builders import Yelp
 from t5vae_jax.datasets.builders import check_reachable
 from t5vae_jax.datasets.builders import download_hosts
+from t5vae_jax.datasets.builders import download_urls
+from t5vae_jax.datasets.builders import url_host
 from t5vae_jax.datasets.builders import parse_line
+from t5vae_jax.datasets.download import BASE_URL_VARIABLE
 
 BUILDERS = {builder.name: builder for builder in (Ptb, Snli, Yahoo, Yelp, Synthetic)}
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
@@ -42,7 +45,8 @@ def get_builder(
   A prepared dataset is prepared again when its source files changed since (a split file that
   was missing appeared, or one in `raw_dir` has another size or modification time), so adding
   or fixing train.txt is enough. Raises FileNotFoundError naming `raw_dir` when it does not
-  exist, and DataError when the files would be downloaded but their host cannot be reached.
+  exist, and DataError when the files would be downloaded but their host cannot be reached, or a
+  download breaks off or is not the recorded file (then nothing is prepared; see download.py).
   """
   if name not in BUILDERS:
     raise ValueError(f"Unknown dataset {name!r}; known: {sorted(BUILDERS)}")
@@ -112,21 +116,25 @@ def _sources_changed(builder: TextLinesBuilder) -> bool:
 
 
 def _check_download_possible(name: str) -> None:
-  """Fails fast (instead of TFDS's minutes of retries) when the download host is unreachable."""
+  """Fails fast (instead of a download's retries) when the download host is unreachable."""
   if any(os.environ.get(variable) for variable in _PROXY_VARIABLES):
     return  # the proxy decides; connecting to the host directly proves nothing
+  urls = download_urls(BUILDERS[name])
   for host in download_hosts(BUILDERS[name]):
+    url = next((url for url in urls if url_host(url) == host), None)
     try:
       check_reachable(host)
     except OSError as e:
       raise DataError(
-          f"{name}: config.data.dir is empty, so the files would be downloaded from {host}, "
-          f"which cannot be reached ({type(e).__name__}: {_first_line(e)}); offline, put "
-          "train.txt, valid.txt and test.txt in a directory and pass --config.data.dir=DIR"
+          f"{name}: config.data.dir is empty, so the files would be downloaded from {host}"
+          f"{f' ({url})' if url else ''}, which cannot be reached ({type(e).__name__}: "
+          f"{_first_line(e)}); offline, put train.txt, valid.txt and test.txt in a directory "
+          "and pass --config.data.dir=DIR"
       ) from None
 
 
 __all__ = [
+    "BASE_URL_VARIABLE",
     "BAD_LINE_POLICIES",
     "BUILDERS",
     "DEFAULT_MAX_LINE_CHARS",

@@ -1,7 +1,8 @@
 """TFDS builders for the text-VAE benchmarks: one example per line of train/valid/test.txt.
 
-On a connected machine a builder downloads the public copy of the files; offline it reads them from
-`raw_dir` (config.data.dir). Datasets are written as array_record, so `as_data_source` reads them
+On a connected machine a builder downloads the public copy of the files, each from a commit-pinned
+URL and verified against its recorded hashes (download.py, checksums.py); offline it reads them
+from `raw_dir` (config.data.dir). Datasets are written as array_record, so `as_data_source` reads them
 back with random access and without TensorFlow. The builders live in this module file because TFDS
 cannot prepare a builder class defined in `__main__`.
 
@@ -29,6 +30,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from t5vae_jax import synthetic
+from t5vae_jax.datasets import checksums
+from t5vae_jax.datasets import download
+from t5vae_jax.datasets.errors import DataError
 
 _SPLIT_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
 
@@ -44,10 +48,6 @@ _REASON_TEXT = {
 DEFAULT_MAX_LINE_CHARS = 20_000
 _LOGGED_PER_REASON = 3
 _VERSION = tfds.core.Version("1.1.0")
-
-
-class DataError(ValueError):
-  """The data cannot be used as it is; the message names the file (and line) and what to do."""
 
 
 def parse_line(raw: bytes, *, has_labels: bool, max_line_chars: int,
@@ -130,8 +130,9 @@ class TextLinesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       "1.0.0": "Initial release.",
       "1.1.0": "Bad-line policy (skip and count by reason, or fail) in the builder config.",
   }
-  # Split -> URL of a public copy of its file; empty when a subclass overrides `_download`.
-  URLS: dict[str, str] = {}
+  # Split -> its file's path under the download base URL (download.url_for), a key of
+  # checksums.CHECKSUMS; empty when a subclass overrides `_download`.
+  FILES: dict[str, str] = {}
   HOMEPAGE = ""
   DESCRIPTION = ""
   # Whether lines are `label<TAB>text`; the label is -1 on lines without a tab.
@@ -179,7 +180,14 @@ class TextLinesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     }
 
   def _download(self, dl_manager: tfds.download.DownloadManager) -> dict[str, epath.Path]:
-    return {split: epath.Path(path) for split, path in dl_manager.download(self.URLS).items()}
+    """Fetches and verifies every split file (DataError on a mismatch, before anything is built);
+    the dataset's metadata records what each was verified as."""
+    destination = epath.Path(dl_manager.download_dir) / "t5vae_jax"
+    files, verified = {}, {}
+    for split, path in self.FILES.items():
+      files[split], verified[split] = download.fetch(path, destination)
+    self.info.metadata["downloads"] = verified
+    return files
 
   @property
   def _policy(self) -> tuple[str, int]:
@@ -251,17 +259,31 @@ def _file_stamp(path: epath.Path) -> dict:
     return {"path": os.fspath(path)}
 
 
+def download_urls(builder_cls) -> list[str]:
+  """The URLs the builder downloads from, under the current base URL."""
+  return [download.url_for(path) for path in getattr(builder_cls, "FILES", {}).values()]
+
+
+def url_host(url: str) -> str | None:
+  """`host` of an https URL on the default port, else `host:port`; None for file:// and the like."""
+  parsed = urllib.parse.urlparse(url)
+  if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    return None
+  port = parsed.port or (443 if parsed.scheme == "https" else 80)
+  return parsed.hostname if port == 443 else f"{parsed.hostname}:{port}"
+
+
 def download_hosts(builder_cls) -> list[str]:
-  """Host names the builder downloads from."""
-  urls = list(getattr(builder_cls, "URLS", {}).values())
-  if getattr(builder_cls, "_ARCHIVE_URL", None):
-    urls.append(builder_cls._ARCHIVE_URL)
-  return sorted({urllib.parse.urlparse(url).hostname for url in urls if url})
+  """The hosts (`host` or `host:port`, as url_host) the builder downloads from."""
+  return sorted({host for host in map(url_host, download_urls(builder_cls)) if host})
 
 
 def check_reachable(host: str, port: int = 443, timeout_s: float = 10.0) -> None:
-  """Raises OSError when `host` cannot be resolved or connected to within `timeout_s`."""
-  with socket.create_connection((host, port), timeout=timeout_s):
+  """Raises OSError when `host` (`host` or `host:port`) cannot be resolved or connected to within
+  `timeout_s`."""
+  name, _, port_text = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+  with socket.create_connection((name, int(port_text)) if port_text else (host, port),
+                                timeout=timeout_s):
     pass
 
 
@@ -271,16 +293,12 @@ class Ptb(TextLinesBuilder, skip_registration=True):
   name = "ptb"
   HOMEPAGE = "https://www.fit.vutbr.cz/~imikolov/rnnlm/"
   DESCRIPTION = "Mikolov's Penn Treebank: lowercase, digits as N, 10k vocabulary with <unk>."
-  _ARCHIVE_URL = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"
-  _ARCHIVE_MEMBERS = {
-      "train": "simple-examples/data/ptb.train.txt",
-      "validation": "simple-examples/data/ptb.valid.txt",
-      "test": "simple-examples/data/ptb.test.txt",
+  # The ptb.*.txt of Mikolov's simple-examples.tgz, as committed to Zaremba's lstm repository.
+  FILES = {
+      "train": checksums.PTB_DIR + "ptb.train.txt",
+      "validation": checksums.PTB_DIR + "ptb.valid.txt",
+      "test": checksums.PTB_DIR + "ptb.test.txt",
   }
-
-  def _download(self, dl_manager):
-    archive_dir = epath.Path(dl_manager.download_and_extract(self._ARCHIVE_URL))
-    return {split: archive_dir / member for split, member in self._ARCHIVE_MEMBERS.items()}
 
 
 class Snli(TextLinesBuilder, skip_registration=True):
@@ -289,8 +307,8 @@ class Snli(TextLinesBuilder, skip_registration=True):
   name = "snli"
   HOMEPAGE = "https://nlp.stanford.edu/projects/snli/"
   DESCRIPTION = "SNLI premises/hypotheses, lowercase and tokenized, one sentence per line."
-  _BASE = "https://raw.githubusercontent.com/Egojr/optagan/8091498e0199a3953015ae039693bd6450da3abd/data/snli_data/"
-  URLS = {"train": _BASE + "train.txt", "validation": _BASE + "valid.txt", "test": _BASE + "test.txt"}
+  FILES = {split: checksums.SNLI_DIR + name for split, name in
+           (("train", "train.txt"), ("validation", "valid.txt"), ("test", "test.txt"))}
 
 
 class Yahoo(TextLinesBuilder, skip_registration=True):
@@ -299,8 +317,8 @@ class Yahoo(TextLinesBuilder, skip_registration=True):
   name = "yahoo"
   HOMEPAGE = "https://github.com/harvardnlp/sa-vae"
   DESCRIPTION = "Yahoo Answers documents (question + answer), lowercase and tokenized, _UNK for OOV."
-  _BASE = "https://raw.githubusercontent.com/harvardnlp/DeepLatentNLP/7fa2d61beea8a3e9497d5931e2d3fe73dec7cfb6/data/yahoo/"
-  URLS = {"train": _BASE + "train.txt", "validation": _BASE + "val.txt", "test": _BASE + "test.txt"}
+  FILES = {split: checksums.YAHOO_DIR + name for split, name in
+           (("train", "train.txt"), ("validation", "val.txt"), ("test", "test.txt"))}
 
 
 class Yelp(TextLinesBuilder, skip_registration=True):
@@ -310,12 +328,8 @@ class Yelp(TextLinesBuilder, skip_registration=True):
   HOMEPAGE = "https://github.com/fangleai/Implicit-LVM"
   DESCRIPTION = "Yelp reviews with their star rating as label, lowercase and tokenized."
   HAS_LABELS = True
-  _BASE = "https://raw.githubusercontent.com/fangleai/Implicit-LVM/ad5d138ba9f01bf4fca1ff6e85aaa042b6c785a0/lang_model_yelp/data/"
-  URLS = {
-      "train": _BASE + "yelp.train.txt",
-      "validation": _BASE + "yelp.valid.txt",
-      "test": _BASE + "yelp.test.txt",
-  }
+  FILES = {split: checksums.YELP_DIR + name for split, name in
+           (("train", "yelp.train.txt"), ("validation", "yelp.valid.txt"), ("test", "yelp.test.txt"))}
 
 
 class SyntheticConfig(TextLinesConfig):
