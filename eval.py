@@ -9,84 +9,9 @@ is needed. Writes ``<workdir>/phase<N>/eval.json`` and prints one Markdown row p
 paper's column order (| run | PPL | KL | -ELBO | MI | AU |, then rec, per-batch MI, PPL from
 the ELBO and K). ``--config.x=y`` overrides a value of the saved config (e.g. the data paths).
 """
-import sys
+from t5vae_jax import eval_command
 
-from absl import app
-from absl import flags
-
-from t5vae_jax import cli
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The training workdir (holds phase1/, phase2/).")
-flags.DEFINE_integer("phase", None, "1 or 2; default: every phase present.")
-flags.DEFINE_string("checkpoint", "latest", "latest | best | <step>.")
-flags.DEFINE_enum("split", "test", ["validation", "test"], "Which split to evaluate.")
-flags.DEFINE_integer("num_samples", 500, "K, importance samples per sentence (0: no IW-NLL).")
-flags.DEFINE_integer("iw_chunk", 50, "Most importance samples per decoder pass (lowered to "
-                     "fit --max_logits_mib and --max_rows; the numbers do not depend on it).")
-flags.DEFINE_integer("max_logits_mib", 1024, "Most MiB of logits in one decoder pass.")
-flags.DEFINE_integer("max_rows", 0, "Most rows (batch x samples) in one decoder pass; "
-                     "0: by backend (512 on CPU, 65536 on accelerators). Speed only.")
-flags.DEFINE_integer("batch_size", 64, "Global batch (a multiple of the number of devices).")
-flags.DEFINE_integer("mi_batch_size", 256, "Batch size of the per-batch MI variant.")
-flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N examples (0: all).")
-flags.DEFINE_integer("seed", 0, "Seed of the latent draws.")
-flags.DEFINE_string("data_dir", None, "Overrides config.data.dir (the raw dataset files).")
-flags.DEFINE_string("tfds_dir", None, "Overrides config.data.tfds_dir.")
-flags.DEFINE_string("output", "eval.json", "File name written in each phase directory.")
-flags.DEFINE_bool("progress", True, "Show a progress bar.")
-flags.mark_flags_as_required(["workdir"])
-
-_CONFIG_PREFIX = "--config."
-
-
-def split_config_overrides(argv):
-  """Pulls ``--config.key=value`` out of argv (absl does not know them): (argv, overrides)."""
-  rest, overrides = [], []
-  args = iter(argv)
-  for arg in args:
-    if arg.startswith(_CONFIG_PREFIX):
-      item = arg[len(_CONFIG_PREFIX):]
-      if "=" not in item:  # --config.key value
-        item = f"{item}={next(args, '')}"
-      overrides.append(item)
-    else:
-      rest.append(arg)
-  return rest, overrides
-
-
-_OVERRIDES = []
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.setup_runtime()
-  import jax
-  from t5vae_jax import evaluation
-  phases = None if FLAGS.phase is None else [FLAGS.phase]
-  rows = []
-  for pdir in evaluation.phase_dirs(FLAGS.workdir, phases):
-    if jax.process_index() == 0:
-      print(f"evaluating {pdir} ({FLAGS.checkpoint}, {FLAGS.split}, K={FLAGS.num_samples}) "
-            f"on {jax.device_count()} device(s)", file=sys.stderr, flush=True)
-    result = evaluation.evaluate_phase(
-        pdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split, num_samples=FLAGS.num_samples,
-        iw_chunk=FLAGS.iw_chunk, batch_size=FLAGS.batch_size,
-        mi_batch_size=FLAGS.mi_batch_size, seed=FLAGS.seed, max_examples=FLAGS.max_examples,
-        data_dir=FLAGS.data_dir, tfds_dir=FLAGS.tfds_dir, config_overrides=_OVERRIDES,
-        max_logits_bytes=FLAGS.max_logits_mib << 20, max_rows=FLAGS.max_rows or None,
-        output=FLAGS.output,
-        progress=FLAGS.progress)
-    rows.append(result["row"])
-    if jax.process_index() == 0:
-      print(f"wrote {pdir / FLAGS.output} ({result['seconds']:.1f} s)", file=sys.stderr,
-            flush=True)
-  if jax.process_index() == 0:
-    print(evaluation.markdown_header())
-    print("\n".join(rows), flush=True)
-
+main = eval_command.main  # the command lives in the library (the t5vae-eval entry point)
 
 if __name__ == "__main__":
-  _argv, _OVERRIDES[:] = split_config_overrides(sys.argv)
-  cli.run_main(main, argv=_argv)
+  eval_command.run()

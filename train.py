@@ -7,19 +7,9 @@
 A mistake in the flags, the config, the paths or the data ends with one ``error: ...`` line on
 stderr and exit status 2 (see t5vae_jax/cli.py).
 """
-from absl import flags
+from t5vae_jax import train_command
 
-from t5vae_jax import cli
-
-FLAGS = flags.FLAGS
-cli.define_training_flags(FLAGS)
-
-
-def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
-  cli.run_training(FLAGS.config, FLAGS.workdir, FLAGS.phase)
-
+main = train_command.main  # the command lives in the library (the t5vae-train entry point)
 
 if __name__ == "__main__":
-  cli.run_main(main)
+  train_command.run()

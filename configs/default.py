@@ -2,6 +2,17 @@
 
 Every ablation of the paper and of SPEC section 10 is one key here; override any of them on
 the command line, e.g. ``--config.batch_size=64 --config.model.pooling=mean``.
+
+The files of ``configs/`` are loaded by path (``--config configs/ptb.py``) and are not an
+installed package (no generic top-level ``configs`` in site-packages): a config that starts from
+these defaults loads this file as its sibling, by path, so it works from any working directory,
+with ``python train.py`` and with the ``t5vae-train`` entry point::
+
+    from t5vae_jax import config_files
+    default = config_files.sibling(__file__, "default")   # then default.get_config()
+
+A config kept elsewhere names this file:
+``config_files.load_module("<checkout>/configs/default.py")``.
 """
 import ml_collections
 
@@ -28,7 +39,10 @@ def get_config() -> ml_collections.ConfigDict:
   # of dropped-out states differs between training and evaluation (docs/ptb-study.md).
   config.model.pool_dropout = False
   config.model.latent_injection = "cross_attention"  # cross_attention (paper) | self_prefix
-  config.model.dtype = "float32"  # compute dtype; bfloat16 on TPU/GPU. Params stay float32.
+  # Compute dtype; params stay float32. "auto": bfloat16 on TPU/GPU, float32 on CPU, resolved on
+  # the devices the run uses; saved as "auto", so a checkpoint loaded on a CPU computes in
+  # float32. "float32" / "bfloat16" are kept everywhere.
+  config.model.dtype = "auto"
 
   # ---- data --------------------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
@@ -83,7 +97,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.best_metric = "val/neg_elbo"  # lower is better
   config.on_nonfinite = "skip"  # skip the update (counted) | stop (keep the last good checkpoint)
-  config.debug_nan_steps = ()  # fault injection (tests): steps whose loss is made NaN
   config.fsdp = False  # shard params and optimizer state over devices too
   # Run the per-token layers (projections, feed-forward, output layer, loss) of a train step on
   # the real tokens only (t5vae_jax/packing.py); same loss, a few compilations per padded length.

@@ -3,7 +3,9 @@
 No download: the sentences come from ``t5vae_jax.synthetic`` and a SentencePiece tokenizer is
 trained on them in the workdir.
 """
-from configs import default
+from t5vae_jax import config_files
+
+default = config_files.sibling(__file__, "default")
 
 
 def get_config():

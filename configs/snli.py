@@ -1,5 +1,7 @@
 """SNLI sentences (the text-VAE benchmark version), the paper's appendix recipe on t5-small."""
-from configs import default
+from t5vae_jax import config_files
+
+default = config_files.sibling(__file__, "default")
 
 
 def get_config():

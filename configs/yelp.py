@@ -1,5 +1,9 @@
-"""Yelp (Shen et al. 2017; lines may be ``label<TAB>text``), the paper's recipe on t5-small."""
-from configs import default
+"""Yelp15 of Yang, Hu, Salakhutdinov & Berg-Kirkpatrick 2017 ("Improved variational autoencoders
+for text modeling using dilated convolutions": 100k/10k/10k reviews; lines may be
+``label<TAB>text``), the paper's recipe on t5-small."""
+from t5vae_jax import config_files
+
+default = config_files.sibling(__file__, "default")
 
 
 def get_config():

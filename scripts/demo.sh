@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The offline demo: set up .venv (first run only), train both phases of configs/demo.py
 # (a tiny T5 from scratch on the synthetic grammar), evaluate, and plot the curves.
+# T5VAE_ACCELERATOR=tpu|cuda12 bash scripts/demo.sh: with JAX's TPU / CUDA plugin (_venv.sh).
 source "$(dirname "$0")/_venv.sh" requirements.txt
 WORKDIR="${1:-runs/demo}"
 python train.py --config configs/demo.py --phase 1 --workdir "$WORKDIR"

@@ -3,8 +3,9 @@ that the final params equal those of an uninterrupted run with the same seed.
 
   python scripts/kill_resume_soak.py --kills 20 --workdir /tmp/soak
 
-Every restart must load (a kill during a checkpoint save must never leave a checkpoint that
-looks complete). Extra ``--config.x=y`` arguments go to train.py. Exit status 0 on success.
+Each kill comes after a completed checkpoint exists, so every restart must resume from a saved
+step (a kill during a checkpoint save must never leave a checkpoint that looks complete).
+Extra ``--config.x=y`` arguments go to train.py. Exit status 0 on success.
 """
 from __future__ import annotations
 
@@ -43,6 +44,24 @@ def final_params(workdir):
                 for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
+def completed_steps(workdir) -> list[int]:
+  """Steps of the completed checkpoints (orbax writes ``<step>.orbax-checkpoint-tmp-*`` and
+  renames it to ``<step>`` when the save is whole). Read from the listing alone: opening a
+  CheckpointManager here would clean up the running trainer's temporary directories."""
+  directory = pathlib.Path(workdir) / "phase1" / "checkpoints"
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def resumed_step(output: str):
+  """The step a train.py run said it resumed from, or None (a fresh start)."""
+  for line in output.splitlines():
+    if line.startswith("resuming ") and " at step " in line:
+      return int(line.rsplit(" at step ", 1)[1].split()[0])
+  return None
+
+
 def run(kills: int, workdir: pathlib.Path, overrides: list[str], seed: int, log=print) -> bool:
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   # Restarts reuse compiled programs: each costs an import, not a compilation.
@@ -58,15 +77,17 @@ def run(kills: int, workdir: pathlib.Path, overrides: list[str], seed: int, log=
   log(f"uninterrupted run: {straight_time:.1f} s")
   rng = random.Random(seed)
   metrics = killed / "phase1" / "metrics.jsonl"
-  restarts = 0
+  restarts, last_saved = 0, []
   for k in range(kills):
     proc = subprocess.Popen(train_cmd(killed, overrides), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    # Wait until it trains (a new metrics row), then kill at a random moment after that.
+    # Wait until it trains (a new metrics row) and a completed checkpoint exists, then kill at a
+    # random moment after that: the next restart must resume.
     rows = len(metrics.read_text().splitlines()) if metrics.exists() else 0
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-      if metrics.exists() and len(metrics.read_text().splitlines()) > rows:
+      if (metrics.exists() and len(metrics.read_text().splitlines()) > rows
+          and completed_steps(killed)):
         break
       time.sleep(0.05)
     time.sleep(rng.uniform(0.0, 1.5))
@@ -77,15 +98,29 @@ def run(kills: int, workdir: pathlib.Path, overrides: list[str], seed: int, log=
         return False
       log(f"kill {k}: run finished before the kill")
       break
+    saved_before = completed_steps(killed)
     proc.kill()
     out = proc.communicate()[0]
     restarts += 1
-    resumed = [l for l in out.splitlines() if l.startswith("resuming")]
-    log(f"kill {k}: SIGKILL after {len(metrics.read_text().splitlines())} metric rows; "
-        f"{resumed[0] if resumed else 'fresh start'}")
+    resumed = resumed_step(out)
+    log(f"kill {k}: SIGKILL after {len(metrics.read_text().splitlines())} metric rows, "
+        f"checkpoints {saved_before}; "
+        f"{'fresh start' if resumed is None else f'resumed at step {resumed}'}")
+    if k > 0 and (resumed is None or resumed < last_saved[-1]):
+      log(f"restart {k} did not resume from step {last_saved[-1]} or later, although the last "
+          "kill came after that checkpoint was complete")
+      return False
+    last_saved = saved_before
+  saved_before = completed_steps(killed)
   done = subprocess.run(train_cmd(killed, overrides), env=env, capture_output=True, text=True)
   if done.returncode != 0:
     log(f"final resume failed:\n{done.stderr[-3000:]}")
+    return False
+  resumed = resumed_step(done.stderr)
+  log(f"final run: checkpoints {saved_before}; "
+      f"{'fresh start' if resumed is None else f'resumed at step {resumed}'}")
+  if restarts and resumed != saved_before[-1]:
+    log(f"the final run did not resume from the last completed checkpoint ({saved_before[-1]})")
     return False
   step_a, a = final_params(straight)
   step_b, b = final_params(killed)

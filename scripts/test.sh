@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
 # Set up .venv (first run only) and run the whole test suite.
+# T5VAE_ACCELERATOR=tpu|cuda12 installs JAX's TPU / CUDA plugin too (scripts/_venv.sh).
 source "$(dirname "$0")/_venv.sh" requirements-test.txt
 exec python -m pytest -q "$@"

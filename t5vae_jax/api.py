@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from t5vae_jax import accelerator
 from t5vae_jax import checkpoint as ckpt_lib
 from t5vae_jax import data as data_lib
 from t5vae_jax import decoding
@@ -49,11 +50,17 @@ def load_config(phase_dir) -> Optional[Any]:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def build_model(phase_dir, dtype: Optional[str] = None) -> model_lib.T5VAEModel:
-  """The network described by ``<phase_dir>/model.json`` (dropout off: evaluation only)."""
+def build_model(phase_dir, dtype: Optional[str] = None,
+                devices: Optional[Sequence[jax.Device]] = None) -> model_lib.T5VAEModel:
+  """The network described by ``<phase_dir>/model.json`` (dropout off: evaluation only).
+
+  ``dtype`` (default: the saved ``model.dtype``) "auto" resolves on ``devices`` (default: the
+  first device, where T5VAE.load puts the params): float32 on a CPU, bfloat16 on TPU/GPU."""
   t5_config, vae_config, saved_dtype = ckpt_lib.read_model_spec(phase_dir)
   t5_config = dataclasses.replace(t5_config, dropout_rate=0.0)
-  return model_lib.T5VAEModel(t5_config, vae=vae_config, dtype=jnp.dtype(dtype or saved_dtype))
+  dtype = accelerator.compute_dtype(dtype or saved_dtype,
+                                    jax.devices()[:1] if devices is None else devices)
+  return model_lib.T5VAEModel(t5_config, vae=vae_config, dtype=jnp.dtype(dtype))
 
 
 def restore_params(phase_dir, model: model_lib.T5VAEModel, which: str = "latest",
@@ -103,7 +110,7 @@ class T5VAE:
 
     ``which``: "latest" (the last checkpoint) or "best" (the best validation score);
     ``step``: a particular step of the latest checkpoints; ``dtype``: the compute dtype
-    (default: the one it was trained with).
+    (default: the one it was trained with; "auto" is float32 on a CPU, bfloat16 on TPU/GPU).
     """
     if which not in ("latest", "best"):
       raise ValueError(f"which must be 'latest' or 'best', got {which!r}")

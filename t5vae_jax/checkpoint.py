@@ -33,12 +33,16 @@ class CheckpointNotFoundError(FileNotFoundError):
   pass
 
 
+def is_remote(path) -> bool:
+  """Whether ``path`` is a URL (gs://, s3://...) rather than a local path."""
+  return "://" in os.fspath(path)
+
+
 def absolute(path) -> epath.Path:
   """orbax needs absolute paths: make a local relative path absolute; leave gs:// etc. alone."""
-  text = os.fspath(path)
-  if "://" in text:
-    return epath.Path(text)
-  return epath.Path(os.path.abspath(text))
+  if is_remote(path):
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(os.fspath(path)))
 
 
 def _manager(directory: epath.Path, keep: Optional[int], *, read_only: bool = False,

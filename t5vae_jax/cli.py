@@ -24,10 +24,10 @@ from typing import Any, Callable, NoReturn, Optional, Sequence
 from absl import logging
 
 from t5vae_jax import config_validation
+from t5vae_jax import hub
 
 EXIT_USER_ERROR = 2
-# Seconds to wait for the Hugging Face hub to answer before treating it as unreachable.
-HUB_TIMEOUT_S = float(os.environ.get("T5VAE_HUB_TIMEOUT", "10"))
+HUB_TIMEOUT_S = hub.HUB_TIMEOUT_S  # T5VAE_HUB_TIMEOUT, seconds
 
 # (module, class name) of the exceptions that mean "the user asked for something impossible";
 # looked up in sys.modules so that catching them imports nothing.
@@ -94,8 +94,31 @@ def run_main(main: Callable, argv: Optional[Sequence[str]] = None,
   from absl import app
   from absl import flags
   flag_values = flags.FLAGS if flag_values is None else flag_values
-  app.run(user_errors(main), argv=list(argv) if argv is not None else None,
-          flags_parser=functools.partial(parse_flags, flag_values=flag_values))
+  try:
+    app.run(user_errors(main), argv=list(argv) if argv is not None else None,
+            flags_parser=functools.partial(parse_flags, flag_values=flag_values))
+  except SystemExit as e:  # absl exits 1 after printing --help; asking for help succeeded
+    args = list(sys.argv if argv is None else argv)[1:]
+    flags_given = args[:args.index("--")] if "--" in args else args
+    if e.code == 1 and any(a in _HELP_FLAGS for a in flags_given):
+      sys.exit(0)
+    raise
+
+
+_HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def show_in_help(flag_names: Sequence[str], doc: Optional[str], flag_values=None) -> None:
+  """absl's --help prints the running script's docstring and the flags that script defined;
+  a command whose flags are defined in the library (an entry point, a thin train.py) lists
+  ``flag_names`` and prints ``doc`` where the script has no docstring."""
+  from absl import flags
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  for name in flag_names:
+    flag_values.register_key_flag_for_module(sys.argv[0], flag_values[name])
+  main_module = sys.modules.get("__main__")
+  if main_module is not None and not main_module.__doc__:
+    main_module.__doc__ = doc
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,25 +240,22 @@ def explain_config_flag_error(error: BaseException, argv: Sequence[str],
 # --------------------------------------------------------------------------------------------
 # Runtime
 # --------------------------------------------------------------------------------------------
-def _is_hub_id(name: str) -> bool:
-  return bool(name) and "://" not in name and not (
-      name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.path.exists(name))
-
-
 def check_hub(names: Sequence[str], timeout_s: float = HUB_TIMEOUT_S) -> bool:
   """Whether the Hugging Face hub answers, asked only when one of ``names`` is a hub id.
 
-  huggingface_hub asks the hub for a repo's file list without any timeout, so on a machine
-  whose firewall drops packets ``snapshot_download`` waits forever (measured: over 5 minutes,
-  silently). One HEAD request with a timeout first: when it gets no answer, huggingface_hub is
-  put in offline mode, so a model in the local cache still loads and any other fails at once
-  with pretrained.CheckpointError (pass a local directory). HF_HUB_OFFLINE=1 skips the check.
+  huggingface_hub's calls wait without a timeout unless given one, so on a machine whose
+  firewall drops packets ``snapshot_download`` waits forever (measured: over 5 minutes,
+  silently); pretrained.resolve gives each of its requests T5VAE_HUB_TIMEOUT, and each loader
+  call asks again. One HEAD request with a timeout first: when it gets no answer,
+  huggingface_hub is put in offline mode (``hub.offline_reason`` says why), so a model in the
+  local cache still loads and any other fails at once with pretrained.CheckpointError (pass a
+  local directory). HF_HUB_OFFLINE=1 skips the check.
   """
   import urllib.error
   import urllib.request
   if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
     return False
-  if not any(_is_hub_id(str(name)) for name in names if name):
+  if not any(hub.is_hub_id(name) for name in names if name):
     return True
   endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
   try:
@@ -248,6 +268,10 @@ def check_hub(names: Sequence[str], timeout_s: float = HUB_TIMEOUT_S) -> bool:
     # Not printed: a cached model then loads as usual, and a missing one fails with one line.
     logging.info("the Hugging Face hub (%s) does not answer (%s: %s); using the local cache "
                  "only (HF_HUB_OFFLINE=1)", endpoint, type(reason).__name__, one_line(reason))
+    hub.offline_reason = (
+        f"the hub ({endpoint}) did not answer within {timeout_s:g} s (T5VAE_HUB_TIMEOUT)"
+        if isinstance(reason, TimeoutError) else
+        f"the hub ({endpoint}) cannot be reached ({type(reason).__name__}: {one_line(reason)})")
     os.environ["HF_HUB_OFFLINE"] = "1"
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None:

@@ -23,6 +23,8 @@ import os
 import re
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+from t5vae_jax import hub
+
 
 class ConfigError(ValueError):
   """A config value (or a flag) is not allowed. ``errors``: one line per problem."""
@@ -41,7 +43,8 @@ class ConfigError(ValueError):
 POOLINGS = ("max", "mean")
 POOL_LAYERS = ("last", "all")
 INJECTIONS = ("cross_attention", "self_prefix")
-DTYPES = ("float32", "bfloat16", "float16")
+# "auto": bfloat16 on TPU/GPU, float32 on CPU, resolved on the run's devices (accelerator.py).
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 DATASETS = ("ptb", "snli", "yahoo", "yelp", "synthetic")
 BAD_LINE_POLICIES = ("skip", "fail")
 TOKENIZER_MODEL_TYPES = ("unigram", "bpe", "word", "char")
@@ -151,7 +154,7 @@ RULES: dict[str, Rule] = {
     "model.pool_padding": boolean("pool over pads too (ablation)"),
     "model.pool_dropout": boolean("pool the encoder output after its final dropout (ablation)"),
     "model.latent_injection": choice(INJECTIONS, "how z reaches the decoder"),
-    "model.dtype": choice(DTYPES, "compute dtype"),
+    "model.dtype": choice(DTYPES, "compute dtype (auto: bfloat16 on TPU/GPU, float32 on CPU)"),
     # data
     "data.name": choice(DATASETS, "the dataset"),
     "data.dir": string("local directory with train.txt / valid.txt / test.txt; '' = download"),
@@ -206,9 +209,6 @@ RULES: dict[str, Rule] = {
     "pack_tokens": boolean(),
     "mesh_devices": integer(0, description="0 = all devices"),
     "progress_bar": boolean(),
-    "debug_nan_steps": Rule("ints", "a tuple of step numbers", None,
-                            "steps whose loss is made NaN (fault-injection tests)",
-                            optional=True, none_ok=True),
 }
 
 
@@ -322,11 +322,6 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
   return errors
 
 
-def _looks_local(name: str) -> bool:
-  """A path rather than a hub id (the rule of pretrained.resolve)."""
-  return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.path.exists(name)
-
-
 def _path_checks(values: dict[str, Any]) -> list[str]:
   errors = []
   data_dir = values.get("data.dir")
@@ -344,8 +339,9 @@ def _path_checks(values: dict[str, Any]) -> list[str]:
   for key, what in (("model.pretrained", "checkpoint directory"),
                     ("data.tokenizer", "tokenizer directory")):
     name = values.get(key)
-    if isinstance(name, str) and name and "://" not in name and _looks_local(name):
-      path = os.path.expanduser(name)
+    # Hub ids and gs:// paths are left to the loaders (hub.is_hub_id: the program's one rule).
+    if isinstance(name, str) and name and "://" not in name and not hub.is_hub_id(name):
+      path = hub.local_path(name)
       if not os.path.exists(path):
         errors.append(f"config.{key}={name!r}: no such {what} ({os.path.abspath(path)}); give an "
                       "existing directory or a Hugging Face hub id")

@@ -409,7 +409,7 @@ def evaluate_phase(phase_dir, *, checkpoint="latest", split: str = "test",
   mesh = sharding.make_mesh() if mesh is None else mesh
   which, step = parse_checkpoint(checkpoint)
 
-  model = api.build_model(phase_dir, config.model.get("dtype"))
+  model = api.build_model(phase_dir, config.model.get("dtype"), devices=mesh.devices.flat)
   abstract = jax.eval_shape(functools.partial(model_lib.init_params, model), jax.random.key(0))
   shardings = sharding.tree_shardings(abstract, mesh, bool(config.get("fsdp", False)))
   params, restored_step = api.restore_params(phase_dir, model, which=which, step=step,

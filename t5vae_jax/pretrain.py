@@ -620,8 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--save_dropout_rate", type=float, default=0.1,
                  help="dropout_rate written to config.json, the default for finetuning "
                       "(t5-small's is 0.1)")
-  g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                 help="compute dtype (params stay float32)")
+  g.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                 help="compute dtype (params stay float32); auto: bfloat16 on TPU/GPU, "
+                 "float32 on CPU")
   g = p.add_argument_group("optimization")
   g.add_argument("--steps", type=int, default=5000, help="training steps (schedule length)")
   g.add_argument("--batch_size", type=int, default=64, help="global batch (examples)")
@@ -775,6 +776,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
   mesh = sharding.make_mesh(jax.devices()[:args.num_devices] if args.num_devices else None)
   sharding.check_batch_size(args.batch_size, mesh)
+  from t5vae_jax import accelerator
+  args.dtype = accelerator.compute_dtype(args.dtype, mesh.devices.flat)  # run.json: resolved
+  accelerator.announce(mesh.devices.flat, args.dtype)
 
   tokenizer = _prepare_tokenizer(args, out)
   pad_id, eos_id = int(tokenizer.pad_token_id), int(tokenizer.eos_token_id)
@@ -992,9 +996,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   return summary
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The command (``python -m t5vae_jax.pretrain``, the ``t5vae-pretrain`` entry point)."""
   try:
     main()
   except PretrainError as e:  # a user error: one line, no traceback (as train.py and eval.py)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+if __name__ == "__main__":
+  run()

@@ -16,7 +16,11 @@ from etils import epath
 import sentencepiece as spm
 import transformers
 
+from t5vae_jax import hub
+
 SPIECE_FILE = "spiece.model"
+# Files that hold a vocabulary (besides SentencePiece's *.model): without one, no tokenizer.
+_VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "vocab.txt")
 
 
 def _is_remote(path) -> bool:
@@ -116,12 +120,24 @@ def load_tokenizer(path: epath.PathLike) -> transformers.PreTrainedTokenizerBase
   path, and pad and EOS tokens are required since the data pipeline appends EOS and pads.
   """
   if _is_remote(path):
+    if not epath.Path(path).is_dir():  # gcsfs's own error names a URL-encoded object
+      raise FileNotFoundError(f"Could not load a tokenizer from {os.fspath(path)!r}: no such "
+                              "directory")
     with tempfile.TemporaryDirectory() as local_dir:
       for file in epath.Path(path).iterdir():
         if file.is_file():
           epath.Path(local_dir, file.name).write_bytes(file.read_bytes())
       return load_tokenizer(local_dir)
+  if not hub.is_hub_id(os.fspath(path)):  # a path (the program's one rule): ~ expanded
+    path = hub.local_path(os.fspath(path))
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"Could not load a tokenizer from {path!r}: no such directory")
   is_local_dir = os.path.isdir(path)
+  if is_local_dir and not any(name in _VOCABULARY_FILES or name.endswith(".model")
+                              for name in os.listdir(path)):
+    # transformers 5 would build an empty 104-token T5 tokenizer from a config.json alone.
+    raise FileNotFoundError(f"{os.fspath(path)}: no tokenizer files in the directory (expected "
+                            "spiece.model or tokenizer.json)")
   try:
     try:
       tokenizer = transformers.AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=is_local_dir)

@@ -19,7 +19,7 @@ import math
 import signal
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax
 import jax
@@ -30,6 +30,7 @@ import optax
 from absl import logging
 from etils import epath
 
+from t5vae_jax import accelerator
 from t5vae_jax import checkpoint as ckpt_lib
 from t5vae_jax import config_validation
 from t5vae_jax import data as data_lib
@@ -151,9 +152,6 @@ def train_step(state: TrainState, batch, *, model, tx, beta_fn, base_rng, config
   def loss_fn(params):
     loss, (aux, _) = compute_loss(params, batch, rngs, model=model, beta=beta, config=config,
                                   train=True, capacity=capacity, num_shards=num_shards)
-    poison = tuple(config.get("debug_nan_steps", ()))  # fault injection, for tests
-    if poison:
-      loss = jnp.where(jnp.isin(state.step, jnp.asarray(poison)), jnp.nan, loss)
     return loss, aux
 
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -227,7 +225,9 @@ def get_tokenizer(config, workdir: epath.Path):
       hard_vocab_limit=False)  # small corpora (the demo's grammar) have fewer pieces
 
 
-def build_setup(config, workdir) -> Setup:
+def build_setup(config, workdir, devices: Optional[Sequence[jax.Device]] = None) -> Setup:
+  """The model, its configs, tokenizer and pretrained params; ``model.dtype`` "auto" resolves
+  on ``devices`` (the run's mesh; default: all devices)."""
   workdir = epath.Path(workdir)
   tokenizer = get_tokenizer(config, workdir)
   if config.model.pretrained:
@@ -237,11 +237,18 @@ def build_setup(config, workdir) -> Setup:
                                 scale_decoder_outputs=config.model.t5.tie_word_embeddings)
     params = None
   t5_config = dataclasses.replace(t5_config, dropout_rate=config.model.dropout_rate)
+  if len(tokenizer) > t5_config.vocab_size and config.model.pretrained:
+    raise pretrained.CheckpointError(
+        f"the tokenizer has {len(tokenizer)} ids but {config.model.pretrained} has "
+        f"{t5_config.vocab_size} embedding rows; pass a tokenizer of at most "
+        f"{t5_config.vocab_size} ids (--config.data.tokenizer=DIR)")
   if len(tokenizer) > t5_config.vocab_size:
     raise TrainingError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size "
                         f"is {t5_config.vocab_size} (config.model.t5.vocab_size)")
   vae_config = vae_config_from(config)
-  model = model_lib.T5VAEModel(t5_config, vae=vae_config, dtype=jnp.dtype(config.model.dtype))
+  dtype = accelerator.compute_dtype(config.model.dtype,
+                                    jax.devices() if devices is None else devices)
+  model = model_lib.T5VAEModel(t5_config, vae=vae_config, dtype=jnp.dtype(dtype))
   return Setup(model, t5_config, vae_config, tokenizer, params)
 
 
@@ -249,11 +256,18 @@ def build_setup(config, workdir) -> Setup:
 # Logging
 # --------------------------------------------------------------------------------------------
 class MetricLogger:
-  """metrics.jsonl in the phase directory, TensorBoard event files, and the console."""
+  """metrics.jsonl in the phase directory, TensorBoard event files, and the console.
+
+  Cloud Storage objects cannot be appended to (gcsfs opens mode "a" as "w" with a warning),
+  so in a gs:// workdir metrics.jsonl is rewritten whole at each write, with the rows of an
+  earlier (preempted) run of the phase read once at the start. tensorboardX writes gs://
+  event files itself (through google-cloud-storage, a gcsfs dependency), also whole per flush.
+  """
 
   def __init__(self, phase_dir: epath.Path, enabled: bool):
     self.enabled = enabled
     self.path = phase_dir / "metrics.jsonl"
+    self._remote_text = None  # metrics.jsonl as written so far, in a remote workdir
     self.tb = None
     if enabled:
       try:
@@ -266,16 +280,26 @@ class MetricLogger:
     if not self.enabled:
       return
     row = {"step": int(step), **{k: float(v) for k, v in values.items()}}
-    with self.path.open("a") as f:
-      f.write(json.dumps(row) + "\n")
+    self._append(json.dumps(row) + "\n")
     if self.tb is not None:
       for k, v in values.items():
         self.tb.add_scalar(k, float(v), int(step))
       self.tb.flush()
 
+  def _append(self, text: str) -> None:
+    if not ckpt_lib.is_remote(self.path):
+      with self.path.open("a") as f:
+        f.write(text)
+      return
+    if self._remote_text is None:
+      self._remote_text = self.path.read_text() if self.path.exists() else ""
+    self._remote_text += text
+    self.path.write_text(self._remote_text)
+
   def close(self):
     if self.tb is not None:
       self.tb.close()
+      self.tb = None
 
 
 def read_metrics(path) -> list[dict]:
@@ -458,7 +482,9 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
   mesh = sharding.make_mesh(devices)
   sharding.check_batch_size(config.batch_size, mesh)
 
-  setup = build_setup(config, workdir)
+  accelerator.announce(mesh.devices.flat,
+                      accelerator.compute_dtype(config.model.dtype, mesh.devices.flat))
+  setup = build_setup(config, workdir, mesh.devices.flat)
   model = setup.model
   pad_id, eos_id = setup.t5_config.pad_token_id, setup.t5_config.eos_token_id
   train_examples, train_stats = data_lib.load_split(config.data, config.data.train_split,
@@ -561,9 +587,12 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
       ckpts.wait()
       info(f"SIGTERM: saved step {step} in {pdir}; rerun the same command to resume")
       progress.close()
+      logger.close()  # the last TensorBoard events (a gs:// event file is uploaded on close)
       raise SystemExit(143)
   # A SIGTERM from here on only means the run is ending anyway: the final save below happens.
-  if step == stop_at and (not last_val or ckpts.latest_step() != step):
+  # The final params are always validated (the loop's validations stop short of stop_at),
+  # also when the last step was a checkpoint step: best/ must see them.
+  if step == stop_at:
     last_val = validate(step)
     if ckpts.latest_step() != step:
       save(step)

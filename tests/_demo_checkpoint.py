@@ -4,7 +4,8 @@ evaluation, the latent-space API and the notebook.
 Phase 2 of configs/demo.py (straight from random init, no phase 1: the tests need a trained
 VAE quickly) on a small synthetic set with one bucket length (one shape to compile), with
 kl_floor 0.5 so that the latent carries the sentence (87% exact reconstructions). Trained
-through train_lib.train_and_evaluate, so the phase directory is exactly what train.py writes.
+through train_lib.train_and_evaluate, so the phase directory is exactly what train.py writes:
+validated every 200 steps (best/ holds the best of them), checkpoints 400, 600 and 800 kept.
 Nothing here reads /work/shared/data.
 
     from _demo_checkpoint import demo_workdir   # in a test module (tests/ is on sys.path)
@@ -35,8 +36,11 @@ def demo_config(tfds_dir: str):
   config.data.bucket_lengths = (16,)
   config.data.max_len = 16
   config.eval_max_examples = 64
-  config.eval_every_steps = 10_000
-  config.checkpoint_every_steps = 10_000
+  # Validations (best-checkpoint selection) and checkpoints at 200, 400, 600 and 800, of which
+  # the last 3 are kept: eval.py --checkpoint <step> and retention have something to see.
+  config.eval_every_steps = 200
+  config.checkpoint_every_steps = 200
+  config.keep_checkpoints = 3
   config.log_every_steps = 100
   config.progress_bar = False
   config.denoise_rate = 0.0

@@ -12,6 +12,12 @@ T5 computes on fixed padded inputs:
   prefix_logits: LM logits of the decoder alone with a one-slot self-attention prefix per layer
   (the released T5-VAE code's injection), built with DynamicCache as SPEC section 3 describes.
 The live tests in ``tests/test_t5.py`` recompute the same numbers with torch when it is installed.
+
+``replicas/golden.npz`` holds Hugging Face's logits for the hub-layout replicas of
+``tests/_replicas.py`` (one entry per family and dtype; the replicas themselves are rebuilt from
+their seeds by the tests), so ``tests/test_pretrained.py`` checks them without torch too::
+
+    python tests/make_parity_fixtures.py replicas   # writes only tests/fixtures/replicas/
 """
 from __future__ import annotations
 
@@ -119,5 +125,66 @@ def main(out_dir: pathlib.Path = FIXTURES) -> None:
     print(f"wrote {directory}")
 
 
+# (family, dtype) of the replicas whose Hugging Face logits are kept; writer keywords for each.
+REPLICA_GOLDEN = {
+    "t5_2020/float32": ("t5_2020", dict(weights=("safetensors",))),
+    "t5_v1_1/float32": ("t5_v1_1", dict(files=("bin",))),
+    "t5_v1_1/float16": ("t5_v1_1", dict(files=("bin",), bin_dtype="float16")),
+    "t5_v1_1/bfloat16": ("t5_v1_1", dict(files=("bin",), bin_dtype="bfloat16")),
+    "flan_t5/float32": ("flan_t5", dict()),
+    "flan_t5/bfloat16": ("flan_t5", dict(dtype="bfloat16")),
+}
+
+
+def replica_inputs() -> dict[str, np.ndarray]:
+  """Small padded inputs for the replicas (ids below their vocab_size)."""
+  rng = np.random.default_rng(99)
+  lengths = np.array([9, 5])
+  input_ids = rng.integers(2, 96, (2, 9)).astype(np.int64)
+  attention_mask = (np.arange(9)[None] < lengths[:, None]).astype(np.int64)
+  input_ids[np.arange(2), lengths - 1] = 1
+  input_ids = np.where(attention_mask > 0, input_ids, 0)
+  decoder_input_ids = np.concatenate([np.zeros((2, 1), np.int64),
+                                      rng.integers(2, 96, (2, 6))], 1)
+  return dict(input_ids=input_ids, attention_mask=attention_mask,
+              decoder_input_ids=decoder_input_ids)
+
+
+def hf_replica_logits(directory, inputs) -> np.ndarray:
+  """Hugging Face's float32 logits for a replica directory (bfloat16/float16 files upcast)."""
+  import torch
+  import transformers
+  model = transformers.T5ForConditionalGeneration.from_pretrained(
+      directory, dtype=torch.float32).eval()
+  with torch.no_grad():
+    out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+  return out.logits.numpy()
+
+
+def write_replica_golden(out_dir: pathlib.Path = FIXTURES / "replicas") -> None:
+  import tempfile
+  import _replicas
+  inputs = replica_inputs()
+  golden = dict(inputs)
+  with tempfile.TemporaryDirectory() as tmp:
+    for name, (family, kwargs) in REPLICA_GOLDEN.items():
+      directory = _replicas.FAMILIES[family](pathlib.Path(tmp) / name.replace("/", "_"), **kwargs)
+      golden[f"{name}/logits"] = hf_replica_logits(directory, inputs)
+      dtype = name.split("/")[1]
+      # Fingerprint of the weights: regenerated replicas must hold what these logits came from.
+      golden[f"{name}/weights_sum"] = np.float64(sum(
+          np.abs(v).astype(np.float64).sum()
+          for v in _replicas.reference_state(family, dtype=dtype).values()))
+  out_dir.mkdir(parents=True, exist_ok=True)
+  np.savez_compressed(out_dir / "golden.npz", **golden)
+  print(f"wrote {out_dir / 'golden.npz'}")
+
+
 if __name__ == "__main__":
-  main(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else FIXTURES)
+  sys.path.insert(0, str(pathlib.Path(__file__).parent))
+  if sys.argv[1:] == ["replicas"]:
+    write_replica_golden()
+  else:
+    main(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else FIXTURES)
+    write_replica_golden(pathlib.Path(sys.argv[1]) / "replicas" if len(sys.argv) > 1 else
+                         FIXTURES / "replicas")

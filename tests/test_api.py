@@ -26,10 +26,30 @@ def train_texts(tmp_path_factory):
   return [e["text"] for e in training_texts(demo_workdir(tmp_path_factory))[:64]]
 
 
-def test_load_and_encode(vae, train_texts):
-  assert vae.step > 0 and vae.latent_dim == 16 and vae.max_len == 16
+def _leaves(params):
+  return [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+def test_load_and_encode(vae, train_texts, tmp_path):
+  assert vae.step == 800 and vae.latent_dim == 16 and vae.max_len == 16
   from t5vae_jax import T5VAE
-  assert T5VAE.load(vae.path, which="best").step == vae.step  # best = the final validation
+  from t5vae_jax import checkpoint as ckpt_lib
+  # A run whose best validation is not its last: best/ as the loop leaves it when step 400
+  # validated better than step 800 (through the same PhaseCheckpoints.maybe_save_best).
+  pdir = tmp_path / "phase2"
+  shutil.copytree(vae.path, pdir, ignore=shutil.ignore_patterns("best"))
+  at_400 = T5VAE.load(pdir, step=400)
+  assert at_400.step == 400
+  ckpts = ckpt_lib.PhaseCheckpoints(pdir)
+  assert ckpts.maybe_save_best(400, at_400.params, 30.0, "val/neg_elbo")
+  assert not ckpts.maybe_save_best(800, vae.params, 31.0, "val/neg_elbo")
+  ckpts.wait()
+  ckpts.close()
+  best = T5VAE.load(pdir, which="best")
+  assert best.step == 400 and T5VAE.load(pdir).step == 800
+  for got, want in zip(_leaves(best.params), _leaves(at_400.params)):
+    np.testing.assert_array_equal(got, want)
+  assert any(not np.array_equal(a, b) for a, b in zip(_leaves(best.params), _leaves(vae.params)))
   mu, logvar = vae.encode(train_texts[:5])
   assert mu.shape == logvar.shape == (5, 16) and mu.dtype == np.float32
   assert isinstance(mu, np.ndarray) and np.all(np.isfinite(mu)) and np.all(np.isfinite(logvar))
@@ -71,20 +91,51 @@ def test_sample_interpolate_decode(vae, train_texts):
   samples = vae.sample(5, temperature=1.0, seed=1)
   assert len(samples) == 5 and all(isinstance(s, str) for s in samples)
   assert vae.sample(5, temperature=1.0, seed=1) == samples  # seeded
+  assert vae.sample(5, temperature=1.0, seed=2) != samples  # and the seed matters
   greedy = vae.sample(3, method="greedy")
   assert greedy == vae.sample(3, temperature=0.0)
-  a, b = train_texts[0], train_texts[1]
+  a, b = train_texts[0], train_texts[4]  # far enough apart for other sentences in between
   path = vae.interpolate(a, b, steps=5)
   ends = vae.reconstruct([a, b])
   assert len(path) == 5 and path[0] == ends[0] and path[-1] == ends[1]
+  # Every point is the decoding of (1 - t) mu_a + t mu_b, t = 0, 1/4, ..., 1.
+  mu, _ = vae.encode([a, b])
+  t = np.arange(5, dtype=np.float64)[:, None] / 4
+  assert path == vae.decode((1 - t) * mu[0] + t * mu[1])
+  assert set(path[1:-1]) - {path[0], path[-1]}, path  # the path goes through other sentences
   assert vae.decode(np.zeros(16, np.float32)) == vae.decode(np.zeros((1, 16), np.float32))
   with pytest.raises(ValueError):
     vae.decode(np.zeros((1, 7)))
 
 
+def test_reconstruct_with_sampled_z(vae, train_texts, monkeypatch):
+  """sample_z decodes z = mu + exp(logvar / 2) eps, eps ~ N(0, I) seeded: the z it decodes,
+  standardised by the encoder's mu and logvar, is standard normal; the sentences are seeded."""
+  texts = train_texts[:64]
+  sampled = vae.reconstruct(texts[:8], sample_z=True, seed=3)
+  assert len(sampled) == 8 and sampled == vae.reconstruct(texts[:8], sample_z=True, seed=3)
+  mu, logvar = vae.encode(texts)
+  seen = {}
+
+  def capture(z, **kwargs):
+    seen["z"] = np.asarray(z)
+    return []
+  monkeypatch.setattr(vae, "decode", capture)
+  vae.reconstruct(texts, sample_z=True, seed=3)
+  eps = (seen.pop("z") - mu) / np.exp(0.5 * logvar)
+  assert eps.shape == (64, 16)
+  assert abs(eps.mean()) < 0.1 and 0.9 < eps.std() < 1.1, (eps.mean(), eps.std())
+  vae.reconstruct(texts, sample_z=False)
+  np.testing.assert_array_equal(seen.pop("z"), mu)
+  vae.reconstruct(texts, sample_z=True, seed=4)
+  assert not np.allclose((seen["z"] - mu) / np.exp(0.5 * logvar), eps)  # another seed
+
+
 def test_cache_matches_full_recompute_with_self_prefix():
   """The released code's injection (z as a self-attention prefix slot) through the cache too
-  (a random tiny model; the trained demo uses cross-attention)."""
+  (a random tiny model; the trained demo uses cross-attention). Sampled, not greedy: the
+  random model's greedy rows are all pad or one token repeated, which would hardly look at
+  the cache; sampled rows differ at every position."""
   from t5vae_jax import model as model_lib
   from t5vae_jax import t5 as t5_lib
   config = t5_lib.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1,
@@ -94,10 +145,12 @@ def test_cache_matches_full_recompute_with_self_prefix():
       latent_dim=4, latent_injection="self_prefix"))
   params = jax.jit(model_lib.init_params, static_argnums=0)(model, jax.random.key(0))
   z = 3.0 * jax.random.normal(jax.random.key(1), (8, 4))
-  kwargs = dict(max_len=10, method="greedy", temperature=1.0, top_k=0, top_p=1.0,
+  kwargs = dict(max_len=10, method="sample", temperature=1.0, top_k=0, top_p=1.0,
                 rng=jax.random.key(0))
-  np.testing.assert_array_equal(decoding.decode(model, params, z, **kwargs),
-                                decoding.decode_uncached(model, params, z, **kwargs))
+  cached = np.asarray(decoding.decode(model, params, z, **kwargs))
+  np.testing.assert_array_equal(cached, decoding.decode_uncached(model, params, z, **kwargs))
+  rows = [tuple(r) for r in cached]
+  assert len(set(rows)) == 8 and all(len(set(r[:5])) >= 3 for r in rows), cached
 
 
 def test_filter_logits():

@@ -143,8 +143,14 @@ def test_bucket_lengths_against_max_len(buckets, max_len, message):
 
 
 def test_empty_buckets_mean_the_defaults():
-  cv.validate(config_with(**{"data.bucket_lengths": (), "data.max_len": 100}), 1)
-  cv.validate(config_with(**{"data.bucket_lengths": (8, 100), "data.max_len": 100}), 1)
+  from t5vae_jax import data as data_lib
+  empty = config_with(**{"data.bucket_lengths": (), "data.max_len": 100})
+  cv.validate(empty, 1)
+  # Powers of two and their midpoints, multiples of 8, below max_len; then max_len.
+  assert data_lib.bucket_lengths_from_config(empty.data) == (8, 16, 24, 32, 48, 64, 96, 100)
+  given = config_with(**{"data.bucket_lengths": (8, 100), "data.max_len": 100})
+  cv.validate(given, 1)
+  assert data_lib.bucket_lengths_from_config(given.data) == (8, 100)
 
 
 def test_every_error_is_reported_one_per_line():

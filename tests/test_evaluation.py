@@ -244,3 +244,28 @@ def test_helpers():
                                       "au": 3, "rec": 2.0, "mi_batch": 0.4,
                                       "ppl_elbo": 2.9e12, "num_samples": 500})
   assert row == "| r | 2.50 | 1.00 | 3.00 | 0.50 | 3 | 2.00 | 0.40 | 2.9e+12 | 500 |"
+
+
+def test_eval_cli_on_a_checkpoint_step_and_the_validation_split(tmp_path_factory):
+  """eval.py --checkpoint 400 --split validation: the step-400 params on the validation split,
+  so the analytic KL and AU equal what training's validation at step 400 logged (the same 64
+  sentences, a separate code path), and differ from the final step's."""
+  workdir = demo_workdir(tmp_path_factory)
+  pdir = workdir / "phase2"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"--workdir={workdir}",
+                         "--phase=2", "--checkpoint=400", "--split=validation",
+                         "--num_samples=0", "--batch_size=32", "--mi_batch_size=16",
+                         "--noprogress", "--output=eval_step400.json"],
+                        env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((pdir / "eval_step400.json").read_text())
+  assert result["step"] == 400 and result["checkpoint"] == "latest"
+  assert result["split"] == "validation" and result["num_examples"] == 64
+  assert proc.stdout.strip().splitlines()[-1] == result["row"] and "@400 |" in result["row"]
+  from t5vae_jax import train_lib
+  logged = {r["step"]: r for r in train_lib.read_metrics(pdir / "metrics.jsonl")
+            if "val/kl" in r}
+  assert result["kl"] == pytest.approx(logged[400]["val/kl"], rel=1e-4)
+  assert result["au"] == logged[400]["val/au"]
+  assert result["kl"] != pytest.approx(logged[800]["val/kl"], rel=1e-3)

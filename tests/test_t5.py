@@ -97,26 +97,19 @@ def test_safetensors_and_pytorch_bin_load_identically(variant, fixtures_dir, tmp
 
 
 def test_flax_msgpack_checkpoint_loads(fixtures_dir, tmp_path):
-  """Hugging Face's Flax layout ('block'/'0'/'layer'/'0', kernels transposed) reads the same."""
-  from flax import serialization
+  """Hugging Face Flax's tree (tests/_replicas.py: 'block'/'0'/'layer'/'0', Dense kernels
+  transposed, nn.Embed 'embedding') reads as the same params, bare or under 'params'."""
+  import _replicas
   src = fixtures_dir / "t5_v1_1"
-  state = pretrained.load_state_dict(src)
-  tree = {}
-  for key, value in state.items():
-    parts = key.split(".")[:-1]
-    leaf = "kernel" if parts[-1] in ("q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1",
-                                     "lm_head") else (
-        "embedding" if parts[-1] in ("shared", "relative_attention_bias") else "weight")
-    node = tree
-    for p in parts[:-1]:
-      node = node.setdefault(p, {})
-    node.setdefault(parts[-1], {})[leaf] = value.T if leaf == "kernel" else value
-  d = _only(src, tmp_path / "flax", ["config.json"])
-  (d / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(tree))
-  _, from_flax = pretrained.load_t5(str(d))
   _, expected = pretrained.load_t5(str(src))
-  for a, b in zip(jax.tree.leaves(from_flax), jax.tree.leaves(expected)):
-    np.testing.assert_array_equal(a, b)
+  state = pretrained.load_state_dict(src)
+  for wrap in (False, True):
+    d = _only(src, tmp_path / f"flax_{wrap}", ["config.json"])
+    _replicas.write_flax_msgpack(d, state, wrap_params=wrap)
+    _, from_flax = pretrained.load_t5(str(d))
+    assert jax.tree.structure(from_flax) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(from_flax), jax.tree.leaves(expected)):
+      np.testing.assert_array_equal(a, b)
 
 
 def test_hf_key_mapping_is_one_to_one(fixtures_dir):

@@ -66,6 +66,41 @@ def _flat(tree):
           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def random_batch(rows=8, length=12, vocab=64, seed=0):
+  """Token ids in [3, vocab) ending in EOS (1), then pad (0); lengths 3..length."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(3, length + 1, rows)
+  ids = rng.integers(3, vocab, (rows, length)).astype(np.int32)
+  mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+  ids[np.arange(rows), lengths - 1] = 1
+  return {"input_ids": np.where(mask > 0, ids, 0), "attention_mask": mask,
+          "example_weights": np.ones(rows, np.float32)}
+
+
+def tiny_step(dtype="float32"):
+  """(state, step_fn, batch, model): a 1-layer VAE's phase 2 train state on one device and the
+  compiled train step (compile_train_step: what the loop runs), step_fn(state, host_batch)."""
+  from t5vae_jax import model as model_lib
+  from t5vae_jax import t5 as t5_lib
+  t5_config = t5_lib.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                              num_decoder_layers=1, num_heads=4,
+                              relative_attention_num_buckets=8,
+                              relative_attention_max_distance=16, dropout_rate=0.0)
+  model = model_lib.T5VAEModel(t5_config, vae=model_lib.VAEConfig(latent_dim=4),
+                               dtype=jnp.dtype(dtype))
+  params = jax.device_get(jax.jit(model_lib.init_params, static_argnums=0)(
+      model, jax.random.key(0)))
+  config = demo.get_config()
+  tx = train_lib.make_optimizer(config, 2, params)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  state, shardings = train_lib.create_train_state(params, tx, mesh, fsdp=False)
+  beta_fn = train_lib.make_beta_fn(config, 2, 16, 16)
+  compiled = train_lib.compile_train_step(model, tx, beta_fn, jax.random.key(0), config, mesh,
+                                          shardings)
+  step_fn = lambda state, batch: compiled(state, sharding.global_batch(batch, mesh))
+  return state, step_fn, random_batch(), model
+
+
 def test_phase1_freezes_decoder_side_bit_identically(phase1_run):
   workdir, config, result = phase1_run
   setup = train_lib.build_setup(config, workdir)
@@ -87,21 +122,34 @@ def test_phase1_freezes_decoder_side_bit_identically(phase1_run):
 
 
 def test_frozen_leaves_hold_no_adam_state():
-  params = {"encoder": {"w": jnp.ones((3, 3))}, "decoder": {"w": jnp.ones((3, 3))},
-            "mu": {"kernel": jnp.ones((3, 2))}, "shared": {"embedding": jnp.ones((5, 3))}}
-  config = demo.get_config()
-  tx = train_lib.make_optimizer(config, 1, params)
-  state = tx.init(params)
-  sizes = sum(x.size for x in jax.tree.leaves(state))
-  # Adam keeps mu and nu for the trainable leaves only: encoder (9) and mu (6).
-  assert sizes == 2 * (9 + 6) + 1  # + the step count
+  """The optimizer that make_optimizer builds from the config: Adam state (mu, nu) and a
+  non-zero update for exactly the trainable groups, in phase 1 with freeze_decoder on and off
+  (the shared embedding stays frozen in phase 1 either way) and in phase 2."""
+  groups = ("encoder", "mu", "logvar", "decoder", "memory_proj", "lm_head", "shared")
+  params = {g: {"w": jnp.ones((i + 2, 3))} for i, g in enumerate(groups)}
+  encoder_side = {"encoder", "mu", "logvar"}
+  expected = {(1, True): encoder_side,
+              (1, False): encoder_side | {"decoder", "memory_proj", "lm_head"},
+              (2, True): set(groups)}
   grads = jax.tree.map(jnp.ones_like, params)
-  updates, _ = tx.update(grads, state, params)
-  assert float(jnp.abs(updates["decoder"]["w"]).max()) == 0.0
-  assert float(jnp.abs(updates["encoder"]["w"]).max()) > 0.0
-  config.phase1.freeze_decoder = False
-  labels = train_lib.trainable_labels(params, 1, freeze_decoder=False)
-  assert labels["decoder"]["w"] == "trainable" and labels["shared"]["embedding"] == "frozen"
+  for (phase, freeze), trainable in expected.items():
+    config = demo.get_config()
+    config.phase1.freeze_decoder = freeze
+    tx = train_lib.make_optimizer(config, phase, params)
+
+    def init_and_update(params, grads):
+      state = tx.init(params)
+      return state, tx.update(grads, state, params)[0]
+    state, updates = jax.jit(init_and_update)(params, grads)  # one compilation: fast on CPU
+    adam_size = {g: 0 for g in groups}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+      for g in groups:
+        if f"['{g}']" in jax.tree_util.keystr(path):
+          adam_size[g] += leaf.size
+    want = {g: 2 * params[g]["w"].size if g in trainable else 0 for g in groups}  # mu and nu
+    assert adam_size == want, (phase, freeze)
+    moved = {g for g in groups if float(jnp.abs(updates[g]["w"]).max()) > 0}
+    assert moved == trainable, (phase, freeze)
 
 
 def test_phase2_starts_from_phase1_params(phase1_run):
@@ -234,3 +282,128 @@ def test_relative_workdir_checkpoints_save_and_restore(tmp_path, monkeypatch):
   assert step == 5
   np.testing.assert_array_equal(restored["w"], params["w"])
   assert (tmp_path / "runs" / "demo" / "phase1" / "checkpoints" / "5").is_dir()
+
+
+class _RecordingModel:
+  """Stands in for the VAE in compute_loss: records what each part of the network is given
+  and returns fixed logits, mu and logvar (so the loss can be recomputed in numpy)."""
+
+  def __init__(self, vocab=16, latent=4):
+    from t5vae_jax import t5 as t5_lib
+    self.config = t5_lib.T5Config(vocab_size=vocab, d_model=8, d_kv=2, d_ff=8, num_layers=1,
+                                  num_heads=1)
+    self.latent, self.calls = latent, []
+
+  def apply(self, variables, input_ids, attention_mask, decoder_input_ids, **kwargs):
+    self.calls.append(dict(input_ids=input_ids, attention_mask=attention_mask,
+                           decoder_input_ids=decoder_input_ids, **kwargs))
+    batch, length = input_ids.shape
+    rng = np.random.default_rng(0)
+    return dict(logits=jnp.asarray(rng.normal(size=(batch, length, self.config.vocab_size)),
+                                   jnp.float32),
+                mu=jnp.asarray(0.1 * rng.normal(size=(batch, self.latent)), jnp.float32),
+                logvar=jnp.zeros((batch, self.latent), jnp.float32))
+
+
+def test_denoising_goes_to_the_encoder_only_and_only_in_training():
+  """compute_loss: the encoder gets the noised ids and mask (noise.delete_tokens with the
+  step's noise rng), the decoder's inputs (shifted) and the loss's targets stay clean; with
+  train=False neither the noise nor the KL floor applies and dropout is off."""
+  from t5vae_jax import noise
+  model = _RecordingModel()
+  config = demo.get_config()
+  config.denoise_rate, config.kl_floor = 0.5, 1.0
+  batch = random_batch(rows=8, length=12, vocab=16, seed=3)
+  ids, mask = batch["input_ids"], batch["attention_mask"]
+  rngs = train_lib.step_rngs(jax.random.key(0), 7)
+  want_ids, want_mask = jax.jit(noise.delete_tokens, static_argnums=(3, 4))(
+      rngs["noise"], ids, mask, 0.5, config.denoise_mode)
+  assert model.config.eos_token_id == 1 and model.config.pad_token_id == 0
+  assert not np.array_equal(want_ids, ids)  # the noise deletes something here
+  clean_decoder_ids = np.concatenate([np.zeros((8, 1), np.int32), ids[:, :-1]], axis=1)
+
+  results = {}
+  for train in (True, False):
+    def loss_and_inputs(batch, rngs):
+      _, (aux, out) = train_lib.compute_loss({}, batch, rngs, model=model, beta=1.0,
+                                             config=config, train=train)
+      call = {k: v for k, v in model.calls[-1].items() if isinstance(v, jax.Array)}
+      return aux, out, call
+    aux, out, call = jax.jit(loss_and_inputs)(batch, rngs)  # one compilation: fast on CPU
+    call["deterministic"] = model.calls[-1]["deterministic"]
+    np.testing.assert_array_equal(call["input_ids"], ids)
+    np.testing.assert_array_equal(call["attention_mask"], mask)
+    np.testing.assert_array_equal(call["decoder_input_ids"], clean_decoder_ids)
+    assert call["deterministic"] is (not train)
+    enc_ids, enc_mask = ((want_ids, want_mask) if train else (ids, mask))
+    np.testing.assert_array_equal(call["encoder_input_ids"], enc_ids)
+    np.testing.assert_array_equal(call["encoder_attention_mask"], enc_mask)
+    # The reconstruction targets are the clean ids (numpy: -log softmax at each real token).
+    logits = np.asarray(out["logits"], np.float64)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    rec = -(np.take_along_axis(logp, ids[..., None], -1)[..., 0] * mask).sum(-1).mean()
+    np.testing.assert_allclose(aux["rec"], rec, rtol=1e-5)
+    results[train] = aux
+  # KL of mu ~ 0.1 is far below the floor of 1 nat per dimension (4 dims): floored in training
+  # only.
+  assert float(results[True]["kl"]) < 0.5
+  np.testing.assert_allclose(results[True]["kl_thresholded"], 4.0, rtol=1e-6)
+  np.testing.assert_allclose(results[False]["kl_thresholded"], results[False]["kl"], rtol=1e-6)
+
+
+def test_bfloat16_train_step_keeps_params_adam_state_loss_and_kl_float32():
+  """The dtype contract: with model.dtype bfloat16 the network computes in bf16 (its layers'
+  outputs are bf16; the logits are cast up) while params, Adam state, loss and KL stay float32
+  through a compiled step."""
+  state, step_fn, batch, model = tiny_step("bfloat16")
+  _, inter = jax.eval_shape(lambda p: model.apply(
+      {"params": p}, batch["input_ids"], batch["attention_mask"], batch["input_ids"],
+      rngs={"latent": jax.random.key(0)}, capture_intermediates=True,
+      mutable=["intermediates"]), state.params)
+  layer_dtypes = {jax.tree_util.keystr(k): v.dtype
+                  for k, v in jax.tree_util.tree_flatten_with_path(inter)[0]}
+  encoder_ffn = [k for k in layer_dtypes if "encoder" in k and "DenseReluDense" in k]
+  assert encoder_ffn and all(layer_dtypes[k] == jnp.bfloat16 for k in encoder_ffn), layer_dtypes
+  for leaf in jax.tree.leaves((state.params, state.opt_state)):
+    assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
+  before = _flat(jax.device_get(state.params))
+  state, aux = step_fn(state, batch)
+  aux = jax.device_get(aux)
+  for key in ("loss", "rec", "kl", "kl_thresholded", "grad_norm"):
+    assert aux[key].dtype == np.float32 and np.isfinite(aux[key]), key
+  assert aux["finite"] == 1.0
+  floats = [l for l in jax.tree.leaves((state.params, state.opt_state))
+            if jnp.issubdtype(l.dtype, jnp.floating)]
+  assert floats and all(l.dtype == jnp.float32 for l in floats)
+  after = _flat(jax.device_get(state.params))
+  assert all(after[k].dtype == np.float32 for k in after)
+  assert any(not np.array_equal(after[k], before[k]) for k in before)  # it trained
+
+
+def test_phase1_trains_with_beta_zero(phase1_run):
+  """The KL weight the phase 1 step used, as logged (mean over each logging window): 0."""
+  workdir, _, _ = phase1_run
+  rows = [r for r in train_lib.read_metrics(workdir / "phase1" / "metrics.jsonl")
+          if "train/beta" in r]
+  assert len(rows) >= 10 and all(r["train/beta"] == 0.0 for r in rows)
+  assert any(r["train/kl"] > 0 for r in rows)  # a KL there was, just not weighted
+
+
+def test_phase2_beta_follows_the_configured_schedule(tmp_path_factory):
+  """The KL weight the phase 2 step used at each step, as logged (the mean over each window of
+  log_every_steps) by the shared demo run: linear from 0 at step 0 to 1 over beta.epochs
+  epochs of steps_per_epoch = num_train // batch_size batches (one bucket), then 1."""
+  from _demo_checkpoint import demo_workdir
+  pdir = demo_workdir(tmp_path_factory) / "phase2"
+  config = json.loads((pdir / "config.json").read_text())
+  assert config["beta"]["schedule"] == "linear" and config["data"]["bucket_lengths"] == [16]
+  steps_per_epoch = config["data"]["synthetic"]["num_train"] // config["batch_size"]
+  ramp = steps_per_epoch * config["beta"]["epochs"]  # 62 * 2 = 124 steps
+  every = config["log_every_steps"]
+  rows = [r for r in train_lib.read_metrics(pdir / "metrics.jsonl") if "train/beta" in r]
+  assert [r["step"] for r in rows] == list(range(every, 801, every))
+  for row in rows:
+    window = np.arange(row["step"] - every, row["step"], dtype=np.float64)  # steps before update
+    want = np.mean(np.minimum(window / ramp, 1.0))
+    np.testing.assert_allclose(row["train/beta"], want, rtol=1e-6, err_msg=str(row["step"]))
+  assert rows[0]["train/beta"] < 0.5 and rows[-1]["train/beta"] == 1.0
