@@ -12,7 +12,10 @@ Layout of a phase directory (``<workdir>/phase1``, ``<workdir>/phase2``):
   best/<step>        params of the best validation score so far (one kept)
   metrics.jsonl      one JSON object per logged step / validation
 
-Every path goes through etils.epath, so the workdir may be a ``gs://`` bucket.
+Every path goes through etils.epath, so the workdir may be a ``gs://`` bucket. Cloud Storage has
+no rename: there orbax writes a save in place and marks it complete with a last object,
+``<step>/commit_success.txt``; a step directory without it is not a checkpoint (and is removed
+when the next run opens the directory). tests/test_gcs.py runs all this against an emulator.
 """
 from __future__ import annotations
 

@@ -183,7 +183,7 @@ def eval_step(params, batch, rng, *, model, config):
   kl = jnp.sum(losses.kl_per_dim(out["mu"], out["logvar"]), axis=-1)
   return dict(rec=rec, kl=kl, mu=out["mu"], logvar=out["logvar"],
               num_tokens=jnp.sum(mask, axis=-1).astype(jnp.float32),
-              weights=batch["example_weights"])
+              weights=batch["example_weights"], example_ids=batch.get("example_ids"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,16 +314,22 @@ def read_metrics(path) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 def evaluate(params, examples, *, model, config, mesh, rng, batch_size: int,
              eval_fn=None) -> dict[str, float]:
-  """rec, KL, -ELBO (per sentence and per token), MI (whole set and per batch) and AU."""
+  """rec, KL, -ELBO (per sentence and per token), MI (whole set and per batch) and AU.
+
+  MI and AU see the posteriors in the split's order (not the bucketed batch order), so
+  mi_batch groups the same 256 consecutive lines as eval.py. ppl_word_elbo: the -ELBO per word
+  of the raw lines plus one EOS each (metrics.word_perplexity), where examples carry "text".
+  """
   iterator = data_lib.BatchIterator(
       examples, bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
       batch_size=batch_size, shuffle=False, drop_remainder=False, num_epochs=1,
       seed=0, pad_id=model.config.pad_token_id, eos_id=model.config.eos_token_id)
   eval_fn = eval_fn or jax.jit(functools.partial(eval_step, model=model, config=config))
   sums = {"rec": 0.0, "kl": 0.0, "num_tokens": 0.0, "n": 0.0}
-  mus, logvars = [], []
+  mus, logvars, ids = [], [], []
   for i, batch in enumerate(iterator):
-    device_batch = sharding.global_batch(_model_inputs(batch), mesh)
+    device_batch = sharding.global_batch(
+        dict(_model_inputs(batch), example_ids=batch["example_ids"]), mesh)
     # Every process gets the whole global batch's outputs (mu/logvar of all hosts), so MI
     # and AU do not depend on how many processes ran the evaluation.
     out = fetch_global(eval_fn(params, device_batch, jax.random.fold_in(rng, i)))
@@ -333,7 +339,9 @@ def evaluate(params, examples, *, model, config, mesh, rng, batch_size: int,
     sums["n"] += float(real.sum())
     mus.append(out["mu"][real])
     logvars.append(out["logvar"][real])
-  mu, logvar = np.concatenate(mus), np.concatenate(logvars)
+    ids.append(out["example_ids"][real])
+  order = np.argsort(np.concatenate(ids), kind="stable")  # back to the split's order
+  mu, logvar = np.concatenate(mus)[order], np.concatenate(logvars)[order]
   n, tokens = sums["n"], sums["num_tokens"]
   result = {
       "rec": sums["rec"] / n, "kl": sums["kl"] / n, "neg_elbo": (sums["rec"] + sums["kl"]) / n,
@@ -344,8 +352,11 @@ def evaluate(params, examples, *, model, config, mesh, rng, batch_size: int,
       "num_examples": n,
   }
   if len(mu) >= 2:
-    result["mi_batch"] = float(metrics_lib.mutual_information(
-        mu, logvar, jax.random.fold_in(rng, 10 ** 6), batch_size=min(256, len(mu))))
+    result["mi_batch"] = float(metrics_lib.batch_mutual_information(
+        mu, logvar, jax.random.fold_in(rng, 10 ** 6)))
+  if all(isinstance(e, dict) and "text" in e for e in examples):
+    words = sum(metrics_lib.word_count(e["text"]) for e in examples)
+    result["ppl_word_elbo"] = metrics_lib.word_perplexity(sums["rec"] + sums["kl"], words, n)
   return result
 
 
