@@ -5,8 +5,9 @@
     mu, logvar = vae.encode(["the cat sat ."])      # numpy (N, L)
     vae.reconstruct(["the cat sat ."])              # greedy from z = mu
     vae.sample(4, temperature=0.8, seed=1)          # z ~ N(0, I)
-    vae.interpolate("a sentence .", "another one .", steps=5)
-    vae.decode(z, method="sample", top_p=0.9)
+    vae.interpolate("a sentence .", "another one .", steps=5)   # or mode="spherical"
+    vae.transfer(["a sentence ."], vae.attribute_vector(negative, positive), strength=1.0)
+    vae.decode(z, method="sample", top_p=0.9)       # or beam=4 (beam search)
 
 A phase directory carries everything (model.json, tokenizer/, config.json, checkpoints), so
 nothing else is needed beside it. Runs on whatever JAX finds (CPU in a notebook); params are
@@ -170,7 +171,8 @@ class T5VAE:
   # ------------------------------------------------------------------------------ decoding
   def decode_ids(self, z, method: str = "greedy", temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, max_len: Optional[int] = None, seed: int = 0,
-                 use_cache: bool = True) -> list[list[int]]:
+                 use_cache: bool = True, beam: int = 0,
+                 length_penalty: float = 0.6) -> list[list[int]]:
     """Token ids (without EOS) decoded from latents z (N, latent_dim)."""
     z = np.asarray(z, np.float32)
     if z.ndim == 1:
@@ -185,23 +187,31 @@ class T5VAE:
     rows = _padded_rows(n)
     padded = np.zeros((rows, self.latent_dim), np.float32)
     padded[:n] = z
+    cfg = self.model.config
+    if beam and beam > 0:
+      tokens, _ = decoding.beam_search(self.model, self.params, padded,
+                                       max_len=int(max_len or self.max_len), beam=int(beam),
+                                       alpha=float(length_penalty))
+      return decoding.strip(jax.device_get(tokens)[:n, 0], cfg.eos_token_id, cfg.pad_token_id)
     fn = decoding.decode if use_cache else decoding.decode_uncached
     tokens = fn(self.model, self.params, padded, max_len=int(max_len or self.max_len),
                 method=method, temperature=float(temperature), top_k=int(top_k),
                 top_p=float(top_p), rng=jax.random.key(seed))
-    cfg = self.model.config
     return decoding.strip(jax.device_get(tokens)[:n], cfg.eos_token_id, cfg.pad_token_id)
 
   def decode(self, z, method: str = "greedy", temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, max_len: Optional[int] = None, seed: int = 0) -> list[str]:
+             top_p: float = 1.0, max_len: Optional[int] = None, seed: int = 0, beam: int = 0,
+             length_penalty: float = 0.6) -> list[str]:
     """Sentences decoded from latents z (N, latent_dim) (one latent (L,) gives one sentence).
 
     ``method``: "greedy" (argmax each step) or "sample" (from the softmax at ``temperature``,
     restricted to the ``top_k`` most likely tokens (0: all) and to the nucleus of mass
     ``top_p``). ``max_len``: most tokens per sentence, EOS included (default: training's).
+    ``beam`` > 0: beam search of that width instead (``method`` is ignored), ranking finished
+    sentences by log-probability / ((5 + length) / 6) ** ``length_penalty``.
     """
     ids = self.decode_ids(z, method=method, temperature=temperature, top_k=top_k, top_p=top_p,
-                          max_len=max_len, seed=seed)
+                          max_len=max_len, seed=seed, beam=beam, length_penalty=length_penalty)
     return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
 
   def reconstruct(self, texts: Union[str, Sequence[str]], sample_z: bool = False, seed: int = 0,
@@ -221,10 +231,47 @@ class T5VAE:
     z = np.random.default_rng(seed).standard_normal((n, self.latent_dim)).astype(np.float32)
     return self.decode(z, method=method, temperature=temperature, seed=seed, **decode_kwargs)
 
-  def interpolate(self, a: str, b: str, steps: int = 5, **decode_kwargs) -> list[str]:
-    """Sentences along the line between the posterior means of a and b (both ends included)."""
-    if steps < 2:
-      raise ValueError(f"steps must be at least 2, got {steps}")
+  def interpolate(self, a: str, b: str, steps: int = 5, mode: str = "linear",
+                  **decode_kwargs) -> list[str]:
+    """Sentences along the path between the posterior means of a and b (both ends included):
+    ``mode`` "linear" (a straight line) or "spherical" (slerp, see ``latent_path``)."""
     mu, _ = self.encode([a, b])
-    t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
-    return self.decode((1.0 - t) * mu[0] + t * mu[1], **decode_kwargs)
+    return self.decode(latent_path(mu[0], mu[1], steps, mode), **decode_kwargs)
+
+  def attribute_vector(self, from_texts: Sequence[str], to_texts: Sequence[str]) -> np.ndarray:
+    """mean mu(to_texts) - mean mu(from_texts): the latent direction from one group to the
+    other (e.g. negative to positive reviews), (latent_dim,) float32."""
+    if not len(from_texts) or not len(to_texts):
+      raise ValueError("attribute_vector needs at least one sentence in each group")
+    return (self.encode(to_texts)[0].mean(0) - self.encode(from_texts)[0].mean(0)).astype(
+        np.float32)
+
+  def transfer(self, texts: Union[str, Sequence[str]], vector, strength: float = 1.0,
+               **decode_kwargs) -> list[str]:
+    """Attribute arithmetic (Optimus-style): decodes mu(text) + strength * vector for each
+    text; ``vector`` from ``attribute_vector``."""
+    mu, _ = self.encode(texts)
+    return self.decode(mu + float(strength) * np.asarray(vector, np.float32)[None],
+                       **decode_kwargs)
+
+
+INTERPOLATION_MODES = ("linear", "spherical")
+
+
+def latent_path(a, b, steps: int, mode: str = "linear") -> np.ndarray:
+  """(steps, L) latents from a to b, both included. "spherical": slerp,
+  sin((1 - t) w) / sin(w) a + sin(t w) / sin(w) b with w the angle between a and b (linear
+  when they are (anti)parallel within 1e-6): the path keeps a norm near the ends', where a
+  straight line between two typical latents dips through atypically small norms."""
+  if not isinstance(steps, (int, np.integer)) or steps < 2:
+    raise ValueError(f"steps must be an integer of at least 2, got {steps!r}")
+  if mode not in INTERPOLATION_MODES:
+    raise ValueError(f"mode={mode!r} is not one of {INTERPOLATION_MODES}")
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  t = np.linspace(0.0, 1.0, steps)[:, None]
+  cos = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+  omega = float(np.arccos(np.clip(cos, -1.0, 1.0)))
+  if mode == "linear" or np.sin(omega) < 1e-6:
+    return ((1.0 - t) * a + t * b).astype(np.float32)
+  return ((np.sin((1.0 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)).astype(
+      np.float32)

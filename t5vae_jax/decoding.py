@@ -14,6 +14,14 @@ position. It exists to test that the cache changes nothing.
 Both return (B, max_len) int32 tokens: the chosen tokens up to and including the first EOS,
 then the pad id. Randomness: step t draws with ``jax.random.fold_in(rng, t)``, so the cached
 and uncached decoders sample the same tokens from the same logits.
+
+``beam_search`` keeps the ``beam`` most probable unfinished prefixes of each row (B * beam rows
+through the cached decoder; the cache rows follow their beams) and the ``beam`` best finished
+hypotheses. A hypothesis is finished when it emits EOS or reaches ``max_len`` tokens; its score
+is its log-probability divided by the GNMT length penalty ((5 + n) / 6) ** alpha, n = its
+token count (EOS included), so alpha = 0 ranks by log-probability alone and a larger alpha
+favours longer sentences. With ``beam`` at least the number of prefixes the search is
+exhaustive (tests/test_decoding.py checks it against enumerating every sequence).
 """
 from __future__ import annotations
 
@@ -144,6 +152,107 @@ def decode_uncached(model: model_lib.T5VAEModel, params, z, *, max_len: int,
   state = (jnp.asarray(0, jnp.int32), jnp.full((batch, max_len), cfg.pad_token_id, jnp.int32),
            inputs, jnp.zeros((batch,), bool))
   return jax.lax.while_loop(cond, body, state)[1]
+
+
+def length_penalty(length, alpha: float) -> jax.Array:
+  """GNMT's ((5 + n) / 6) ** alpha (Wu et al. 2016) for n tokens, EOS included."""
+  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** jnp.asarray(alpha, jnp.float32)
+
+
+_NEG = -1e9  # the score of an empty beam slot: below any real log-probability, and no NaN
+
+
+def _gather_beams(tree, beam_index, batch, beam):
+  """Reorders the cached keys/values (B * beam, ...) so that row (b, i) holds the cache of
+  beam ``beam_index[b, i]`` of row b; the cache's position counters are shared, kept."""
+  def gather(path, leaf):
+    if getattr(path[-1], "key", None) not in ("cached_key", "cached_value"):
+      return leaf
+    leaf = leaf.reshape((batch, beam) + leaf.shape[1:])
+    index = beam_index.reshape((batch, beam) + (1,) * (leaf.ndim - 2))
+    return jnp.take_along_axis(leaf, index, axis=1).reshape((batch * beam,) + leaf.shape[2:])
+  return jax.tree_util.tree_map_with_path(gather, tree)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_len", "beam"))
+def beam_search(model: model_lib.T5VAEModel, params, z, *, max_len: int, beam: int,
+                alpha=0.6) -> tuple[jax.Array, jax.Array]:
+  """Beam search from latents z (B, L) with the key/value cache.
+
+  Returns tokens (B, beam, max_len) int32 (each hypothesis up to and including its EOS, then
+  pads), best first, and their scores (B, beam) float32: log p(tokens | z) / length_penalty.
+  Slots without a hypothesis (beam larger than the number of sequences) score about -1e9.
+  """
+  if not isinstance(beam, (int, np.integer)) or beam < 1:
+    raise ValueError(f"beam must be a positive integer, got {beam!r}")
+  _check("greedy", max_len)
+  cfg = model.config
+  z = jnp.asarray(z, jnp.float32)
+  batch, vocab = z.shape[0], cfg.vocab_size
+  rows = batch * beam
+  dmodel = model.clone(decode=True)
+  cache = init_cache(model, rows, max_len, z.shape[-1])
+  z_rows = jnp.repeat(z, beam, axis=0)  # row b * beam + i: beam i of example b
+  pad = jnp.asarray(cfg.pad_token_id, jnp.int32)
+  max_penalty = length_penalty(max_len, alpha)
+
+  def cond(state):
+    step, _, alive_logp, _, finished_scores, _ = state
+    # An alive prefix only loses log-probability; with alpha >= 0 its best possible score is
+    # its log-probability over the largest penalty (alpha < 0: over the next length's).
+    penalty = jnp.maximum(max_penalty, length_penalty(step + 1, alpha))
+    best_alive = jnp.max(alive_logp, axis=1) / penalty
+    return (step < max_len) & jnp.any(best_alive > finished_scores[:, -1])
+
+  def body(state):
+    step, alive_tokens, alive_logp, finished_tokens, finished_scores, cache = state
+    previous = jnp.where(step == 0, cfg.decoder_start_token_id,
+                         jax.lax.dynamic_index_in_dim(alive_tokens.reshape(rows, max_len),
+                                                      jnp.maximum(step - 1, 0), axis=1,
+                                                      keepdims=False))
+    previous = jnp.broadcast_to(previous, (rows,))
+    logits, mutated = dmodel.apply({"params": params, "cache": cache}, z_rows, previous[:, None],
+                                   method=model_lib.T5VAEModel.decode_latent, mutable=("cache",))
+    logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1).reshape(batch, beam,
+                                                                                 vocab)
+    total = alive_logp[:, :, None] + logp  # (B, beam, V)
+    last = step == max_len - 1
+    # Hypotheses finished at this step: ending in EOS, or any token at the last step.
+    ends = jnp.zeros((vocab,), bool).at[cfg.eos_token_id].set(True)
+    ends = ends | last
+    new_scores = jnp.where(ends, total / length_penalty(step + 1, alpha), _NEG)
+    new_scores = new_scores.reshape(batch, beam * vocab)
+    candidates = jnp.concatenate([finished_scores, new_scores], axis=1)
+    top_scores, top_index = jax.lax.top_k(candidates, beam)
+    new_beam, new_token = (top_index - beam) // vocab, (top_index - beam) % vocab
+    from_new = top_index >= beam
+    extended = jnp.take_along_axis(alive_tokens, jnp.maximum(new_beam, 0)[:, :, None], axis=1)
+    extended = jax.vmap(jax.vmap(
+        lambda seq, tok: jax.lax.dynamic_update_slice(seq, tok[None], (step,))))(
+            extended, new_token.astype(jnp.int32))
+    kept = jnp.take_along_axis(finished_tokens, jnp.minimum(top_index, beam - 1)[:, :, None],
+                               axis=1)
+    finished_tokens = jnp.where(from_new[:, :, None], extended, kept)
+    finished_scores = top_scores
+    # The unfinished prefixes: the beam most probable continuations other than EOS.
+    grow = jnp.where(ends, _NEG, total).reshape(batch, beam * vocab)
+    alive_logp, grow_index = jax.lax.top_k(grow, beam)
+    parent, token = grow_index // vocab, (grow_index % vocab).astype(jnp.int32)
+    alive_tokens = jnp.take_along_axis(alive_tokens, parent[:, :, None], axis=1)
+    alive_tokens = jax.vmap(jax.vmap(
+        lambda seq, tok: jax.lax.dynamic_update_slice(seq, tok[None], (step,))))(
+            alive_tokens, token)
+    alive_logp = jnp.maximum(alive_logp, _NEG)  # empty slots stay empty, never -inf
+    cache = _gather_beams(mutated["cache"], parent, batch, beam)
+    return step + 1, alive_tokens, alive_logp, finished_tokens, finished_scores, cache
+
+  # One live beam per row at the start (the others empty), so no hypothesis appears twice.
+  alive_logp = jnp.tile(jnp.where(jnp.arange(beam) == 0, 0.0, _NEG)[None], (batch, 1))
+  state = (jnp.asarray(0, jnp.int32), jnp.full((batch, beam, max_len), pad, jnp.int32),
+           alive_logp.astype(jnp.float32), jnp.full((batch, beam, max_len), pad, jnp.int32),
+           jnp.full((batch, beam), 2 * _NEG, jnp.float32), cache)
+  _, _, _, tokens, scores, _ = jax.lax.while_loop(cond, body, state)
+  return tokens, scores
 
 
 def strip(tokens: np.ndarray, eos_id: int, pad_id: int) -> list[list[int]]:

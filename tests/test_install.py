@@ -24,7 +24,8 @@ from _wheel import ROOT, built_wheel, normalize, pip, pyproject, read_requiremen
 
 ENTRY_POINTS = {"t5vae-train": "t5vae_jax.train_command:run",
                 "t5vae-eval": "t5vae_jax.eval_command:run",
-                "t5vae-pretrain": "t5vae_jax.pretrain:run"}
+                "t5vae-pretrain": "t5vae_jax.pretrain:run",
+                "t5vae-latent": "t5vae_jax.latent:run"}
 EXTRAS = ("tpu", "cuda12", "test")
 
 
@@ -151,7 +152,7 @@ def test_installed_entry_points(installed, tmp_path):
   assert pathlib.Path(module_file).is_relative_to(installed), module_file  # not the checkout
   assert configs_spec == "None"  # no top-level configs package installed
   for name, expected in (("t5vae-train", "--workdir"), ("t5vae-eval", "--num_samples"),
-                         ("t5vae-pretrain", "--noise_density")):
+                         ("t5vae-pretrain", "--noise_density"), ("t5vae-latent", "transfer")):
     result = _run(installed, str(bin_dir / name), "--help", cwd=tmp_path)
     assert result.returncode == 0, (name, result.stderr[-2000:])
     assert expected in result.stdout, name
