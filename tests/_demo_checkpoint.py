@@ -63,21 +63,41 @@ def demo_workdir(tmp_path_factory) -> pathlib.Path:
 
   Trained in a child process on one CPU device: the test session simulates 8 devices, on
   which a tiny model trains several times slower (collectives on 2 cores), and the
-  checkpoint does not depend on the device count anyway.
+  checkpoint does not depend on the device count anyway. Under pytest-xdist the workers share
+  one training (the first to get the lock trains; the others wait for it) and each gets its own
+  copy, so a test that writes into the run (eval.json, ...) never meets another worker's.
   """
   if "workdir" not in _CACHE:
+    import fcntl
+    import shutil
+    shared = _shared_root(tmp_path_factory) / "demo_checkpoint"
+    shared.mkdir(parents=True, exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not (shared / "done").exists():
+        _train_in_child(shared / "demo", shared / "tfds")
+        (shared / "done").write_text("ok")
     root = tmp_path_factory.mktemp("demo_checkpoint")
-    workdir = root / "demo"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               JAX_PLATFORMS="cpu")
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, str(workdir), str(root / "tfds")],
-                          env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=600)
-    if proc.returncode:
-      raise RuntimeError(f"training the demo checkpoint failed:\n{proc.stderr[-5000:]}")
-    print(f"\n[demo checkpoint trained in {time.perf_counter() - start:.1f} s: {workdir}]")
-    _CACHE["workdir"] = workdir
+    shutil.copytree(shared / "demo", root / "demo")
+    _CACHE["workdir"] = root / "demo"
   return _CACHE["workdir"]
+
+
+def _shared_root(tmp_path_factory) -> pathlib.Path:
+  """The session's temporary root, common to all pytest-xdist workers (each has a subdir)."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _train_in_child(workdir: pathlib.Path, tfds_dir: pathlib.Path) -> None:
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_PLATFORMS="cpu")
+  start = time.perf_counter()
+  proc = subprocess.run([sys.executable, __file__, str(workdir), str(tfds_dir)],
+                        env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=600)
+  if proc.returncode:
+    raise RuntimeError(f"training the demo checkpoint failed:\n{proc.stderr[-5000:]}")
+  print(f"\n[demo checkpoint trained in {time.perf_counter() - start:.1f} s: {workdir}]")
 
 
 def training_texts(workdir: pathlib.Path, split: str = "train") -> list[dict]:
