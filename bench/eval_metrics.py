@@ -2,11 +2,13 @@
 
   python bench/eval_metrics.py                      # N = 10k, L = 32, K = 100 for IW-NLL
   python bench/eval_metrics.py --iw-k 500 --iw-n 1000
+  python bench/eval_metrics.py --only mi --mi-case peaked   # logvar -20, repeated rows
 
 Three metrics, each timed in a fresh child process (so that its peak RSS is its own):
   * MI over the whole set (N x N aggregate posterior): ours = metrics.mutual_information
     (blockwise, jitted); loop = numpy, a Python loop over query batches of 128, each a
-    (128, N, L) array, at the same draws z (so both give the same number).
+    (128, N, L) array of the direct formula, at the same draws z (so both give the same
+    number, also for --mi-case peaked, posteriors as narrow as phase 1 makes them).
   * AU: ours = metrics.active_units (jitted); loop = numpy per batch (running sums).
   * IW-NLL with K samples on a demo-shaped T5-VAE (configs/demo.py: d_model 64, 2+2 layers,
     vocab 128, L 16; random weights, the cost does not depend on them) over random
@@ -60,8 +62,18 @@ def median_time(fn, repeats):
 
 
 # ------------------------------------------------------------------------------------ data
-def posteriors(n, latent_dim, seed):
+def posteriors(n, latent_dim, seed, case="typical"):
+  """typical: overlapping posteriors. peaked: phase 1 with beta = 0 (logvar -20, means off
+  centre by 3, the last tenth of the rows repeating earlier ones, as a test split's repeated
+  lines), where the matmul expansion of the distance cancels and the exact pass works."""
   rng = np.random.default_rng(seed)
+  if case == "peaked":
+    mu = (3.0 + rng.standard_normal((n, latent_dim))).astype(np.float32)
+    repeats = n // 10
+    mu[n - repeats:] = mu[rng.choice(n - repeats, repeats)]
+    logvar = np.full((n, latent_dim), -20.0, np.float32)
+    z = (mu + np.exp(0.5 * logvar) * rng.standard_normal((n, latent_dim))).astype(np.float32)
+    return mu, logvar, z
   mu = (0.8 * rng.standard_normal((n, latent_dim))).astype(np.float32)
   logvar = rng.uniform(-2.0, 0.0, (n, latent_dim)).astype(np.float32)
   z = (mu + np.exp(0.5 * logvar) * rng.standard_normal((n, latent_dim))).astype(np.float32)
@@ -102,7 +114,7 @@ def np_logsumexp(x, axis):
 def mi_ours(args):
   import jax
   from t5vae_jax import metrics
-  mu, logvar, z = posteriors(args.n, args.latent_dim, args.seed)
+  mu, logvar, z = posteriors(args.n, args.latent_dim, args.seed, args.mi_case)
   base = current_rss_mib()
   fn = lambda: float(metrics.mutual_information_from_samples(mu, logvar, z))
   t = time.perf_counter(); fn(); compile_s = time.perf_counter() - t
@@ -111,7 +123,7 @@ def mi_ours(args):
 
 
 def mi_loop(args):
-  mu, logvar, z = posteriors(args.n, args.latent_dim, args.seed)
+  mu, logvar, z = posteriors(args.n, args.latent_dim, args.seed, args.mi_case)
   base = current_rss_mib()
 
   def fn():
@@ -234,6 +246,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--n", type=int, default=10_000, help="examples for MI and AU")
   parser.add_argument("--latent-dim", type=int, default=32)
+  parser.add_argument("--mi-case", choices=("typical", "peaked"), default="typical",
+                      help="MI posteriors: overlapping, or peaked with repeated rows")
   parser.add_argument("--iw-n", type=int, default=None, help="sentences for IW-NLL (default n)")
   parser.add_argument("--iw-k", type=int, default=100, help="K importance samples")
   parser.add_argument("--iw-chunk", type=int, default=50,

@@ -9,7 +9,8 @@ Evaluates trained phases: PPL (importance-weighted), KL, -ELBO, MI, AU, batched 
 Each phase directory carries its config, model description and tokenizer, so no config file
 is needed. Writes ``<workdir>/phase<N>/eval.json`` and prints one Markdown row per phase in the
 paper's column order (| run | PPL | KL | -ELBO | MI | AU |, then rec, per-batch MI, PPL from
-the ELBO and K). ``--config.x=y`` overrides a value of the saved config (e.g. the data paths).
+the ELBO, K and the per-word PPL of the baselines' tables). ``--config.x=y`` overrides a
+value of the saved config (e.g. the data paths).
 """
 import sys
 
@@ -30,7 +31,8 @@ flags.DEFINE_integer("max_logits_mib", 1024, "Most MiB of logits in one decoder 
 flags.DEFINE_integer("max_rows", 0, "Most rows (batch x samples) in one decoder pass; "
                      "0: by backend (512 on CPU, 65536 on accelerators). Speed only.")
 flags.DEFINE_integer("batch_size", 64, "Global batch (a multiple of the number of devices).")
-flags.DEFINE_integer("mi_batch_size", 256, "Batch size of the per-batch MI variant.")
+flags.DEFINE_integer("mi_batch_size", 256, "Batch size of the per-batch MI (He et al.'s "
+                     "calc_mi: analytic entropy, consecutive lines of the split).")
 flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N examples (0: all).")
 flags.DEFINE_integer("seed", 0, "Seed of the latent draws.")
 flags.DEFINE_string("data_dir", None, "Overrides config.data.dir (the raw dataset files).")

@@ -15,12 +15,16 @@ Randomness is per example and sample: draw s of example i comes from
 the batch size, nor on the chunk size k, nor on the number of devices.
 
 Whole-set metrics (MI over the aggregate posterior of the whole set, per-batch MI at batch
-size 256, AU) are computed from the gathered posterior means and log-variances, in split order.
+size 256 as the released code computes it, AU) are computed from the gathered posterior means
+and log-variances, in split order.
 
 Reported (``eval.json``), in nats:
   rec, kl, neg_elbo, nll                per sentence (mean over examples)
   *_per_token                           divided by the number of target tokens (EOS included)
-  ppl = exp(sum nll / tokens)           from the importance-weighted NLL
+  ppl = exp(sum nll / tokens)           from the importance-weighted NLL, per T5 subword
+  ppl_word = exp(sum nll / (words + N)) per word of the raw lines (whitespace-separated) plus
+                                        one EOS per sentence, as Li et al.'s baselines;
+                                        ppl_word_elbo the same from the -ELBO
   ppl_elbo = exp(sum -ELBO / tokens)    an upper bound on it in expectation (what the released
                                         code reports, there from |rec - KL|)
   mi, mi_batch, au                      see t5vae_jax.metrics
@@ -271,17 +275,24 @@ def evaluate(params, examples: Sequence, *, model: model_lib.T5VAEModel, mesh,
       "neg_elbo_per_token": neg_elbo_sum / tokens,
       "ppl_elbo": _safe_exp(neg_elbo_sum / tokens),
   }
+  # Per word (Li et al.'s baselines): the raw lines' whitespace words plus one EOS each.
+  words = (float(sum(metrics_lib.word_count(e["text"]) for e in examples))
+           if all(isinstance(e, dict) and "text" in e for e in examples) else None)
+  result.update(num_words=words, ppl_word_elbo=None if words is None else
+                metrics_lib.word_perplexity(neg_elbo_sum, words, num))
   if num_samples:
     nll_sum = float(per_example["nll"].sum())
     result.update(nll=nll_sum / num, nll_per_token=nll_sum / tokens,
-                  ppl=_safe_exp(nll_sum / tokens))
+                  ppl=_safe_exp(nll_sum / tokens),
+                  ppl_word=None if words is None else
+                  metrics_lib.word_perplexity(nll_sum, words, num))
   else:
-    result.update(nll=None, nll_per_token=None, ppl=None)
+    result.update(nll=None, nll_per_token=None, ppl=None, ppl_word=None)
   mi_rng = mi_key(seed)
   result["mi"] = float(metrics_lib.mutual_information(mu_all, logvar_all, mi_rng))
   if num >= 2:
-    result["mi_batch"] = float(metrics_lib.mutual_information(
-        mu_all, logvar_all, mi_rng, batch_size=min(mi_batch_size, num)))
+    result["mi_batch"] = float(metrics_lib.batch_mutual_information(
+        mu_all, logvar_all, mi_rng, batch_size=mi_batch_size))
     variances = np.asarray(metrics_lib.active_unit_variances(mu_all))
     result["au"] = int(metrics_lib.active_units(mu_all))
     result["au_variances"] = [float(v) for v in variances]
@@ -366,13 +377,13 @@ def fill_new_keys(config):
 
 
 def markdown_header() -> str:
-  return ("| run | PPL | KL | -ELBO | MI | AU | rec | MI (batch) | PPL (ELBO) | K |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+  return ("| run | PPL | KL | -ELBO | MI | AU | rec | MI (batch) | PPL (ELBO) | K "
+          "| PPL (word) |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def markdown_row(name: str, result: dict) -> str:
-  """The paper's columns (PPL, KL, -ELBO, MI, AU), then rec, per-batch MI, PPL from the ELBO
-  and K. Per-sentence nats, as the paper's tables."""
+  """The paper's columns (PPL, KL, -ELBO, MI, AU), then rec, per-batch MI, PPL from the ELBO,
+  K and the per-word PPL (the baselines' unit). Per-sentence nats, as the paper's tables."""
   def f(key, fmt="{:.2f}"):
     value = result.get(key)
     if value is None:
@@ -382,7 +393,7 @@ def markdown_row(name: str, result: dict) -> str:
     return fmt.format(value)
   return (f"| {name} | {f('ppl')} | {f('kl')} | {f('neg_elbo')} | {f('mi')} | "
           f"{f('au', '{:d}')} | {f('rec')} | {f('mi_batch')} | {f('ppl_elbo')} | "
-          f"{result.get('num_samples', '-')} |")
+          f"{result.get('num_samples', '-')} | {f('ppl_word')} |")
 
 
 def evaluate_phase(phase_dir, *, checkpoint="latest", split: str = "test",

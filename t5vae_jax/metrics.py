@@ -8,8 +8,10 @@ q(z) = 1/N sum_m q(z|x_m) evaluated at one sample per example, an N x N
 interaction. It is computed blockwise (a scan over key blocks inside a map over
 query blocks), so memory is O(block_size^2 + N L): neither an N x N x L tensor
 nor an N x N matrix is ever materialised. The squared Mahalanobis distances of
-each block come from a single matrix multiplication (see
-`_log_aggregate_posterior`).
+each block come from matrix multiplications with a certified error bound; the
+rows where that bound is too loose (peaked posteriors of repeated sentences)
+are recomputed with the direct formula, so the result is exact to float32
+rounding for any posterior width (see `_log_aggregate_posterior`).
 
 Importance-weighted NLL with many samples is meant to be chunked over K by the
 caller, who owns the decoder:
@@ -62,20 +64,65 @@ def sample_latents(rng, mu, logvar, num_samples):
 # ----------------------------------------------------------------------------
 
 
+# Distance error budget. The matmul expansion's rounding error is at most
+# _ERROR_ULPS_PER_DIM * L + _ERROR_ULPS_EXTRA float32 epsilons times
+# sum_l (z_nl^2 + mu_ml^2) / v_ml (IEEE float32 products and sums in any
+# summation order, as matmuls at Precision.HIGHEST on CPU and GPU; TPU's
+# HIGHEST emulates float32 to about the same accuracy). A row whose certified
+# log error exceeds _ROW_LOG_TOLERANCE (nats), or that has a non-negligible pair
+# with a distance error above 1, is recomputed with the direct formula. Pairs
+# more than _NEGLIGIBLE_NATS below the self term weigh less than e^-60 of it.
+_ERROR_ULPS_PER_DIM = 1.0
+_ERROR_ULPS_EXTRA = 8.0
+_ROW_LOG_TOLERANCE = 2e-4
+_NEGLIGIBLE_NATS = 60.0
+_EXACT_ROWS = 128  # Rows per chunk of the direct recomputation.
+
+
+def _logsumexp_update(running_max, running_sum, log_q):
+  """Folds a (rows, keys) block of log terms into a running (max, sum).
+
+  Returns (new max, new sum, the block's sum, shift): the sums are on the scale
+  exp(-shift), shift being the new max (0 where it is -inf).
+  """
+  new_max = jnp.maximum(running_max, jnp.max(log_q, axis=1))
+  shift = jnp.where(jnp.isneginf(new_max), 0.0, new_max)  # No -inf - -inf.
+  rescale = jnp.exp(running_max - shift)
+  block_sum = jnp.sum(jnp.exp(log_q - shift[:, None]), axis=1)
+  return new_max, running_sum * rescale + block_sum, block_sum, shift
+
+
 def _log_aggregate_posterior(z, mu, logvar, log_q_self, valid, block_size):
   """log q(z_n) = logsumexp_m log q(z_n | x_m) - log(#valid) over one set.
 
   The set is padded: `valid` marks real rows, and the length is a multiple of
-  `block_size`. Per block the distances come from one matmul,
+  `block_size`. Exact to float32 rounding for any posterior width, in two
+  passes over (query block, key block) pairs:
 
-    sum_l (z_nl - mu_ml)^2 / v_ml
-        = [z_n^2, z_n] . [1/v_m, -2 mu_m / v_m] + sum_l mu_ml^2 / v_ml,
+  1. Fast: the squared Mahalanobis distances of a block come from matmuls,
 
-  so the work is a (b, 2L) x (2L, b) product plus a fused elementwise pass.
-  That expansion loses precision when mu^2 / v is large, so: mu is centred
-  first (the density is translation invariant), distances are clamped at 0,
-  and the self term q(z_n | x_n), which dominates when posteriors barely
-  overlap, is replaced by `log_q_self`, computed directly.
+       d_nm = sum_l (z_nl - mu_ml)^2 / v_ml = Q_nm - 2 C_nm + S_m,
+       Q = [z^2] . [1/v],  C = [z] . [mu / v],  S_m = sum_l mu_ml^2 / v_ml,
+
+     which cancels catastrophically when v is tiny next to (z - mu)^2 (peaked
+     posteriors, phase 1 with beta = 0: logvar -20): each term is ~1e10, the
+     difference O(1). Its rounding error is at most (L + 8) eps (Q_nm + S_m);
+     per query row n and key block K it is bounded by
+     beta_nK = (L + 8) eps (|z_n^2|_2 max_K |1/v_m|_2 + max_K S_m)
+     (Cauchy-Schwarz on Q: no per-pair work), and each row carries the
+     certified bound on its log-sum error, sum_K beta_nK W_nK / sum_m w_nm,
+     W_nK the weight of block K's keys other than n (blocks with beta <= 1),
+     plus a flag for a block with beta > 1 whose densities might come within
+     _NEGLIGIBLE_NATS of the self term (a repeated sentence).
+     The self term q(z_n | x_n) is `log_q_self`, computed directly.
+  2. Exact: the rows whose bound exceeds _ROW_LOG_TOLERANCE or that are
+     flagged are recomputed directly, sum_l (z_nl - mu_ml)^2 / v_ml summed
+     one dimension at a time over (_EXACT_ROWS, block) tiles, in a loop over
+     chunks of those rows.
+     Typical posteriors flag few or no rows, so this costs little; peaked ones
+     flag the repeated rows only.
+
+  Memory is O(block_size^2 + M L).
 
   Args:
     z, mu, logvar: (M, L) with M a multiple of block_size.
@@ -90,47 +137,112 @@ def _log_aggregate_posterior(z, mu, logvar, log_q_self, valid, block_size):
   num_blocks = num_rows // block_size
   count = jnp.sum(valid).astype(jnp.float32)
 
+  # Centring (the density is translation invariant) shrinks the fast pass's
+  # error bound (it is lossy, so the exact pass uses the raw z and mu: z - mu
+  # of a repeated row is then exact).
+  raw_z, raw_mu = z, mu
   centre = jnp.sum(jnp.where(valid[:, None], mu, 0.0), 0) / jnp.maximum(count, 1)
   z = jnp.where(valid[:, None], z - centre, 0.0)
   mu = jnp.where(valid[:, None], mu - centre, 0.0)
   logvar = jnp.where(valid[:, None], logvar, 0.0)
   precision = jnp.exp(-logvar)
+  log_norm = jnp.where(  # (M,); -inf drops padded keys.
+      valid, -0.5 * (jnp.sum(logvar, -1) + latent_dim * _LOG_2PI), -jnp.inf)
+  error_scale = ((_ERROR_ULPS_PER_DIM * latent_dim + _ERROR_ULPS_EXTRA) *
+                 float(jnp.finfo(jnp.float32).eps))
 
   blocks = lambda x: x.reshape((num_blocks, block_size) + x.shape[1:])
-  query_features = blocks(jnp.concatenate([z * z, z], -1))  # (nb, b, 2L)
-  key_features = blocks(
-      jnp.concatenate([precision, -2.0 * mu * precision], -1))  # (nb, b, 2L)
-  key_sq_norm = blocks(jnp.sum(mu * mu * precision, -1))  # (nb, b)
-  key_log_norm = blocks(jnp.where(  # (nb, b); -inf drops padded keys.
-      valid, -0.5 * (jnp.sum(logvar, -1) + latent_dim * _LOG_2PI), -jnp.inf))
+  key_sq_norm = jnp.sum(mu * mu * precision, -1)  # (M,)
+  key_blocks = (
+      jnp.arange(num_blocks),
+      blocks(jnp.concatenate([precision, -2.0 * mu * precision], -1)),  # (nb, b, 2L)
+      blocks(key_sq_norm), blocks(log_norm),
+      # Per key block, for the error bound: max_m |1/v_m|_2 and max_m S_m.
+      jnp.max(blocks(jnp.sqrt(jnp.sum(precision * precision, -1))), 1),
+      jnp.max(blocks(key_sq_norm), 1))
   is_diagonal = jnp.eye(block_size, dtype=bool)  # (b, b)
 
-  def query_block(args):
-    query_index, query, self_term = args  # (), (b, 2L), (b,)
+  def fast_query_block(args):
+    query_index, query_z, self_term = args  # (), (b, L), (b,)
+    query = jnp.concatenate([query_z * query_z, query_z], -1)  # (b, 2L)
+    # Q_nm <= |z_n^2|_2 |1/v_m|_2 (Cauchy-Schwarz).
+    query_sq_norm = jnp.sqrt(jnp.sum(jnp.square(query_z * query_z), -1))  # (b,)
 
     def key_block(carry, args):
-      running_max, running_sum = carry  # (b,), (b,)
-      key_index, key, sq_norm, log_norm = args  # (), (b, 2L), (b,), (b,)
+      (key_index, key, key_sq, key_log_norm, key_precision_norm,
+       key_sq_max) = args
       distance = jnp.matmul(query, key.T, precision=lax.Precision.HIGHEST)
-      distance = jnp.maximum(distance + sq_norm, 0.0)  # (b, b)
-      log_q = log_norm - 0.5 * distance
-      log_q = jnp.where(is_diagonal & (query_index == key_index),
-                        self_term[:, None], log_q)
-      new_max = jnp.maximum(running_max, jnp.max(log_q, axis=1))
-      shift = jnp.where(jnp.isneginf(new_max), 0.0, new_max)  # No -inf - -inf.
-      running_sum = (running_sum * jnp.exp(running_max - shift) +
-                     jnp.sum(jnp.exp(log_q - shift[:, None]), axis=1))
-      return (new_max, running_sum), None
+      distance = jnp.maximum(distance + key_sq, 0.0)  # (b, b)
+      on_diagonal = query_index == key_index
+      self_pair = is_diagonal & on_diagonal
+      others = jnp.where(self_pair, -jnp.inf, key_log_norm - 0.5 * distance)
+      log_q = jnp.where(self_pair, self_term[:, None], others)
+      # The bound on this block's distance errors, per query row (b,).
+      error = error_scale * (query_sq_norm * key_precision_norm + key_sq_max)
+      running_max, running_sum, running_error, risky = carry
+      new_max, new_sum, block_sum, shift = _logsumexp_update(
+          running_max, running_sum, log_q)
+      others_sum = jnp.maximum(block_sum - jnp.where(
+          on_diagonal, jnp.exp(self_term - shift), 0.0), 0.0)
+      # |w - w~| <= w~ (e^(beta/2) - 1) <= w~ beta for beta <= 1; a pair with
+      # a larger error that might matter flags the row.
+      risky = risky | ((error > 1.0) & (jnp.max(others, axis=1) + 0.5 * error >
+                                        self_term - _NEGLIGIBLE_NATS))
+      return (new_max, new_sum, running_error * jnp.exp(running_max - shift) +
+              others_sum * jnp.minimum(error, 1.0), risky), None
 
-    init = (jnp.full((block_size,), -jnp.inf), jnp.zeros((block_size,)))
+    init = (jnp.full((block_size,), -jnp.inf), jnp.zeros((block_size,)),
+            jnp.zeros((block_size,)), jnp.zeros((block_size,), bool))
+    (row_max, row_sum, row_error, risky), _ = lax.scan(key_block, init, key_blocks)
+    needs_exact = risky | (row_error > _ROW_LOG_TOLERANCE * row_sum)
+    return row_max + jnp.log(row_sum), needs_exact  # (b,), (b,)
+
+  log_sum, needs_exact = lax.map(
+      fast_query_block, (jnp.arange(num_blocks), blocks(z), blocks(log_q_self)))
+  log_sum = log_sum.reshape(num_rows)
+  needs_exact = needs_exact.reshape(num_rows) & valid
+
+  transposed_blocks = lambda x: jnp.swapaxes(blocks(x), 1, 2)  # (nb, L, b)
+
+  def exact_rows(row_ids):  # (R,) indices, num_rows for none -> (R,)
+    query_z = jnp.take(raw_z, row_ids, axis=0, mode="clip")  # (R, L)
+    self_term = jnp.take(log_q_self, row_ids, mode="clip")
+
+    def key_block(carry, args):
+      key_index, key_precision, key_mu, key_log_norm = args  # (L, b) x 2, (b,)
+
+      def add_dim(dim, distance):  # A loop over L: (R, b) at a time, fast.
+        return distance + jnp.square(query_z[:, dim, None] - key_mu[dim][None]) * (
+            key_precision[dim][None])
+
+      distance = lax.fori_loop(0, latent_dim, add_dim,
+                               jnp.zeros((row_ids.shape[0], block_size)))
+      key_ids = key_index * block_size + jnp.arange(block_size)
+      log_q = jnp.where(row_ids[:, None] == key_ids[None], self_term[:, None],
+                        key_log_norm - 0.5 * distance)
+      return _logsumexp_update(*carry, log_q)[:2], None
+
+    init = (jnp.full(row_ids.shape, -jnp.inf), jnp.zeros(row_ids.shape))
     (row_max, row_sum), _ = lax.scan(
-        key_block, init,
-        (jnp.arange(num_blocks), key_features, key_sq_norm, key_log_norm))
-    return row_max + jnp.log(row_sum)  # (b,)
+        key_block, init, (jnp.arange(num_blocks), transposed_blocks(precision),
+                          transposed_blocks(raw_mu), blocks(log_norm)))
+    return row_max + jnp.log(row_sum)
 
-  log_sum = lax.map(query_block, (jnp.arange(num_blocks), query_features,
-                                  blocks(log_q_self)))  # (nb, b)
-  return log_sum.reshape(num_rows) - jnp.log(count)
+  # Flagged rows first; a loop over chunks of them (none: no iteration).
+  num_exact = jnp.sum(needs_exact)
+  order = jnp.argsort(~needs_exact, stable=True)
+  order = jnp.pad(order, (0, _EXACT_ROWS))
+
+  def exact_chunk(chunk, log_sum):
+    positions = chunk * _EXACT_ROWS + jnp.arange(_EXACT_ROWS)
+    row_ids = jnp.where(positions < num_exact,
+                        lax.dynamic_slice(order, (chunk * _EXACT_ROWS,),
+                                          (_EXACT_ROWS,)), num_rows)
+    return log_sum.at[row_ids].set(exact_rows(row_ids), mode="drop")
+
+  log_sum = lax.fori_loop(0, (num_exact + _EXACT_ROWS - 1) // _EXACT_ROWS,
+                          exact_chunk, log_sum)
+  return log_sum - jnp.log(count)
 
 
 def _pad_rows(x, rows):
@@ -213,7 +325,8 @@ def mutual_information(mu, logvar, rng, batch_size=None, block_size=1024,
       run of b consecutive examples only, averaged over batches weighted by
       their size. It can never exceed log(b) (with entropy="sample"; with
       "analytic" only up to sampling noise), so it saturates for informative
-      latents.
+      latents. `batch_mutual_information` is the reference estimator (analytic
+      entropy, batches of 256).
     block_size: rows/columns per block; memory is O(block_size^2 + N L).
     entropy: how E_q(z|x)[log q(z|x)] is estimated. "sample" (default): at the
       same draw, log q(z_n|x_n). The self term then cancels against its part
@@ -233,6 +346,30 @@ def mutual_information(mu, logvar, rng, batch_size=None, block_size=1024,
   return mutual_information_from_samples(
       mu, logvar, z, batch_size=batch_size, block_size=block_size,
       entropy=entropy)
+
+
+REFERENCE_MI_BATCH_SIZE = 256
+
+
+def batch_mutual_information(mu, logvar, rng, batch_size=REFERENCE_MI_BATCH_SIZE):
+  """The per-batch MI exactly as the released code computes it (`mi_batch`).
+
+  He et al.'s `calc_mi` (vae-lagging-encoder), which Li et al. and the paper's
+  released code use: consecutive batches of `batch_size` examples in the
+  order given (pass the split's order), per batch
+
+    mean_n [-0.5 L log(2 pi e) - 0.5 sum_l logvar_nl]
+        - mean_n log(1/b sum_m q(z_n | x_m)),  z_n ~ q(z | x_n),
+
+  (the analytic entropy), averaged over batches weighted by their size (the
+  last one may be short). Capped near log(batch_size).
+
+  Args: mu, logvar: (N, L); rng: the key of the one draw per example.
+  Returns: scalar float32, in nats.
+  """
+  return mutual_information(mu, logvar, rng,
+                            batch_size=min(batch_size, len(mu)),
+                            entropy="analytic")
 
 
 # ----------------------------------------------------------------------------
@@ -303,3 +440,16 @@ def iw_log_likelihood(log_px_given_z, z, mu, logvar):
 def perplexity(total_nll, total_tokens):
   """exp(total NLL in nats / number of target tokens, EOS included)."""
   return jnp.exp(jnp.asarray(total_nll, jnp.float32) / total_tokens)
+
+
+def word_count(text):
+  """Words of a raw line as the benchmark files count them: whitespace-separated tokens."""
+  return len(text.split())
+
+
+def word_perplexity(total_nll, total_words, num_sentences):
+  """exp(total NLL / (words + sentences)): per word, one EOS per sentence (Li et al.).
+
+  Plain Python floats (the sums are float64); capped at exp(700) instead of inf.
+  """
+  return math.exp(min(float(total_nll) / (total_words + num_sentences), 700.0))

@@ -175,6 +175,13 @@ def test_eval_same_on_1_and_8_devices_cli_and_independent_mi_au(trained, eval_cl
   assert one["neg_elbo"] == pytest.approx(one["rec"] + one["kl"], rel=1e-12)
   np.testing.assert_allclose(one["ppl"], math.exp(one["nll"] * 40 / one["num_tokens"]),
                              rtol=1e-6)
+  # Per word of the raw lines, plus one EOS per sentence.
+  words = sum(len(e["text"].split()) for e in examples)
+  assert one["num_words"] == words
+  np.testing.assert_allclose(one["ppl_word"], math.exp(one["nll"] * 40 / (words + 40)),
+                             rtol=1e-9)
+  np.testing.assert_allclose(one["ppl_word_elbo"],
+                             math.exp(one["neg_elbo"] * 40 / (words + 40)), rtol=1e-9)
 
   # eval.py on 8 devices (started by the fixture).
   stdout, stderr = eval_cli.communicate(timeout=300)
@@ -182,7 +189,7 @@ def test_eval_same_on_1_and_8_devices_cli_and_independent_mi_au(trained, eval_cl
   eight = json.loads((pdir / "eval_cli.json").read_text())
   assert eight["num_devices"] == 8 and eight["split"] == "test" and eight["num_samples"] == 16
   assert eight["iw_chunks"] == [4] and eight["pack_tokens"] is True and one["pack_tokens"] is False
-  for key in ("rec", "kl", "neg_elbo", "nll", "ppl", "ppl_elbo", "mi", "mi_batch",
+  for key in ("rec", "kl", "neg_elbo", "nll", "ppl", "ppl_elbo", "mi", "mi_batch", "ppl_word",
               "rec_per_token", "kl_per_token", "nll_per_token", "neg_elbo_per_token"):
     np.testing.assert_allclose(one[key], eight[key], rtol=2e-5, err_msg=key)
   assert one["au"] == eight["au"] and one["num_tokens"] == eight["num_tokens"]
@@ -192,7 +199,8 @@ def test_eval_same_on_1_and_8_devices_cli_and_independent_mi_au(trained, eval_cl
   cells = [c.strip() for c in lines[-1].strip("|").split("|")]
   assert float(cells[1]) == pytest.approx(eight["ppl"], abs=0.01)
   assert float(cells[3]) == pytest.approx(eight["neg_elbo"], abs=0.01)
-  assert int(cells[5]) == eight["au"] and cells[-1] == "16"
+  assert int(cells[5]) == eight["au"] and cells[9] == "16"
+  assert float(cells[10]) == pytest.approx(eight["ppl_word"], abs=0.01)
 
   arrays = one["arrays"]
   mu, logvar = arrays["mu"].astype(np.float64), arrays["logvar"].astype(np.float64)
@@ -213,7 +221,12 @@ def test_eval_same_on_1_and_8_devices_cli_and_independent_mi_au(trained, eval_cl
     return np.sum(_np_gauss(z[idx], mu[idx], logvar[idx]) - log_agg)
   np.testing.assert_allclose(one["mi"], np_mi(np.arange(40)) / 40, rtol=1e-4)
   batches = [np.arange(i, min(i + 16, 40)) for i in range(0, 40, 16)]
-  np.testing.assert_allclose(one["mi_batch"], sum(np_mi(b) for b in batches) / 40, rtol=1e-4)
+  # The per-batch MI as the released code: the analytic entropy, consecutive batches.
+  def np_mi_analytic(idx):
+    neg_entropy = -0.5 * np.sum(1 + logvar[idx] + LOG_2PI, -1)
+    return np_mi(idx) + np.sum(neg_entropy - _np_gauss(z[idx], mu[idx], logvar[idx]))
+  np.testing.assert_allclose(one["mi_batch"], sum(np_mi_analytic(b) for b in batches) / 40,
+                             rtol=1e-4)
 
 
 def test_helpers():
@@ -242,8 +255,9 @@ def test_helpers():
   assert config.pack_tokens is True and evaluation.fill_new_keys(config).pack_tokens is True
   row = evaluation.markdown_row("r", {"ppl": 2.5, "kl": 1.0, "neg_elbo": 3.0, "mi": 0.5,
                                       "au": 3, "rec": 2.0, "mi_batch": 0.4,
-                                      "ppl_elbo": 2.9e12, "num_samples": 500})
-  assert row == "| r | 2.50 | 1.00 | 3.00 | 0.50 | 3 | 2.00 | 0.40 | 2.9e+12 | 500 |"
+                                      "ppl_elbo": 2.9e12, "num_samples": 500,
+                                      "ppl_word": 7.254})
+  assert row == "| r | 2.50 | 1.00 | 3.00 | 0.50 | 3 | 2.00 | 0.40 | 2.9e+12 | 500 | 7.25 |"
 
 
 def test_eval_cli_on_a_checkpoint_step_and_the_validation_split(tmp_path_factory):
@@ -269,3 +283,37 @@ def test_eval_cli_on_a_checkpoint_step_and_the_validation_split(tmp_path_factory
   assert result["kl"] == pytest.approx(logged[400]["val/kl"], rel=1e-4)
   assert result["au"] == logged[400]["val/au"]
   assert result["kl"] != pytest.approx(logged[800]["val/kl"], rel=1e-3)
+
+
+def test_validation_mi_batch_is_calc_mi_in_split_order_and_word_ppl(trained):
+  """train_lib.evaluate (training's validation rows) over two bucket lengths, so its batches
+  come in another order than the split's: mi_batch equals He et al.'s calc_mi (analytic
+  entropy, consecutive lines of the split) at the same draws, and ppl_word_elbo is the -ELBO
+  per word of the raw lines plus one EOS each."""
+  from t5vae_jax import train_lib
+  pdir, model, params, examples = trained
+  examples = examples[:40]
+  config = api.load_config(pdir)
+  config.data.bucket_lengths = (12, 16)
+  iterator = data_lib.BatchIterator(examples, bucket_lengths=(12, 16), batch_size=16,
+                                    shuffle=False, num_epochs=1)
+  batch_order = np.concatenate([b["example_ids"][b["example_ids"] >= 0] for b in iterator])
+  assert not np.array_equal(batch_order, np.arange(40))  # the test needs a reordering
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  rng = jax.random.key(5)
+  result = train_lib.evaluate(jax.device_put(params, sharding.replicated(mesh)), examples,
+                              model=model, config=config, mesh=mesh, rng=rng, batch_size=16)
+  vae = api.T5VAE(model, params, tokenizer_lib.load_tokenizer(pdir / "tokenizer"), max_len=16)
+  mu, logvar = (np.asarray(a, np.float64) for a in vae.encode([e["text"] for e in examples]))
+  eps = np.asarray(jax.random.normal(jax.random.fold_in(rng, 10 ** 6), mu.shape), np.float64)
+  z = mu + np.exp(0.5 * logvar) * eps
+  # calc_mi of one batch (40 < 256 lines), written out in float64.
+  log_density = -0.5 * np.sum((z[:, None] - mu[None]) ** 2 / np.exp(logvar)[None] +
+                              logvar[None] + LOG_2PI, -1)  # (z, x)
+  top = log_density.max(1, keepdims=True)
+  log_qz = top[:, 0] + np.log(np.exp(log_density - top).sum(1)) - math.log(40)
+  neg_entropy = np.mean(-0.5 * mu.shape[1] * LOG_2PI - 0.5 * np.sum(1 + logvar, -1))
+  assert result["mi_batch"] == pytest.approx(neg_entropy - log_qz.mean(), abs=2e-4)
+  words = sum(len(e["text"].split()) for e in examples)
+  assert result["ppl_word_elbo"] == pytest.approx(
+      math.exp(result["neg_elbo"] * 40 / (words + 40)), rel=1e-9)

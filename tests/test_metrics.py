@@ -291,3 +291,93 @@ def test_iw_is_exact_with_the_true_posterior():
 def test_perplexity():
   assert float(metrics.perplexity(2.0 * 10, 10)) == pytest.approx(math.exp(2.0))
   assert float(metrics.perplexity(jnp.float32(0.0), 7)) == 1.0
+
+
+# ----------------------------------------------------------------------------
+# Exact MI for peaked posteriors of repeated sentences (issue 16).
+# ----------------------------------------------------------------------------
+
+
+def repeated_posteriors(logvar, offset, n=400, repeats=60, latent_dim=32, seed=0):
+  """Means near `offset`, the last `repeats` rows exact copies of earlier ones (a
+  test split's repeated lines), one draw each; all float32 (the reference sees
+  the same float32 numbers in float64)."""
+  rng = np.random.default_rng(seed)
+  mu = offset + rng.standard_normal((n, latent_dim))
+  mu[n - repeats:] = mu[rng.choice(n - repeats, repeats)]
+  logvar = np.broadcast_to(logvar, (n, latent_dim)).astype(np.float32)
+  mu = mu.astype(np.float32)
+  z = (mu + np.exp(0.5 * logvar) * rng.standard_normal((n, latent_dim)))
+  return mu, logvar, z.astype(np.float32)
+
+
+@pytest.mark.parametrize("offset", [3.0, 100.0])
+@pytest.mark.parametrize("logvar", [2.0, -5.0, -15.0, -20.0, -30.0])
+def test_mi_exact_for_peaked_repeated_posteriors(logvar, offset):
+  """The matmul expansion read 2.28 nats against 5.65 at logvar -20 (issue 16)."""
+  mu, lv, z = repeated_posteriors(logvar, offset)
+  got = metrics.mutual_information_from_samples(mu, lv, z, block_size=64)
+  want = np_mutual_information(mu, lv, z)
+  assert float(got) == pytest.approx(want, abs=1e-3)
+
+
+def test_mi_exact_for_mixed_widths_and_all_rows_repeated():
+  """Per-element logvar from +2 to -30; every row twice (400 rows to recompute,
+  several chunks of the direct pass); and the per-batch variant."""
+  rng = np.random.default_rng(1)
+  mu, _, _ = repeated_posteriors(0.0, 3.0, seed=1)
+  mu[200:] = mu[:200]
+  logvar = rng.uniform(-30.0, 2.0, mu.shape).astype(np.float32)
+  logvar[200:] = logvar[:200]
+  z = (mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)).astype(np.float32)
+  got = metrics.mutual_information_from_samples(mu, logvar, z, block_size=64)
+  assert float(got) == pytest.approx(np_mutual_information(mu, logvar, z), abs=1e-3)
+  got = metrics.mutual_information_from_samples(
+      mu, logvar, z, batch_size=150, block_size=64, entropy="analytic")
+  want = np_mutual_information(mu, logvar, z, 150, "analytic")
+  assert float(got) == pytest.approx(want, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------
+# The per-batch MI of the released code; per-word perplexity (issue 16).
+# ----------------------------------------------------------------------------
+
+
+def he_et_al_calc_mi(mu, logvar, z, batch_size=256):
+  """vae-lagging-encoder's calc_mi over a split, in float64: per batch of
+  consecutive examples, the analytic negative entropy minus the mean log
+  aggregate posterior of the batch; batches weighted by their size."""
+  mu, logvar, z = (np.asarray(a, np.float64) for a in (mu, logvar, z))
+  total, count = 0.0, 0
+  for start in range(0, len(mu), batch_size):
+    m, lv, zz = (a[start:start + batch_size] for a in (mu, logvar, z))
+    b, nz = m.shape
+    neg_entropy = np.mean(-0.5 * nz * LOG_2PI - 0.5 * np.sum(1 + lv, -1))
+    dev = zz[:, None, :] - m[None]  # (z_batch, x_batch, nz)
+    log_density = (-0.5 * np.sum(dev ** 2 / np.exp(lv)[None], -1)
+                   - 0.5 * (nz * LOG_2PI + np.sum(lv, -1))[None])
+    top = log_density.max(1, keepdims=True)
+    log_qz = top[:, 0] + np.log(np.exp(log_density - top).sum(1)) - math.log(b)
+    total += (neg_entropy - log_qz.mean()) * b
+    count += b
+  return total / count
+
+
+def test_batch_mi_is_he_et_al_calc_mi_in_split_order():
+  mu, logvar, _ = random_posteriors(9, 600, 16, scale=0.7)  # batches 256, 256, 88
+  rng = jax.random.PRNGKey(4)
+  z = np.asarray(mu + np.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape))
+  got = float(metrics.batch_mutual_information(mu, logvar, rng))
+  want = he_et_al_calc_mi(mu, logvar, z)
+  assert got == pytest.approx(want, abs=1e-5)
+  # Consecutive batches of the given order: another order groups other rows.
+  assert he_et_al_calc_mi(mu[::-1], logvar[::-1], z[::-1]) != pytest.approx(want, abs=1e-3)
+
+
+def test_word_perplexity_by_hand():
+  # PTB lines as in the files: spaces around, <unk> and N are words.
+  lines = [" the <unk> rose N % ", "a  dog\tbarked"]
+  assert [metrics.word_count(line) for line in lines] == [5, 3]
+  # 12 nats over 8 words + 2 EOS.
+  assert metrics.word_perplexity(12.0, 8, 2) == pytest.approx(math.exp(1.2), rel=1e-12)
+  assert metrics.word_perplexity(1e6, 1, 0) == pytest.approx(math.exp(700.0))
