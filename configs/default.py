@@ -33,7 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.1
   config.model.latent_dim = 32
   config.model.pooling = "max"  # max | mean
-  config.model.pool_layers = "last"  # last | all (the paper's text pools every layer)
+  # last (released code) | all (the paper's text: every encoder layer, each through the final
+  # RMS norm, pooled jointly) | all_raw (ablation: raw intermediate layers next to the normed
+  # final output; the deep raw layers' larger scale wins a joint max)
+  config.model.pool_layers = "last"
   config.model.pool_padding = False  # True: pool over pads too (the released code's bug)
   # True: pool the encoder output after T5's final dropout, as the released code does; the max
   # of dropped-out states differs between training and evaluation (docs/ptb-study.md).
@@ -64,13 +67,18 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- optimisation ------------------------------------------------------------------------
   config.batch_size = 32  # global, across all devices and hosts
+  # AdamW as the paper's appendix (lr, b1, b2, eps). It names AdamW (Loshchilov & Hutter) but no
+  # decay; 0.01 is torch.optim.AdamW's default, which the released code uses on every parameter
+  # (optax.adamw here decays every trainable leaf the same way). weight_decay=0.0 is plain Adam.
   config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-3, weight_decay=0.0, grad_clip_norm=0.0))
+      learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-3, weight_decay=0.01, grad_clip_norm=0.0))
 
   # Phase 1: encoder warm-up (beta = 0, decoder frozen). Phase 2: full VAE.
   config.phase1 = ml_collections.ConfigDict(dict(
       epochs=5.0,
-      freeze_decoder=True,  # False: decoder and memory projection train too (ablation)
+      # False (ablation, the released code without its freeze): everything trains in phase 1,
+      # the shared embedding and so the tied LM head included.
+      freeze_decoder=True,
   ))
   config.phase2 = ml_collections.ConfigDict(dict(
       epochs=3.0,
@@ -85,6 +93,11 @@ def get_config() -> ml_collections.ConfigDict:
       n_cycles=4, ratio=0.5,  # cyclical (Fu et al. 2019), over the whole phase
   ))
   config.kl_floor = 0.0  # per-dimension KL threshold lambda (free bits); 0 = off
+  # The reconstruction term of the training loss: "sum" over the real tokens, nats per sentence
+  # (paper eq. 1, the ELBO) | "max_len": that sum / data.max_len, the released code's mean over
+  # its 256 padded positions (pads count 0), which weighs the KL max_len times more. Logged
+  # rec, kl, neg_elbo and evaluation stay per sentence either way (configs/released_recipe.py).
+  config.rec_normalizer = "sum"
   config.kl_threshold_mode = "batch"  # batch (Kingma et al.) | example (released code)
   config.denoise_rate = 0.0  # token deletion probability for the encoder input: 0, 0.15, 0.4
   config.denoise_mode = "bernoulli"  # bernoulli | uniform_count (released code)

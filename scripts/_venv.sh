@@ -25,10 +25,12 @@ STAMP=".venv/.t5vae-installed-$(cat requirements*.txt pyproject.toml | sha256sum
 if [ ! -f "$STAMP" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install -q -r "$REQ"
+  # setuptools' "Editable installation" banner (a warning of pip's build step) is harmless.
+  QUIET_EDITABLE="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Editable installation"
   if [ "$ACCELERATOR" = cpu ]; then
-    .venv/bin/python -m pip install -q --no-deps -e .
+    PYTHONWARNINGS="$QUIET_EDITABLE" .venv/bin/python -m pip install -q --no-deps -e .
   else
-    .venv/bin/python -m pip install -q -e ".[$ACCELERATOR]"
+    PYTHONWARNINGS="$QUIET_EDITABLE" .venv/bin/python -m pip install -q -e ".[$ACCELERATOR]"
   fi
   touch "$STAMP"
 fi

@@ -19,10 +19,11 @@ when the next run opens the directory). tests/test_gcs.py runs all this against 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -34,6 +35,34 @@ from t5vae_jax import t5 as t5_lib
 
 class CheckpointNotFoundError(FileNotFoundError):
   pass
+
+
+class CheckpointDamagedError(CheckpointNotFoundError):
+  """Step directories exist but none restores; the message names each step tried and why.
+  (A FileNotFoundError, so the CLI reports it as one ``error:`` line, exit 2.)"""
+
+
+class CheckpointSaveError(SystemExit):
+  """A save failed (disk full, permission denied, bucket unreachable): the run must end.
+
+  A SystemExit whose code is the one line ``error: saving step N to PATH failed: why``, so the
+  program prints that line and exits with status 1 with no traceback from orbax's thread (the
+  CLI's ``user_errors`` passes it through: it catches Exceptions only). The checkpoints written
+  before stay intact: a save goes to a temporary name and is renamed only when complete."""
+
+  def __init__(self, step: int, path, error: BaseException):
+    self.step, self.path = step, os.fspath(path)
+    super().__init__(f"error: saving step {step} to {self.path} failed: {short_reason(error)}")
+
+
+def short_reason(error: BaseException, limit: int = 200) -> str:
+  """One line for an exception: orbax/TensorStore messages span pages of spec JSON."""
+  while error.__cause__ is not None and not str(error).strip():
+    error = error.__cause__
+  text = " ".join(str(error).split())
+  if len(text) > limit:
+    text = text[:limit] + "..."
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def is_remote(path) -> bool:
@@ -66,14 +95,40 @@ class PhaseCheckpoints:
     self.latest = _manager(self.phase_dir / "checkpoints", keep, asynchronous=asynchronous)
     self.best = _manager(self.phase_dir / "best", 1, asynchronous=asynchronous)
     self._best_value = self._read_best_value()
+    self._saving: dict[str, int] = {}  # manager name -> step of its last save (for errors)
 
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
 
+  def has_checkpoints(self) -> bool:
+    """Whether any step directory exists, restorable or not."""
+    return self.latest.latest_step() is not None or bool(_step_dirs(self.latest.directory))
+
   def save(self, step: int, params, opt_state, meta: dict) -> None:
-    self.latest.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    """Starts the save of ``step`` (asynchronous); a failure, now or when the write completes,
+    raises CheckpointSaveError from this call, :meth:`check_for_errors` or :meth:`wait`."""
+    self.check_for_errors()
+    self._saving["latest"] = step
+    with self._save_errors("latest", self.latest):
+      self.latest.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+          meta=ocp.args.JsonSave(meta)), force=True)
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointSaveError if a background save has failed (cheap: call every step)."""
+    for name, manager in (("latest", self.latest), ("best", self.best)):
+      with self._save_errors(name, manager):
+        manager.check_for_errors()
+
+  @contextlib.contextmanager
+  def _save_errors(self, name: str, manager: ocp.CheckpointManager):
+    try:
+      yield
+    except CheckpointSaveError:
+      raise
+    except Exception as e:  # orbax re-raises its thread's error as whatever it was
+      step = self._saving.get(name)
+      raise CheckpointSaveError(step, manager.directory / str(step), e) from e
 
   def maybe_save_best(self, step: int, params, value: float, metric: str,
                       mode: str = "min") -> bool:
@@ -83,9 +138,12 @@ class PhaseCheckpoints:
     if not better:
       return False
     self._best_value = value
-    self.best.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params),
-        meta=ocp.args.JsonSave({"step": step, "metric": metric, "value": value})), force=True)
+    self.check_for_errors()
+    self._saving["best"] = step
+    with self._save_errors("best", self.best):
+      self.best.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params),
+          meta=ocp.args.JsonSave({"step": step, "metric": metric, "value": value})), force=True)
     return True
 
   def restore(self, step: int, abstract_params, abstract_opt_state):
@@ -96,6 +154,60 @@ class PhaseCheckpoints:
         meta=ocp.args.JsonRestore()))
     return restored["params"], restored["opt_state"], restored["meta"]
 
+  def restore_newest(self, abstract_params, abstract_opt_state,
+                     check_meta: Optional[Callable[[int, dict], None]] = None,
+                     warn: Callable[[str], None] = print):
+    """(step, params, opt_state, meta) of the newest checkpoint that restores; None if the
+    phase has no checkpoint at all (a fresh start).
+
+    A checkpoint that fails to restore (a truncated or missing file, a partial copy) or whose
+    meta ``check_meta(step, meta)`` rejects (raises) is skipped with one ``warn`` line naming
+    the step and why, and the next older one is tried. Once one restores, the skipped ones are
+    moved to ``<phase>/damaged/<step>`` (kept for a look; the run will write those steps
+    again). When step directories exist but none restores, CheckpointDamagedError names each
+    step tried and why: never a silent start from step 0.
+    """
+    directory = self.latest.directory
+    steps = sorted(set(self.latest.all_steps()) | set(_step_dirs(directory)), reverse=True)
+    failures = []
+    for step in steps:
+      try:
+        params, opt_state, meta = self.restore(step, abstract_params, abstract_opt_state)
+        self._check_tree_metadata(step)
+        if check_meta is not None:
+          check_meta(step, meta)
+      except Exception as e:  # orbax and TensorStore raise plain Exceptions
+        failures.append((step, short_reason(e)))
+        warn(f"warning: checkpoint step {step} in {directory} does not restore, skipping it: "
+             f"{failures[-1][1]}")
+        continue
+      for bad_step, _ in failures:
+        self._move_aside(bad_step)
+      return step, params, opt_state, meta
+    if failures:
+      tried = "; ".join(f"step {s}: {why}" for s, why in failures)
+      raise CheckpointDamagedError(
+          f"no checkpoint in {directory} restores (tried {tried}); move the damaged step "
+          f"directories away to start this phase from step 0")
+    return None
+
+  def _check_tree_metadata(self, step: int) -> None:
+    """A restore with a target tree does not read ``<item>/_METADATA``, but restore_params
+    (eval, phase 2) does: a checkpoint without it must not be resumed from and saved over."""
+    metadata = self.latest.item_metadata(step)
+    for item in ("params", "opt_state"):
+      if metadata.get(item) is None:
+        raise ValueError(f"{item}/_METADATA is missing or unreadable")
+
+  def _move_aside(self, step: int) -> None:
+    target_dir = self.phase_dir / "damaged"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target, n = target_dir / str(step), 1
+    while target.exists():
+      target, n = target_dir / f"{step}.{n}", n + 1
+    (self.latest.directory / str(step)).rename(target)
+    self.latest.reload()
+
   def _read_best_value(self) -> Optional[float]:
     step = self.best.latest_step()
     if step is None:
@@ -104,12 +216,20 @@ class PhaseCheckpoints:
     return meta["value"]
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    for name, manager in (("latest", self.latest), ("best", self.best)):
+      with self._save_errors(name, manager):
+        manager.wait_until_finished()
 
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+
+def _step_dirs(directory: epath.Path) -> list[int]:
+  """Steps of the digit-named directories, also those orbax does not list (no metadata)."""
+  if not directory.exists():
+    return []
+  return [int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()]
 
 
 def restore_params(phase_dir, abstract_params=None, which: str = "latest", step=None):

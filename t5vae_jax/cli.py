@@ -91,6 +91,7 @@ def user_errors(fn: Callable) -> Callable:
 def run_main(main: Callable, argv: Optional[Sequence[str]] = None,
              flag_values=None) -> NoReturn:
   """``app.run(main)`` with flag mistakes and our errors reported as one line, exit 2."""
+  quiet_known_noise()
   from absl import app
   from absl import flags
   flag_values = flags.FLAGS if flag_values is None else flag_values
@@ -279,6 +280,61 @@ def check_hub(names: Sequence[str], timeout_s: float = HUB_TIMEOUT_S) -> bool:
     return False
 
 
+# (logger, where the message comes from, how its format string starts): third-party warnings
+# that every run would print and that say nothing the user can act on; quiet_known_noise says
+# why each is so.
+KNOWN_HARMLESS_MESSAGES = (
+    ("absl", "tensorflow_datasets/", "Using custom data configuration"),
+    ("absl", "tensorflow_datasets/", "Variant folder %s has no %s"),
+    ("absl", "orbax/checkpoint/", "Given directory is read only"),
+    ("absl", "orbax/checkpoint/", "CheckpointManagerOptions.read_only=True"),
+    ("transformers", "transformers/", "PyTorch was not found"),
+)
+
+
+class _KnownNoiseFilter:
+  """A logging filter that drops the records of KNOWN_HARMLESS_MESSAGES and keeps all others."""
+
+  def filter(self, record) -> bool:
+    source = record.pathname.replace("\\", "/")
+    message = str(record.msg)  # before the % arguments: "Variant folder %s has no %s"
+    return not any(record.name == name and f"/{origin}" in source and message.startswith(start)
+                   for name, origin, start in KNOWN_HARMLESS_MESSAGES)
+
+
+_KNOWN_NOISE_FILTER = _KnownNoiseFilter()
+
+
+def quiet_known_noise() -> None:
+  """Drops the known-harmless third-party warnings from the console; every other warning (of
+  these libraries, of ours, Python's ``warnings``) still prints. Called first by every command
+  (run_main, setup_runtime, pretrain.run); calling it again does nothing.
+
+  Silenced, each by its logger, the file it comes from and how the message starts:
+
+  * TFDS's ``Using custom data configuration: ...`` (several per run): our builders
+    (t5vae_jax/datasets) make a BuilderConfig per data setting by design, so that a changed
+    setting prepares its own copy; TFDS warns whenever a config is not one of a builder's
+    predefined ones. And ``Variant folder <dir> has no dataset_info.json``, on the first run of
+    a data setting: TFDS looks for a prepared copy before it prepares one (its own "Downloading
+    and preparing" line and bars follow, and stay: a real one-time wait).
+  * orbax's ``Given directory is read only=...`` and ``CheckpointManagerOptions.read_only=True,
+    setting save_interval_steps=0``: phase 2, eval.py and the latent tools open the phase 1 /
+    evaluated checkpoints read-only on purpose, to restore them. orbax's warnings that a save or
+    a delete was *skipped* because a directory is read-only are kept.
+  * transformers' ``PyTorch was not found. Models won't be available ...`` (once per process,
+    at import): we use only its tokenizers and config/file utilities, which need no PyTorch.
+
+  The setuptools ``Editable installation`` banner is a warning of pip's build subprocess, so
+  scripts/_venv.sh quiets it on its ``pip install -e`` lines (PYTHONWARNINGS).
+  """
+  import logging as std_logging
+  for name in {name for name, _, _ in KNOWN_HARMLESS_MESSAGES}:
+    logger = std_logging.getLogger(name)  # logged on these loggers themselves, not children
+    if _KNOWN_NOISE_FILTER not in logger.filters:
+      logger.addFilter(_KNOWN_NOISE_FILTER)
+
+
 def setup_runtime() -> None:
   """Joins a multi-process job when launched as one; quieter logs from other processes.
 
@@ -287,6 +343,7 @@ def setup_runtime() -> None:
   nodes, or processes on one machine) name the job explicitly with
   ``T5VAE_COORDINATOR_ADDRESS=host:port``, ``T5VAE_NUM_PROCESSES`` and ``T5VAE_PROCESS_ID``.
   """
+  quiet_known_noise()
   import jax
   env = os.environ
   explicit = "T5VAE_COORDINATOR_ADDRESS" in env

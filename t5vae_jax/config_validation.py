@@ -41,7 +41,7 @@ class ConfigError(ValueError):
 # Allowed values (kept equal to the modules' own constants by a test)
 # --------------------------------------------------------------------------------------------
 POOLINGS = ("max", "mean")
-POOL_LAYERS = ("last", "all")
+POOL_LAYERS = ("last", "all", "all_raw")
 INJECTIONS = ("cross_attention", "self_prefix")
 # "auto": bfloat16 on TPU/GPU, float32 on CPU, resolved on the run's devices (accelerator.py).
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -50,6 +50,7 @@ BAD_LINE_POLICIES = ("skip", "fail")
 TOKENIZER_MODEL_TYPES = ("unigram", "bpe", "word", "char")
 BETA_SCHEDULES = ("constant", "linear", "cyclical")
 KL_THRESHOLD_MODES = ("batch", "example")
+REC_NORMALIZERS = ("sum", "max_len")
 DENOISE_MODES = ("bernoulli", "uniform_count")
 NONFINITE_POLICIES = ("skip", "stop")
 FEED_FORWARD_PROJ = ("relu", "gelu", "gelu_new", "silu", "gated-relu", "gated-gelu",
@@ -195,6 +196,9 @@ RULES: dict[str, Rule] = {
     "beta.ratio": number(0, 1, low_open=True),
     "kl_floor": number(0, description="free bits per dimension; 0 = off"),
     "kl_threshold_mode": choice(KL_THRESHOLD_MODES),
+    "rec_normalizer": choice(REC_NORMALIZERS, "reconstruction term of the training loss: sum "
+                             "over real tokens (paper) or sum / data.max_len (released code)",
+                             optional=True),
     "denoise_rate": number(0, 1, high_open=True, description="token deletion probability"),
     "denoise_mode": choice(DENOISE_MODES),
     # loop

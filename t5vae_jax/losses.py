@@ -20,6 +20,12 @@ import jax.numpy as jnp
 Array = jax.Array
 
 KL_THRESHOLD_MODES = ("batch", "example")
+# How the training loss scales the reconstruction term: "sum": nats per sentence, summed over
+# the real target tokens (the paper's eq. 1, the ELBO); "max_len": that sum divided by the
+# padded length, i.e. the released code's mean of the token CE over all positions of its
+# 256-padded batch, pads contributing 0 (its F.cross_entropy ignores the pad id); since the KL
+# is not divided too, this weighs the KL max_len times more.
+REC_NORMALIZERS = ("sum", "max_len")
 
 
 def _safe_divide(numerator: Array, denominator: Array) -> Array:
@@ -117,7 +123,8 @@ def reconstruction_loss(logits: Array, targets: Array, target_mask: Array,
 
   Summed (not averaged) over the non-pad target positions, EOS included, as the ELBO asks:
   averaging over positions, as the released code does over 256 padded positions, would
-  silently rescale the KL weight. ``packing``: logits at packed slots (``target_token_nll``).
+  silently rescale the KL weight; ``vae_loss(rec_normalizer="max_len")`` does so on purpose.
+  ``packing``: logits at packed slots (``target_token_nll``).
   """
   token_nll = target_token_nll(logits, targets, packing)  # (B, T)
   return jnp.sum(token_nll * target_mask.astype(jnp.float32), axis=-1)  # (B,)
@@ -135,6 +142,8 @@ def vae_loss(logits: Array, targets: Array, *args, **kwargs) -> tuple[Array, dic
     kl_floor: free-bits floor lambda per dimension; pass 0 at evaluation.
     kl_threshold_mode: "batch" or "example", see `thresholded_kl()`.
     example_weights: optional (B,) 1/0 mask of real/padding examples.
+    rec_normalizer: "sum" (default) or "max_len", see `REC_NORMALIZERS`; only `loss` changes.
+    padded_length: what "max_len" divides by (the released code: 256); None: the width T.
 
   Returns:
     (loss, aux): the scalar loss, and float32 scalars `loss`, `rec` (nats/sentence),
@@ -153,9 +162,13 @@ def vae_loss_from_token_nll(
     kl_floor: float | Array = 0.0,
     kl_threshold_mode: str = "batch",
     example_weights: Array | None = None,
+    rec_normalizer: str = "sum",
+    padded_length: int | None = None,
 ) -> tuple[Array, dict[str, Any]]:
   """`vae_loss()` from the (B, T) target tokens' -log p (any value at padding): for callers
   that computed it without (B, T, V) logits, e.g. on packed tokens."""
+  if rec_normalizer not in REC_NORMALIZERS:
+    raise ValueError(f"rec_normalizer={rec_normalizer!r} is not one of {REC_NORMALIZERS}")
   mask = target_mask.astype(jnp.float32)
   rec_per_example = jnp.sum(jnp.where(mask > 0, token_nll, 0.0), axis=-1)  # (B,)
   kl = kl_per_dim(mu, logvar)  # (B, L)
@@ -167,7 +180,10 @@ def vae_loss_from_token_nll(
   kl_mean = _batch_mean(jnp.sum(kl, axis=-1), example_weights)
   kl_thresholded = thresholded_kl(kl, kl_floor, kl_threshold_mode, example_weights)
   beta = jnp.asarray(beta, jnp.float32)
-  loss = rec + beta * kl_thresholded
+  rec_in_loss = rec
+  if rec_normalizer == "max_len":
+    rec_in_loss = rec / float(token_nll.shape[-1] if padded_length is None else padded_length)
+  loss = rec_in_loss + beta * kl_thresholded
 
   neg_elbo = rec + kl_mean
   aux = {

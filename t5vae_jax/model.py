@@ -23,7 +23,12 @@ import jax.numpy as jnp
 from t5vae_jax import t5 as t5_lib
 
 POOLINGS = ("max", "mean")
-POOL_LAYERS = ("last", "all")
+# "all": every encoder layer's output through the encoder's final RMS norm (and, with
+# pool_dropout, its final dropout), i.e. each layer as it would leave the encoder were it the
+# last, then one max / mean over layers and positions. "all_raw" (ablation): the intermediate
+# layers un-normalised next to the normalised final output; their scale grows with depth, so a
+# joint max is mostly the deep raw layers' and the final output barely counts.
+POOL_LAYERS = ("last", "all", "all_raw")
 INJECTIONS = ("cross_attention", "self_prefix")
 
 
@@ -84,16 +89,26 @@ class T5VAEModel(t5_lib.T5):
     encoder's per-token layers on the real tokens only."""
     if self.vae.pool_padding:
       packing = None  # this ablation pools the pad positions' states, which packing skips
-    all_layers = self.vae.pool_layers == "all"
+    all_layers = self.vae.pool_layers != "last"
     ids = input_ids if packing is None else packing.pack(input_ids)
     states = self.encoder(self.shared(ids), attention_mask=attention_mask,
                           deterministic=deterministic, return_all_hidden=all_layers,
                           final_dropout=self.vae.pool_dropout, packing=packing)
+    if self.vae.pool_layers == "all":
+      states = self._normalised_layers(states, deterministic)
     if packing is not None:  # back to (B, [layers,] T, D) for pooling; pads are masked there
       states = (jnp.moveaxis(packing.unpack(jnp.moveaxis(states, 1, 2)), 2, 1) if all_layers
                 else packing.unpack(states))
     pooled = pool_states(states, attention_mask, self.vae.pooling, self.vae.pool_padding)
     return self.mu(pooled), self.logvar(pooled)
+
+  def _normalised_layers(self, states, deterministic):
+    """(N, layers, T, D) with raw intermediate layers -> every layer through the encoder's
+    final norm (and final dropout with ``pool_dropout``), as the last one already is."""
+    inner = self.encoder.final_layer_norm(states[:, :-1])
+    if self.vae.pool_dropout:
+      inner = self.encoder.dropout(inner, deterministic=deterministic)
+    return jnp.concatenate([inner.astype(states.dtype), states[:, -1:]], axis=1)
 
   def latent_memory(self, z):
     """(B, L) -> (B, decoder layers, heads, 1, d_kv): one key/value slot per layer and head."""

@@ -998,6 +998,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 def run() -> None:
   """The command (``python -m t5vae_jax.pretrain``, the ``t5vae-pretrain`` entry point)."""
+  from t5vae_jax import cli
+  cli.quiet_known_noise()  # no TFDS/orbax/transformers noise on the console (cli.py says which)
   try:
     main()
   except PretrainError as e:  # a user error: one line, no traceback (as train.py and eval.py)

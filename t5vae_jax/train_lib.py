@@ -3,6 +3,7 @@
 Phase 1 (encoder warm-up): beta = 0; only the encoder, its final norm, ``mu`` and ``logvar``
 train. The decoder, the memory projection, the LM head and the shared (tied) embedding are
 frozen in the optimizer (``optax.multi_transform`` with ``optax.set_to_zero``: no Adam state).
+With ``phase1.freeze_decoder=False`` (ablation) nothing is frozen, as in the released code.
 Phase 2: everything trains with the KL back in (schedule, floor), starting from phase 1's
 params in the same workdir with a fresh optimizer.
 
@@ -46,7 +47,6 @@ from t5vae_jax import t5 as t5_lib
 from t5vae_jax import tokenizer as tokenizer_lib
 
 PHASE1_TRAINABLE = ("encoder", "mu", "logvar")
-PHASE1_DECODER_SIDE = ("decoder", "memory_proj", "lm_head")
 
 
 def info(message: str) -> None:
@@ -71,13 +71,15 @@ class TrainState:
 # Optimizer and freezing
 # --------------------------------------------------------------------------------------------
 def trainable_labels(params, phase: int, freeze_decoder: bool = True):
-  """'trainable' / 'frozen' per leaf, by top-level parameter group."""
-  if phase == 2:
+  """'trainable' / 'frozen' per leaf, by top-level parameter group.
+
+  Phase 1 with ``freeze_decoder=False`` trains every group, the shared (tied) embedding and so
+  the tied LM head included: the released code then skips its freeze and the whole T5 trains.
+  """
+  if phase == 2 or not freeze_decoder:
     groups = set(params)
   else:
     groups = set(PHASE1_TRAINABLE)
-    if not freeze_decoder:
-      groups |= set(PHASE1_DECODER_SIDE)
   return {name: jax.tree.map(lambda _: "trainable" if name in groups else "frozen", sub)
           for name, sub in params.items()}
 
@@ -138,7 +140,9 @@ def compute_loss(params, batch, rngs, *, model: model_lib.T5VAEModel, beta, conf
   loss, aux = losses.vae_loss_from_token_nll(token_nll, mask, out["mu"], out["logvar"], beta,
                                              kl_floor=config.kl_floor if train else 0.0,
                                              kl_threshold_mode=config.kl_threshold_mode,
-                                             example_weights=batch["example_weights"])
+                                             example_weights=batch["example_weights"],
+                                             rec_normalizer=config.get("rec_normalizer", "sum"),
+                                             padded_length=config.data.max_len)
   return loss, (aux, out)
 
 
@@ -521,18 +525,25 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
   replicated = sharding.replicated(mesh)
 
   ckpts = ckpt_lib.PhaseCheckpoints(pdir, keep=config.keep_checkpoints)
-  start_step = ckpts.latest_step()
-  if start_step is not None:
+
+  def check_meta(step, meta):  # a damaged data position fails here, not as a wrong resume
+    if meta.get("step") != step:
+      raise ValueError(f"meta says step {meta.get('step')!r}")
+    int(meta.get("num_skipped", 0))
+    iterator.set_state(meta["data"])
+
+  if ckpts.has_checkpoints():  # before the restore: a mismatch is no damaged checkpoint
     config_validation.check_model_matches(pdir, setup.t5_config, setup.vae_config,
                                           pretrained=config.model.pretrained)
-    params, opt_state, meta = ckpts.restore(
-        start_step, ckpt_lib.abstract_tree(state.params, param_shardings),
-        ckpt_lib.abstract_tree(state.opt_state, opt_shardings))
+  restored = ckpts.restore_newest(ckpt_lib.abstract_tree(state.params, param_shardings),
+                                  ckpt_lib.abstract_tree(state.opt_state, opt_shardings),
+                                  check_meta=check_meta, warn=info)
+  if restored is not None:
+    start_step, params, opt_state, meta = restored
     state = TrainState(step=jax.device_put(jnp.asarray(meta["step"], jnp.int32), replicated),
                        params=params, opt_state=opt_state,
                        num_skipped=jax.device_put(jnp.asarray(meta.get("num_skipped", 0),
                                                               jnp.int32), replicated))
-    iterator.set_state(meta["data"])
     info(f"resuming {pdir} at step {start_step}")
   elif is_lead:
     ckpt_lib.write_config(pdir, config)

@@ -259,3 +259,62 @@ def test_vae_loss_bfloat16_logits():
                      beta=1.0, floor=0.0, mode="batch")
   np.testing.assert_allclose(loss, want["loss"], rtol=1e-5)
   np.testing.assert_allclose(aux["rec_per_token"], want["rec_per_token"], rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- rec_normalizer
+vae_loss_normalized = jax.jit(
+    losses.vae_loss, static_argnames=("kl_threshold_mode", "rec_normalizer", "padded_length"))
+
+
+def pad_to(batch, length, seed=0):
+  """make_batch()'s batch padded to ``length`` positions: pad targets, random logits there."""
+  logits, targets, mask, mu, logvar = batch
+  extra = length - targets.shape[1]
+  rng = np.random.default_rng(seed)
+  pad_logits = rng.normal(size=(len(targets), extra, logits.shape[2])).astype(np.float32) * 2
+  return (np.concatenate([logits, pad_logits], 1), np.pad(targets, ((0, 0), (0, extra))),
+          np.pad(mask, ((0, 0), (0, extra))), mu, logvar)
+
+
+def np_released_loss(logits, targets, mu, logvar, beta, floor, pad_id=0):
+  """The released code's training loss, written as it computes it: token CE with
+  ignore_index=pad (0 at pads), mean over all B x T positions; plus beta times the batch mean
+  of the KL summed over dimensions, each (example, dimension) floored at ``floor``."""
+  nll = np.where(targets != pad_id, np_token_nll(logits, targets), 0.0)  # (B, T)
+  kl = np.maximum(floor, np_gaussian_kl(mu, logvar))  # (B, L)
+  return nll.mean() + beta * kl.sum(1).mean()
+
+
+def test_max_len_normalizer_is_the_released_codes_mean_over_padded_positions():
+  """rec_normalizer="max_len" on a batch padded to 256 positions is the released code's
+  formula; the logged rec / kl / neg_elbo stay per sentence, as with "sum"."""
+  batch = pad_to(make_batch(seed=8, batch=4), 256)
+  _, targets, _, mu, logvar = batch
+  floor = float(np.median(np_gaussian_kl(mu, logvar)))
+  loss, aux = vae_loss_normalized(*map(jnp.asarray, batch), beta=0.3, kl_floor=floor,
+                                  kl_threshold_mode="example", rec_normalizer="max_len")
+  want = np_released_loss(batch[0], targets, mu, logvar, beta=0.3, floor=floor)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  per_sentence = np_vae_loss(*batch, beta=0.3, floor=floor, mode="example")
+  np.testing.assert_allclose(loss, per_sentence["rec"] / 256 + 0.3 * per_sentence["kl_thresholded"],
+                             rtol=1e-5)
+  for key in AUX_KEYS - {"loss"}:
+    np.testing.assert_allclose(aux[key], per_sentence[key], rtol=1e-5, err_msg=key)
+
+
+def test_max_len_normalizer_divides_by_padded_length_not_the_batch_width():
+  """A bucketed batch (width 6) with padded_length=256 gives the loss of the same sentences
+  padded to 256: pads add nothing, so the loss does not depend on the bucketing."""
+  batch = make_batch(seed=9, batch=4)
+  kwargs = dict(beta=0.7, kl_floor=0.1, kl_threshold_mode="example", rec_normalizer="max_len")
+  bucketed, _ = vae_loss_normalized(*map(jnp.asarray, batch), padded_length=256, **kwargs)
+  padded, _ = vae_loss_normalized(*map(jnp.asarray, pad_to(batch, 256)), **kwargs)
+  np.testing.assert_allclose(bucketed, padded, rtol=1e-6)
+  summed, _ = vae_loss_normalized(*map(jnp.asarray, batch), **{**kwargs, "rec_normalizer": "sum"})
+  assert summed > bucketed
+
+
+def test_unknown_rec_normalizer():
+  with pytest.raises(ValueError, match="rec_normalizer='mean' is not one of"):
+    losses.vae_loss_from_token_nll(jnp.zeros((1, 2)), jnp.ones((1, 2)), jnp.zeros((1, 1)),
+                                   jnp.zeros((1, 1)), beta=1.0, rec_normalizer="mean")

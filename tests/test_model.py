@@ -228,3 +228,55 @@ def test_pooled_encoder_output_skips_the_final_dropout(tiny_t5):
                                                    method=model_lib.T5VAEModel.posterior)[0])
   assert zeros[True] > 0.2 and zeros[False] < zeros[True] / 5, zeros
   np.testing.assert_array_equal(mu_eval[False], mu_eval[True])
+
+
+def test_pool_all_layers_against_hugging_face_hidden_states(tiny_t5, fixtures_dir):
+  """What ``pool_layers`` pools, against numpy float64 on Hugging Face's PyTorch encoder
+  hidden states (``hidden_states[1:]``: every block's output, the last after the final norm).
+  "all": each intermediate layer through the final RMS norm (its weight and epsilon), then one
+  masked max / mean over layers and positions; "all_raw": the raw intermediates as they are.
+  mu is the pooled vector itself (identity kernel)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  config, t5_params = tiny_t5
+  ids, mask = _batch(config.vocab_size, batch=4, length=10, seed=3)
+  hf = transformers.T5ForConditionalGeneration.from_pretrained(
+      str(fixtures_dir / "t5_v1_0")).eval()
+  # A final-norm weight far from 1 on both sides, so that a norm applied twice, or without its
+  # weight, shows.
+  norm_weight = np.random.default_rng(4).uniform(0.3, 3.0, config.d_model).astype(np.float32)
+  t5_params = jax.tree.map(lambda x: x, t5_params)
+  t5_params["encoder"]["final_layer_norm"]["weight"] = jnp.asarray(norm_weight)
+  with torch.no_grad():
+    hf.encoder.final_layer_norm.weight.copy_(torch.tensor(norm_weight))
+    out = hf.encoder(input_ids=torch.tensor(np.asarray(ids), dtype=torch.long),
+                     attention_mask=torch.tensor(np.asarray(mask)), output_hidden_states=True)
+  layers = [h.numpy().astype(np.float64) for h in out.hidden_states[1:]]  # last one normed
+  assert len(layers) == config.num_layers >= 2
+  weight = norm_weight.astype(np.float64)
+  eps = hf.config.layer_norm_epsilon
+
+  def rms_norm(x):
+    return weight * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+  readings = {"all": np.stack([rms_norm(h) for h in layers[:-1]] + [layers[-1]], axis=1),
+              "all_raw": np.stack(layers, axis=1)}  # (B, layers, T, D)
+  m = np.asarray(mask).astype(bool)
+
+  def reference(states, pooling):
+    rows = [states[b][:, m[b]].reshape(-1, states.shape[-1]) for b in range(states.shape[0])]
+    return np.stack([r.max(0) if pooling == "max" else r.mean(0) for r in rows])
+
+  got, params = {}, None
+  for pool_layers, pooling in (("all", "max"), ("all", "mean"), ("all_raw", "max")):
+    vae = model_lib.VAEConfig(latent_dim=config.d_model, pooling=pooling, pool_layers=pool_layers)
+    model = model_lib.T5VAEModel(config, vae=vae)
+    if params is None:  # the pooling options leave the parameter tree as it is
+      params = model_lib.merge_pretrained(
+          jax.jit(model_lib.init_params, static_argnums=0)(model, jax.random.key(1)), t5_params)
+      params["mu"]["kernel"] = jnp.eye(config.d_model)
+    got[pool_layers, pooling] = np.asarray(jit_apply(model)(
+        {"params": params}, ids, mask, method=model_lib.T5VAEModel.posterior)[0])
+    np.testing.assert_allclose(got[pool_layers, pooling],
+                               reference(readings[pool_layers], pooling), rtol=1e-4, atol=1e-5,
+                               err_msg=f"{pool_layers}/{pooling}")
+  assert np.abs(got["all", "max"] - got["all_raw", "max"]).max() > 1e-2  # the readings differ

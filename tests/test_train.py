@@ -77,9 +77,10 @@ def random_batch(rows=8, length=12, vocab=64, seed=0):
           "example_weights": np.ones(rows, np.float32)}
 
 
-def tiny_step(dtype="float32"):
-  """(state, step_fn, batch, model): a 1-layer VAE's phase 2 train state on one device and the
-  compiled train step (compile_train_step: what the loop runs), step_fn(state, host_batch)."""
+def tiny_step(dtype="float32", phase=2, config=None):
+  """(state, step_fn, batch, model): a 1-layer VAE's train state (phase 2 unless told) on one
+  device and the compiled train step (compile_train_step: what the loop runs),
+  step_fn(state, host_batch); ``config`` defaults to configs/demo.py's."""
   from t5vae_jax import model as model_lib
   from t5vae_jax import t5 as t5_lib
   t5_config = t5_lib.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1,
@@ -90,11 +91,11 @@ def tiny_step(dtype="float32"):
                                dtype=jnp.dtype(dtype))
   params = jax.device_get(jax.jit(model_lib.init_params, static_argnums=0)(
       model, jax.random.key(0)))
-  config = demo.get_config()
-  tx = train_lib.make_optimizer(config, 2, params)
+  config = demo.get_config() if config is None else config
+  tx = train_lib.make_optimizer(config, phase, params)
   mesh = sharding.make_mesh(jax.devices()[:1])
   state, shardings = train_lib.create_train_state(params, tx, mesh, fsdp=False)
-  beta_fn = train_lib.make_beta_fn(config, 2, 16, 16)
+  beta_fn = train_lib.make_beta_fn(config, phase, 16, 16)
   compiled = train_lib.compile_train_step(model, tx, beta_fn, jax.random.key(0), config, mesh,
                                           shardings)
   step_fn = lambda state, batch: compiled(state, sharding.global_batch(batch, mesh))
@@ -123,13 +124,12 @@ def test_phase1_freezes_decoder_side_bit_identically(phase1_run):
 
 def test_frozen_leaves_hold_no_adam_state():
   """The optimizer that make_optimizer builds from the config: Adam state (mu, nu) and a
-  non-zero update for exactly the trainable groups, in phase 1 with freeze_decoder on and off
-  (the shared embedding stays frozen in phase 1 either way) and in phase 2."""
+  non-zero update for exactly the trainable groups: the encoder side in phase 1 with
+  freeze_decoder on; everything (the shared embedding too) with it off, and in phase 2."""
   groups = ("encoder", "mu", "logvar", "decoder", "memory_proj", "lm_head", "shared")
   params = {g: {"w": jnp.ones((i + 2, 3))} for i, g in enumerate(groups)}
-  encoder_side = {"encoder", "mu", "logvar"}
-  expected = {(1, True): encoder_side,
-              (1, False): encoder_side | {"decoder", "memory_proj", "lm_head"},
+  expected = {(1, True): {"encoder", "mu", "logvar"},
+              (1, False): set(groups),
               (2, True): set(groups)}
   grads = jax.tree.map(jnp.ones_like, params)
   for (phase, freeze), trainable in expected.items():
@@ -150,6 +150,28 @@ def test_frozen_leaves_hold_no_adam_state():
     assert adam_size == want, (phase, freeze)
     moved = {g for g in groups if float(jnp.abs(updates[g]["w"]).max()) > 0}
     assert moved == trainable, (phase, freeze)
+
+
+def test_phase1_without_decoder_freeze_trains_every_parameter():
+  """phase1.freeze_decoder=False: three phase-1 steps (beta 0) move every leaf, the shared
+  (tied) embedding, decoder and memory projection included, except the cross-attention query
+  and its pre-norm: attention over the one-slot latent memory has softmax weight 1 whatever
+  the query, so they get no gradient by construction. Weight decay off, so a leaf moves only
+  if its gradient reached the optimizer and the optimizer trains it."""
+  config = demo.get_config()
+  config.phase1.freeze_decoder = False
+  config.optimizer.weight_decay = 0.0
+  state, step_fn, batch, _ = tiny_step(phase=1, config=config)
+  initial = _flat(jax.device_get(state.params))
+  assert {k.split("'")[1] for k in initial} >= {"shared", "decoder", "memory_proj", "encoder"}
+  for _ in range(3):
+    state, metrics = step_fn(state, batch)
+  trained = _flat(jax.device_get(state.params))
+  assert int(state.num_skipped) == 0
+  unchanged = {k for k in initial if np.array_equal(trained[k], initial[k])}
+  no_gradient = {"['decoder']['block_0']['layer_1']['EncDecAttention']['q']['kernel']",
+                 "['decoder']['block_0']['layer_1']['layer_norm']['weight']"}
+  assert no_gradient <= initial.keys() and unchanged == no_gradient
 
 
 def test_phase2_starts_from_phase1_params(phase1_run):
