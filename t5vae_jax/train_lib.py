@@ -137,12 +137,12 @@ def compute_loss(params, batch, rngs, *, model: model_lib.T5VAEModel, beta, conf
                     packing=packing, encoder_packing=enc_packing,
                     rngs={"latent": rngs["latent"], "dropout": rngs["dropout"]})
   token_nll = losses.target_token_nll(out["logits"], ids, packing)
-  loss, aux = losses.vae_loss_from_token_nll(token_nll, mask, out["mu"], out["logvar"], beta,
-                                             kl_floor=config.kl_floor if train else 0.0,
-                                             kl_threshold_mode=config.kl_threshold_mode,
-                                             example_weights=batch["example_weights"],
-                                             rec_normalizer=config.get("rec_normalizer", "sum"),
-                                             padded_length=config.data.max_len)
+  rec_normalizer = config.get("rec_normalizer", "sum")
+  loss, aux = losses.vae_loss_from_token_nll(
+      token_nll, mask, out["mu"], out["logvar"], beta,
+      kl_floor=config.kl_floor if train else 0.0, kl_threshold_mode=config.kl_threshold_mode,
+      example_weights=batch["example_weights"], rec_normalizer=rec_normalizer,
+      padded_length=config.data.max_len if rec_normalizer == "max_len" else None)
   return loss, (aux, out)
 
 
