@@ -10,18 +10,25 @@ Layout of a phase directory (``<workdir>/phase1``, ``<workdir>/phase2``):
                      ``keep`` are kept; a save is written to a temporary name and renamed when
                      complete, so a kill mid-save never leaves a checkpoint that looks whole
   best/<step>        params of the best validation score so far (one kept)
+  damaged/<step>     a checkpoint that did not restore, moved aside by a resume that fell back
+                     to an older one (PhaseCheckpoints.restore_newest)
   metrics.jsonl      one JSON object per logged step / validation
 
 Every path goes through etils.epath, so the workdir may be a ``gs://`` bucket. Cloud Storage has
 no rename: there orbax writes a save in place and marks it complete with a last object,
 ``<step>/commit_success.txt``; a step directory without it is not a checkpoint (and is removed
 when the next run opens the directory). tests/test_gcs.py runs all this against an emulator.
+
+A save that fails (disk full, permission denied, bucket unreachable) raises CheckpointSaveError
+from the save, the next ``check_for_errors`` or ``wait``: one line naming step and path, exit
+status 1 (tests/test_checkpoint_damage.py).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 from typing import Any, Callable, Optional
 
@@ -45,14 +52,47 @@ class CheckpointDamagedError(CheckpointNotFoundError):
 class CheckpointSaveError(SystemExit):
   """A save failed (disk full, permission denied, bucket unreachable): the run must end.
 
-  A SystemExit whose code is the one line ``error: saving step N to PATH failed: why``, so the
-  program prints that line and exits with status 1 with no traceback from orbax's thread (the
-  CLI's ``user_errors`` passes it through: it catches Exceptions only). The checkpoints written
-  before stay intact: a save goes to a temporary name and is renamed only when complete."""
+  A SystemExit whose code is the one line ``error: saving step N to PATH failed: why`` (or
+  ``error: writing PATH failed: why``), so the program prints that line and exits with status 1,
+  with no traceback from orbax's thread (the CLI's ``user_errors`` passes it through: it
+  catches Exceptions only). What was written before stays intact: a checkpoint goes to a
+  temporary name and is renamed only when complete, and so does eval.json."""
 
-  def __init__(self, step: int, path, error: BaseException):
+  def __init__(self, path, error: BaseException, step: Optional[int] = None):
     self.step, self.path = step, os.fspath(path)
-    super().__init__(f"error: saving step {step} to {self.path} failed: {short_reason(error)}")
+    what = f"saving step {step} to" if step is not None else "writing"
+    super().__init__(f"error: {what} {self.path} failed: {short_reason(error)}")
+
+
+def write_text_atomically(path, text: str) -> None:
+  """Writes ``path`` through a temporary file renamed over it: a failed write (disk full)
+  leaves the previous file whole and raises CheckpointSaveError naming ``path``."""
+  path = epath.Path(path)
+  tmp = path.parent / f"{path.name}.tmp"
+  try:
+    tmp.write_text(text)
+    tmp.replace(path)
+  except OSError as e:
+    try:
+      tmp.unlink(missing_ok=True)
+    except OSError:
+      pass
+    raise CheckpointSaveError(path, e) from e
+
+
+class _QuietOrbaxThreadErrors(logging.Filter):
+  """Drops the tracebacks orbax's save threads log: the failure reaches the loop, which ends
+  the run with CheckpointSaveError's one line (its reason is the same exception's)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    from_orbax = f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+    return not (from_orbax and record.levelno >= logging.ERROR and record.exc_info)
+
+
+def _quiet_orbax_thread_errors() -> None:
+  logger = logging.getLogger("absl")
+  if not any(isinstance(f, _QuietOrbaxThreadErrors) for f in logger.filters):
+    logger.addFilter(_QuietOrbaxThreadErrors())
 
 
 def short_reason(error: BaseException, limit: int = 200) -> str:
@@ -79,10 +119,12 @@ def absolute(path) -> epath.Path:
 
 def _manager(directory: epath.Path, keep: Optional[int], *, read_only: bool = False,
              asynchronous: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                         read_only=read_only,
-                                         enable_async_checkpointing=asynchronous,
-                                         cleanup_tmp_directories=not read_only)
+  # The step directory is made in the caller's thread: made in orbax's (the default), a
+  # failure (a read-only directory) leaves its other threads waiting 300 s for a signal.
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=not read_only, read_only=read_only,
+      enable_async_checkpointing=asynchronous, cleanup_tmp_directories=not read_only,
+      async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
   return ocp.CheckpointManager(directory, options=options,
                                item_names=("params", "opt_state", "meta"))
 
@@ -96,6 +138,7 @@ class PhaseCheckpoints:
     self.best = _manager(self.phase_dir / "best", 1, asynchronous=asynchronous)
     self._best_value = self._read_best_value()
     self._saving: dict[str, int] = {}  # manager name -> step of its last save (for errors)
+    _quiet_orbax_thread_errors()
 
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
@@ -128,7 +171,7 @@ class PhaseCheckpoints:
       raise
     except Exception as e:  # orbax re-raises its thread's error as whatever it was
       step = self._saving.get(name)
-      raise CheckpointSaveError(step, manager.directory / str(step), e) from e
+      raise CheckpointSaveError(manager.directory / str(step), e, step=step) from e
 
   def maybe_save_best(self, step: int, params, value: float, metric: str,
                       mode: str = "min") -> bool:

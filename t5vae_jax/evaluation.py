@@ -47,6 +47,7 @@ from etils import epath
 
 from t5vae_jax import config_validation
 from t5vae_jax import api
+from t5vae_jax import checkpoint as ckpt_lib
 from t5vae_jax import data as data_lib
 from t5vae_jax import losses
 from t5vae_jax import metrics as metrics_lib
@@ -441,7 +442,7 @@ def evaluate_phase(phase_dir, *, checkpoint="latest", split: str = "test",
             "data": config.data.get("name"), "num_truncated": stats["num_truncated"], **result}
   result["row"] = markdown_row(f"{name}@{restored_step}", result)
   if output and jax.process_index() == 0:
-    (phase_dir / output).write_text(json.dumps(result, indent=2) + "\n")
+    ckpt_lib.write_text_atomically(phase_dir / output, json.dumps(result, indent=2) + "\n")
   return result
 
 

@@ -579,6 +579,7 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
   stop_at = total_steps if max_steps is None else min(total_steps, max_steps)
   progress = _progress(config, is_lead, step, stop_at, phase)
   pending, tokens, t0 = [], 0, time.perf_counter()
+  previous_aux = None
   while step < stop_at:
     batch = next(iterator)
     tokens += int(batch["attention_mask"].sum()) * jax.process_count()
@@ -586,6 +587,12 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
     state, aux = step_fn(state, sharding.global_batch(_model_inputs(batch), mesh), capacity)
     step += 1
     pending.append(aux)
+    # At most two steps in flight: step n-1 has finished before n+1 is dispatched, so a SIGTERM
+    # save waits for about one step, not for every step queued since the last log.
+    if previous_aux is not None:
+      jax.block_until_ready(previous_aux)
+    previous_aux = aux
+    ckpts.check_for_errors()  # a failed background save ends the run now, in one line
     if config.on_nonfinite == "stop" and not bool(jax.device_get(aux["finite"])):
       ckpts.wait()
       raise TrainingError(
