@@ -15,7 +15,6 @@ config mistakes are reported in well under a second.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import re
 import sys
@@ -200,10 +199,8 @@ def load_config_file(spec: str):
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no such config file: {path}" if not os.path.isdir(path)
                             else f"{path} is a directory, not a config file")
-  module_spec = importlib.util.spec_from_file_location("_t5vae_checked_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(*([arg] if arg else []))
+  from t5vae_jax import config_files
+  return config_files.load_module(path).get_config(*([arg] if arg else []))
 
 
 def _where_in(error: BaseException, path: str) -> str:
