@@ -36,6 +36,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from t5vae_jax import hub
 from t5vae_jax import model as model_lib
 from t5vae_jax import t5 as t5_lib
 
@@ -105,14 +106,9 @@ def short_reason(error: BaseException, limit: int = 200) -> str:
   return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def is_remote(path) -> bool:
-  """Whether ``path`` is a URL (gs://, s3://...) rather than a local path."""
-  return "://" in os.fspath(path)
-
-
 def absolute(path) -> epath.Path:
   """orbax needs absolute paths: make a local relative path absolute; leave gs:// etc. alone."""
-  if is_remote(path):
+  if hub.is_remote(path):
     return epath.Path(path)
   return epath.Path(os.path.abspath(os.fspath(path)))
 

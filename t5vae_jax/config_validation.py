@@ -329,7 +329,7 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
 def _path_checks(values: dict[str, Any]) -> list[str]:
   errors = []
   data_dir = values.get("data.dir")
-  if isinstance(data_dir, str) and data_dir and "://" not in data_dir:
+  if isinstance(data_dir, str) and data_dir and not hub.is_remote(data_dir):
     path = os.path.expanduser(data_dir)
     if not os.path.exists(path):
       errors.append(f"config.data.dir={data_dir!r}: no such directory ({os.path.abspath(path)})")
@@ -337,14 +337,14 @@ def _path_checks(values: dict[str, Any]) -> list[str]:
       errors.append(f"config.data.dir={data_dir!r} is a file, not a directory with train.txt, "
                     "valid.txt and test.txt")
   tfds_dir = values.get("data.tfds_dir")
-  if isinstance(tfds_dir, str) and tfds_dir and "://" not in tfds_dir and \
+  if isinstance(tfds_dir, str) and tfds_dir and not hub.is_remote(tfds_dir) and \
       os.path.isfile(os.path.expanduser(tfds_dir)):
     errors.append(f"config.data.tfds_dir={tfds_dir!r} is a file, not a directory")
   for key, what in (("model.pretrained", "checkpoint directory"),
                     ("data.tokenizer", "tokenizer directory")):
     name = values.get(key)
     # Hub ids and gs:// paths are left to the loaders (hub.is_hub_id: the program's one rule).
-    if isinstance(name, str) and name and "://" not in name and not hub.is_hub_id(name):
+    if isinstance(name, str) and name and not hub.is_remote(name) and not hub.is_hub_id(name):
       path = hub.local_path(name)
       if not os.path.exists(path):
         errors.append(f"config.{key}={name!r}: no such {what} ({os.path.abspath(path)}); give an "

@@ -35,7 +35,7 @@ def is_hub_id(name) -> bool:
   False.
   """
   name = str(name)
-  if not name or "://" in name or name.startswith("~"):
+  if not name or is_remote(name) or name.startswith("~"):
     return False
   if name in (".", "..") or name.startswith(("/", "./", "../")) or os.path.exists(name):
     return False
@@ -43,7 +43,12 @@ def is_hub_id(name) -> bool:
           and "--" not in name and ".." not in name and not name.endswith(".git"))
 
 
+def is_remote(path) -> bool:
+  """Whether ``path`` is a URL (gs://, s3://...) rather than a local path."""
+  return "://" in os.fspath(path)
+
+
 def local_path(name) -> str:
   """``name`` with ``~`` expanded; URLs (gs://...) unchanged."""
   name = str(name)
-  return name if "://" in name else os.path.expanduser(name)
+  return name if is_remote(name) else os.path.expanduser(name)

@@ -25,6 +25,7 @@ import sys
 from typing import Optional, Sequence
 
 from t5vae_jax import cli
+from t5vae_jax import hub
 from t5vae_jax.datasets.errors import DataError
 
 TOOLS = ("encode", "reconstruct", "sample", "interpolate", "transfer")
@@ -372,7 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   """Runs one tool; ``argv`` without the program name (default: sys.argv[1:])."""
   args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
   try:
-    if not os.path.isdir(args.phase_dir) and "://" not in args.phase_dir:
+    if not os.path.isdir(args.phase_dir) and not hub.is_remote(args.phase_dir):
       raise FileNotFoundError(f"--phase_dir={args.phase_dir}: no such directory")
     globals()[args.tool](args)
   except Exception as e:

@@ -63,7 +63,7 @@ def resolve(name_or_path: str) -> epath.Path:
   local = hub.local_path(name)
   path = epath.Path(local)
   if not path.exists():
-    where = "" if "://" in local else f" ({os.path.abspath(local)})"
+    where = "" if hub.is_remote(local) else f" ({os.path.abspath(local)})"
     raise CheckpointError(f"{name}: no such checkpoint directory{where}")
   if not path.is_dir():
     raise CheckpointError(f"{name}: expected a checkpoint directory, found a file")
@@ -450,7 +450,7 @@ def read_safetensors(file) -> dict[str, np.ndarray]:
   other paths (gs://...) are read whole. Every array returned owns its memory (a later write to
   the file cannot change or invalidate it)."""
   file = epath.Path(file)
-  if "://" in os.fspath(file):
+  if hub.is_remote(file):
     buffer = np.frombuffer(file.read_bytes(), np.uint8)
   else:
     buffer = np.memmap(os.fspath(file), dtype=np.uint8, mode="r")

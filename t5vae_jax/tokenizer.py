@@ -23,10 +23,6 @@ SPIECE_FILE = "spiece.model"
 _VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "vocab.txt")
 
 
-def _is_remote(path) -> bool:
-  return "://" in os.fspath(path)
-
-
 def _sentences(text_files_or_iterable) -> Iterable[str]:
   """Non-empty stripped lines of the given file(s), or the given strings.
 
@@ -119,7 +115,7 @@ def load_tokenizer(path: epath.PathLike) -> transformers.PreTrainedTokenizerBase
   A directory with only T5's spiece.model also works (converted on load). The error names the
   path, and pad and EOS tokens are required since the data pipeline appends EOS and pads.
   """
-  if _is_remote(path):
+  if hub.is_remote(path):
     if not epath.Path(path).is_dir():  # gcsfs's own error names a URL-encoded object
       raise FileNotFoundError(f"Could not load a tokenizer from {os.fspath(path)!r}: no such "
                               "directory")

@@ -35,6 +35,7 @@ from t5vae_jax import accelerator
 from t5vae_jax import checkpoint as ckpt_lib
 from t5vae_jax import config_validation
 from t5vae_jax import data as data_lib
+from t5vae_jax import hub
 from t5vae_jax import losses
 from t5vae_jax import metrics as metrics_lib
 from t5vae_jax import model as model_lib
@@ -241,12 +242,12 @@ def build_setup(config, workdir, devices: Optional[Sequence[jax.Device]] = None)
                                 scale_decoder_outputs=config.model.t5.tie_word_embeddings)
     params = None
   t5_config = dataclasses.replace(t5_config, dropout_rate=config.model.dropout_rate)
-  if len(tokenizer) > t5_config.vocab_size and config.model.pretrained:
-    raise pretrained.CheckpointError(
-        f"the tokenizer has {len(tokenizer)} ids but {config.model.pretrained} has "
-        f"{t5_config.vocab_size} embedding rows; pass a tokenizer of at most "
-        f"{t5_config.vocab_size} ids (--config.data.tokenizer=DIR)")
   if len(tokenizer) > t5_config.vocab_size:
+    if config.model.pretrained:
+      raise pretrained.CheckpointError(
+          f"the tokenizer has {len(tokenizer)} ids but {config.model.pretrained} has "
+          f"{t5_config.vocab_size} embedding rows; pass a tokenizer of at most "
+          f"{t5_config.vocab_size} ids (--config.data.tokenizer=DIR)")
     raise TrainingError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size "
                         f"is {t5_config.vocab_size} (config.model.t5.vocab_size)")
   vae_config = vae_config_from(config)
@@ -291,7 +292,7 @@ class MetricLogger:
       self.tb.flush()
 
   def _append(self, text: str) -> None:
-    if not ckpt_lib.is_remote(self.path):
+    if not hub.is_remote(self.path):
       with self.path.open("a") as f:
         f.write(text)
       return
