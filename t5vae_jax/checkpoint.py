@@ -113,14 +113,19 @@ def absolute(path) -> epath.Path:
   return epath.Path(os.path.abspath(os.fspath(path)))
 
 
-def _manager(directory: epath.Path, keep: Optional[int], *, read_only: bool = False,
+def _manager(directory: epath.Path, keep: Optional[int], *, name: str, read_only: bool = False,
              asynchronous: bool = True) -> ocp.CheckpointManager:
   # The step directory is made in the caller's thread: made in orbax's (the default), a
   # failure (a read-only directory) leaves its other threads waiting 300 s for a signal.
+  # ``name`` prefixes the manager's cross-process barriers: "latest" and "best" both saving
+  # step N at once would otherwise meet at one barrier name ("async_write_complete.N") and,
+  # as the threads interleave, time out on one host while the others hang.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, read_only=read_only,
       enable_async_checkpointing=asynchronous, cleanup_tmp_directories=not read_only,
-      async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+      async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=name))
   return ocp.CheckpointManager(directory, options=options,
                                item_names=("params", "opt_state", "meta"))
 
@@ -130,8 +135,9 @@ class PhaseCheckpoints:
 
   def __init__(self, phase_dir, keep: int = 3, asynchronous: bool = True):
     self.phase_dir = absolute(phase_dir)
-    self.latest = _manager(self.phase_dir / "checkpoints", keep, asynchronous=asynchronous)
-    self.best = _manager(self.phase_dir / "best", 1, asynchronous=asynchronous)
+    self.latest = _manager(self.phase_dir / "checkpoints", keep, name="latest",
+                           asynchronous=asynchronous)
+    self.best = _manager(self.phase_dir / "best", 1, name="best", asynchronous=asynchronous)
     self._best_value = self._read_best_value()
     self._saving: dict[str, int] = {}  # manager name -> step of its last save (for errors)
     _quiet_orbax_thread_errors()

@@ -11,10 +11,14 @@ With NUM_PROCESSES > 1 it joins a jax.distributed job through t5vae_jax.cli.setu
      processes), when that exists,
 and writes what it saw to OUT_DIR/process<i>.npz.
 """
+import faulthandler
 import json
 import os
 import pathlib
+import signal
 import sys
+
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's dump when a run is stuck
 
 out_dir = pathlib.Path(sys.argv[1])
 process_id, num_processes, port = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

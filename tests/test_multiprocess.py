@@ -5,16 +5,18 @@ checkpoints, gathered validation, cross-topology restore); the tests below read 
 """
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "_multiprocess_worker.py"
-TIMEOUT_S = 240
+TIMEOUT_S = 360
 
 
 def _free_port() -> int:
@@ -28,21 +30,30 @@ def _launch(out_dir: pathlib.Path, num_processes: int, devices_per_process: int,
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
   port = str(_free_port())
-  procs = [subprocess.Popen([sys.executable, str(WORKER), str(out_dir), str(i),
-                             str(num_processes), port, str(tfds_dir)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(num_processes)]
-  outputs = []
+  logs = [out_dir / f"process{i}.log" for i in range(num_processes)]
+  procs = []
   try:
+    for i, log in enumerate(logs):
+      with log.open("w") as log_file:
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out_dir), str(i),
+                                       str(num_processes), port, str(tfds_dir)],
+                                      env=env, stdout=log_file, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + TIMEOUT_S
     for p in procs:
-      outputs.append(p.communicate(timeout=TIMEOUT_S)[0])
+      p.wait(timeout=max(1.0, deadline - time.monotonic()))
+  except subprocess.TimeoutExpired:
+    for p in procs:  # a stuck run: every Python thread's stack goes into its log first
+      if p.poll() is None:
+        p.send_signal(signal.SIGUSR1)
+    time.sleep(3)
   finally:
     for p in procs:  # never leave a stray process behind, even when a test fails
       if p.poll() is None:
         p.kill()
-        p.communicate()
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-4000:]
+        p.wait()
+  tails = "\n".join(f"--- process {i} (exit {p.returncode}):\n{log.read_text()[-3000:]}"
+                    for i, (p, log) in enumerate(zip(procs, logs)))
+  assert all(p.returncode == 0 for p in procs), tails
   return [dict(np.load(out_dir / f"process{i}.npz")) for i in range(num_processes)]
 
 
