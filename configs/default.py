@@ -106,6 +106,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.eval_every_steps = 500  # also at the end of each phase
   config.eval_max_examples = 0  # 0 = the whole eval split
+  # Validation runs eval.py's evaluator: K importance samples per sentence for val/nll and
+  # val/ppl (0: none; eval.py's default is 500) and the seed of its latent draws (eval.py's
+  # --seed): at equal K and seed, val/* of a step equals eval.py on that step's checkpoint.
+  config.eval_num_samples = 10
+  config.eval_seed = 0
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3
   config.best_metric = "val/neg_elbo"  # lower is better

@@ -205,6 +205,8 @@ RULES: dict[str, Rule] = {
     "log_every_steps": integer(1),
     "eval_every_steps": integer(1),
     "eval_max_examples": integer(0, description="0 = the whole split"),
+    "eval_num_samples": integer(0, description="importance samples per sentence, 0 = none"),
+    "eval_seed": integer(0),
     "checkpoint_every_steps": integer(1),
     "keep_checkpoints": integer(1),
     "best_metric": choice(BEST_METRICS, "lower is better"),

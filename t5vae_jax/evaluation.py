@@ -62,6 +62,10 @@ DEFAULT_MI_BATCH_SIZE = 256
 # Upper bound on the float32 logits of one decoder pass of a chunk (B * k * T * vocab * 4).
 DEFAULT_MAX_LOGITS_BYTES = 1 << 30
 _ELBO_STREAM, _IW_STREAM, _MI_STREAM = 0, 1, 2
+# The figures of :func:`evaluate` (training's validation rows log each as val/<key>).
+METRICS = ("rec", "kl", "neg_elbo", "nll", "rec_per_token", "kl_per_token",
+           "neg_elbo_per_token", "nll_per_token", "ppl", "ppl_elbo", "ppl_word",
+           "ppl_word_elbo", "mi", "mi_batch", "au", "num_examples", "num_tokens")
 
 
 # --------------------------------------------------------------------------------------------

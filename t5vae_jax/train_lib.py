@@ -35,9 +35,9 @@ from t5vae_jax import accelerator
 from t5vae_jax import checkpoint as ckpt_lib
 from t5vae_jax import config_validation
 from t5vae_jax import data as data_lib
+from t5vae_jax import evaluation
 from t5vae_jax import hub
 from t5vae_jax import losses
-from t5vae_jax import metrics as metrics_lib
 from t5vae_jax import model as model_lib
 from t5vae_jax import noise
 from t5vae_jax import packing as packing_lib
@@ -178,19 +178,6 @@ def train_step(state: TrainState, batch, *, model, tx, beta_fn, base_rng, config
   return new_state, aux
 
 
-def eval_step(params, batch, rng, *, model, config):
-  """Per-example rec, KL (no floor), mu, logvar and token counts with z ~ q(z|x)."""
-  rngs = {"latent": rng, "dropout": rng, "noise": rng}
-  _, (_, out) = compute_loss(params, batch, rngs, model=model, beta=1.0, config=config,
-                             train=False)
-  ids, mask = batch["input_ids"], batch["attention_mask"]
-  rec = losses.reconstruction_loss(out["logits"], ids, mask)
-  kl = jnp.sum(losses.kl_per_dim(out["mu"], out["logvar"]), axis=-1)
-  return dict(rec=rec, kl=kl, mu=out["mu"], logvar=out["logvar"],
-              num_tokens=jnp.sum(mask, axis=-1).astype(jnp.float32),
-              weights=batch["example_weights"], example_ids=batch.get("example_ids"))
-
-
 # --------------------------------------------------------------------------------------------
 # Building model, tokenizer and data from a config
 # --------------------------------------------------------------------------------------------
@@ -315,62 +302,24 @@ def read_metrics(path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
-# Evaluation over a split (validation during training; eval.py adds importance weighting)
+# Validation: eval.py's evaluator at the config's K and seed
 # --------------------------------------------------------------------------------------------
-def evaluate(params, examples, *, model, config, mesh, rng, batch_size: int,
-             eval_fn=None) -> dict[str, float]:
-  """rec, KL, -ELBO (per sentence and per token), MI (whole set and per batch) and AU.
-
-  MI and AU see the posteriors in the split's order (not the bucketed batch order), so
-  mi_batch groups the same 256 consecutive lines as eval.py. ppl_word_elbo: the -ELBO per word
-  of the raw lines plus one EOS each (metrics.word_perplexity), where examples carry "text".
-  """
-  iterator = data_lib.BatchIterator(
-      examples, bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
-      batch_size=batch_size, shuffle=False, drop_remainder=False, num_epochs=1,
-      seed=0, pad_id=model.config.pad_token_id, eos_id=model.config.eos_token_id)
-  eval_fn = eval_fn or jax.jit(functools.partial(eval_step, model=model, config=config))
-  sums = {"rec": 0.0, "kl": 0.0, "num_tokens": 0.0, "n": 0.0}
-  mus, logvars, ids = [], [], []
-  for i, batch in enumerate(iterator):
-    device_batch = sharding.global_batch(
-        dict(_model_inputs(batch), example_ids=batch["example_ids"]), mesh)
-    # Every process gets the whole global batch's outputs (mu/logvar of all hosts), so MI
-    # and AU do not depend on how many processes ran the evaluation.
-    out = fetch_global(eval_fn(params, device_batch, jax.random.fold_in(rng, i)))
-    real = out["weights"] > 0
-    for key in ("rec", "kl", "num_tokens"):
-      sums[key] += float(np.sum(out[key][real]))
-    sums["n"] += float(real.sum())
-    mus.append(out["mu"][real])
-    logvars.append(out["logvar"][real])
-    ids.append(out["example_ids"][real])
-  order = np.argsort(np.concatenate(ids), kind="stable")  # back to the split's order
-  mu, logvar = np.concatenate(mus)[order], np.concatenate(logvars)[order]
-  n, tokens = sums["n"], sums["num_tokens"]
-  result = {
-      "rec": sums["rec"] / n, "kl": sums["kl"] / n, "neg_elbo": (sums["rec"] + sums["kl"]) / n,
-      "rec_per_token": sums["rec"] / tokens,
-      "ppl_elbo": math.exp(min((sums["rec"] + sums["kl"]) / tokens, 700.0)),
-      "mi": float(metrics_lib.mutual_information(mu, logvar, jax.random.fold_in(rng, 10 ** 6))),
-      "au": int(metrics_lib.active_units(mu)),
-      "num_examples": n,
-  }
-  if len(mu) >= 2:
-    result["mi_batch"] = float(metrics_lib.batch_mutual_information(
-        mu, logvar, jax.random.fold_in(rng, 10 ** 6)))
-  if all(isinstance(e, dict) and "text" in e for e in examples):
-    words = sum(metrics_lib.word_count(e["text"]) for e in examples)
-    result["ppl_word_elbo"] = metrics_lib.word_perplexity(sums["rec"] + sums["kl"], words, n)
-  return result
+# What a validation row reports (val/<key>), in the order the progress line prints them.
+VALIDATION_LINE = ("rec", "kl", "neg_elbo", "nll", "ppl", "ppl_word", "mi", "mi_batch", "au")
 
 
-def fetch_global(tree):
-  """Host numpy copies of (possibly multi-process) global arrays, gathered on every process."""
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(tree, tiled=True)
+def validation_metrics(params, examples, *, model, config, mesh,
+                       batch_size: int) -> dict[str, float]:
+  """evaluation.evaluate (what eval.py runs) with K = config.eval_num_samples importance samples
+  and seed config.eval_seed: val/* at step N equals eval.py's numbers for step N's checkpoint
+  on the same split, K and seed, whatever the batch size, packing or number of devices."""
+  result = evaluation.evaluate(
+      params, examples, model=model, mesh=mesh, batch_size=batch_size,
+      bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
+      num_samples=config.eval_num_samples, seed=config.eval_seed,
+      pack_tokens=bool(config.pack_tokens), progress=False)
+  return {k: float(result[k]) if k != "au" else int(result[k])
+          for k in evaluation.METRICS if result.get(k) is not None}
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -553,20 +502,19 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
 
   base_rng = jax.random.fold_in(jax.random.key(config.seed), phase)
   step_fn = compile_train_step(model, tx, beta_fn, base_rng, config, mesh, state_shardings)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model, config=config))
   logger = MetricLogger(pdir, is_lead)
   eval_batch = max(config.batch_size, 8 * mesh.size)
   eval_batch -= eval_batch % mesh.size
 
-  def validate(step):
-    result = evaluate(state.params, eval_examples, model=model, config=config, mesh=mesh,
-                      rng=jax.random.fold_in(base_rng, 2 ** 31 - 1), batch_size=eval_batch,
-                      eval_fn=eval_fn)
+  def validate(step, params):
+    result = validation_metrics(params, eval_examples, model=model, config=config, mesh=mesh,
+                                batch_size=eval_batch)
     logger.write(step, {f"val/{k}": v for k, v in result.items()})
     metric = result.get(config.best_metric.removeprefix("val/"))
     if metric is not None:
-      ckpts.maybe_save_best(step, state.params, float(metric), config.best_metric)
-    info(f"step {step} validation: {_fmt(result)}")
+      ckpts.maybe_save_best(step, params, float(metric), config.best_metric)
+    info(f"step {step} validation: "
+         f"{_fmt({k: result[k] for k in VALIDATION_LINE if k in result})}")
     return result
 
   def save(step):
@@ -610,7 +558,7 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
       progress.update(step, row)
       pending, tokens, t0 = [], 0, time.perf_counter()
     if step % config.eval_every_steps == 0 and step != stop_at:
-      last_val = validate(step)
+      last_val = validate(step, state.params)
     if step % config.checkpoint_every_steps == 0 or preemption.requested:
       save(step)
     if preemption.requested:
@@ -623,7 +571,7 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
   # The final params are always validated (the loop's validations stop short of stop_at),
   # also when the last step was a checkpoint step: best/ must see them.
   if step == stop_at:
-    last_val = validate(step)
+    last_val = validate(step, state.params)
     if ckpts.latest_step() != step:
       save(step)
   ckpts.wait()

@@ -25,7 +25,7 @@ from t5vae_jax import tokenizer as tokenizer_lib
 LOG_2PI = math.log(2 * math.pi)
 
 
-CLI_ARGS = ["--num_samples=16", "--iw_chunk=4", "--batch_size=16", "--mi_batch_size=16",
+CLI_ARGS = ["--num_samples=16", "--iw_chunk=4", "--batch_size=24", "--mi_batch_size=16",
             "--max_examples=40", "--noprogress", "--config.data.bucket_lengths=(16,)",
             "--output=eval_cli.json", "--config.pack_tokens=True"]
 
@@ -161,7 +161,7 @@ def test_iw_nll_tightens_with_k(trained):
 def test_eval_same_on_1_and_8_devices_cli_and_independent_mi_au(trained, eval_cli):
   """evaluate() on a 1-device mesh, in this process (token packing off), and eval.py over all
   8 simulated devices (packing on by a --config flag: the demo's config has it off; another
-  chunking of the K samples) give the same numbers; eval.py writes eval.json and prints the Markdown row; AU and MI equal
+  chunking of the K samples; batches of 24, not 16) give the same numbers; eval.py writes eval.json and prints the Markdown row; AU and MI equal
   numpy's on the gathered posteriors (at the same draw for MI), and mu equals encode's."""
   pdir, model, params, examples = trained
   examples = examples[:40]  # 3 batches of 16, the last one partly filler
@@ -260,16 +260,20 @@ def test_helpers():
   assert row == "| r | 2.50 | 1.00 | 3.00 | 0.50 | 3 | 2.00 | 0.40 | 2.9e+12 | 500 | 7.25 |"
 
 
-def test_eval_cli_on_a_checkpoint_step_and_the_validation_split(tmp_path_factory):
-  """eval.py --checkpoint 400 --split validation: the step-400 params on the validation split,
-  so the analytic KL and AU equal what training's validation at step 400 logged (the same 64
-  sentences, a separate code path), and differ from the final step's."""
+def test_eval_cli_on_a_checkpoint_step_equals_training_validation(tmp_path_factory):
+  """One evaluator: eval.py --checkpoint 400 --split validation at training's K
+  (eval_num_samples) and seed gives every figure training's validation logged at step 400
+  (eval.py on one device at batch size 24, training at its own batch size and devices), and
+  other figures than the final step's."""
   workdir = demo_workdir(tmp_path_factory)
   pdir = workdir / "phase2"
+  config = api.load_config(pdir)
+  assert config.eval_num_samples > 0  # val/nll and val/ppl are there to compare
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"--workdir={workdir}",
                          "--phase=2", "--checkpoint=400", "--split=validation",
-                         "--num_samples=0", "--batch_size=32", "--mi_batch_size=16",
+                         f"--num_samples={config.eval_num_samples}",
+                         f"--seed={config.eval_seed}", "--batch_size=24",
                          "--noprogress", "--output=eval_step400.json"],
                         env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -280,32 +284,33 @@ def test_eval_cli_on_a_checkpoint_step_and_the_validation_split(tmp_path_factory
   from t5vae_jax import train_lib
   logged = {r["step"]: r for r in train_lib.read_metrics(pdir / "metrics.jsonl")
             if "val/kl" in r}
-  assert result["kl"] == pytest.approx(logged[400]["val/kl"], rel=1e-4)
-  assert result["au"] == logged[400]["val/au"]
+  for key in evaluation.METRICS:
+    assert logged[400][f"val/{key}"] == pytest.approx(result[key], rel=2e-5), key
   assert result["kl"] != pytest.approx(logged[800]["val/kl"], rel=1e-3)
 
 
 def test_validation_mi_batch_is_calc_mi_in_split_order_and_word_ppl(trained):
-  """train_lib.evaluate (training's validation rows) over two bucket lengths, so its batches
-  come in another order than the split's: mi_batch equals He et al.'s calc_mi (analytic
-  entropy, consecutive lines of the split) at the same draws, and ppl_word_elbo is the -ELBO
-  per word of the raw lines plus one EOS each."""
+  """train_lib.validation_metrics (training's validation rows) over two bucket lengths, so its
+  batches come in another order than the split's: mi_batch equals He et al.'s calc_mi
+  (analytic entropy, consecutive lines of the split) at the same draws, and ppl_word_elbo is
+  the -ELBO per word of the raw lines plus one EOS each."""
   from t5vae_jax import train_lib
   pdir, model, params, examples = trained
   examples = examples[:40]
   config = api.load_config(pdir)
   config.data.bucket_lengths = (12, 16)
+  config.eval_seed = 5
   iterator = data_lib.BatchIterator(examples, bucket_lengths=(12, 16), batch_size=16,
                                     shuffle=False, num_epochs=1)
   batch_order = np.concatenate([b["example_ids"][b["example_ids"] >= 0] for b in iterator])
   assert not np.array_equal(batch_order, np.arange(40))  # the test needs a reordering
   mesh = sharding.make_mesh(jax.devices()[:1])
-  rng = jax.random.key(5)
-  result = train_lib.evaluate(jax.device_put(params, sharding.replicated(mesh)), examples,
-                              model=model, config=config, mesh=mesh, rng=rng, batch_size=16)
+  result = train_lib.validation_metrics(jax.device_put(params, sharding.replicated(mesh)),
+                                        examples, model=model, config=config, mesh=mesh,
+                                        batch_size=16)
   vae = api.T5VAE(model, params, tokenizer_lib.load_tokenizer(pdir / "tokenizer"), max_len=16)
   mu, logvar = (np.asarray(a, np.float64) for a in vae.encode([e["text"] for e in examples]))
-  eps = np.asarray(jax.random.normal(jax.random.fold_in(rng, 10 ** 6), mu.shape), np.float64)
+  eps = np.asarray(jax.random.normal(evaluation.mi_key(5), mu.shape), np.float64)
   z = mu + np.exp(0.5 * logvar) * eps
   # calc_mi of one batch (40 < 256 lines), written out in float64.
   log_density = -0.5 * np.sum((z[:, None] - mu[None]) ** 2 / np.exp(logvar)[None] +
