@@ -2,8 +2,9 @@
 
 Shared by ``bench/train_step.py`` and ``bench/throughput.py``; torch is needed only here.
 
-The model is what the released code runs (SPEC sections 3 and 10), with the two bugs the SPEC
-says not to reproduce left out so that it does the same work as ours:
+The model is what the released code runs, with its two bugs (z mixed across a batch's
+examples in ``build_past``, ids and mask swapped by its denoising) left out, so that it does
+the same work as ours:
 
   T5 encoder -> max-pool over the final states (pads masked) -> mu / logvar (Linear, no bias)
   -> z = mu + exp(logvar / 2) * eps -> memory projection (Linear, no bias) reshaped **per

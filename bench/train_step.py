@@ -1,4 +1,4 @@
-"""Our jitted VAE train step against Hugging Face's PyTorch T5 doing the same work (SPEC 11).
+"""Our jitted VAE train step against Hugging Face's PyTorch T5 doing the same work.
 
 Both sides: phase 2 (everything trains), float32, ``latent_injection="self_prefix"`` (the
 released code's model), batch 32 x (64 source + 64 target) tokens, targets = inputs, lengths

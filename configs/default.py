@@ -1,6 +1,6 @@
 """Defaults for every run: the paper's appendix values (Park & Lee 2021, appendix B).
 
-Every ablation of the paper and of SPEC section 10 is one key here; override any of them on
+Every ablation of the paper and every departure of the released code is one key here; override any of them on
 the command line, e.g. ``--config.batch_size=64 --config.model.pooling=mean``.
 
 The files of ``configs/`` are loaded by path (``--config configs/ptb.py``) and are not an

@@ -1,7 +1,7 @@
 """The released PyTorch code's regime (github.com/seongminp/transformers-into-vaes), as one config.
 
 Our defaults follow the paper's text; the code behind its Tables 1-4 departs from it in the ways
-of SPEC section 10. Each departure is one key of ``configs/default.py``; ``RELEASED_CODE`` lists
+the README's table "The released code's regime in one flag" lists. Each departure is one key of ``configs/default.py``; ``RELEASED_CODE`` lists
 them and ``apply(config)`` sets them on any config, so a run in the released code's regime is one
 flag, and every departure can be switched back alone to see what it does::
 
@@ -12,7 +12,7 @@ flag, and every departure can be switched back alone to see what it does::
 ``:<name>`` names the config of ``configs/`` the recipe starts from (default ``ptb``). A config
 kept elsewhere loads this file by path and calls ``apply(config)`` on its own ConfigDict.
 
-Two of the released code's bugs are left out on purpose (SPEC section 10): its ``build_past``
+Two of the released code's bugs are left out on purpose: its ``build_past``
 mixes z across the examples of a batch, and its denoising swaps token ids and attention mask.
 Its evaluation differences (no importance weighting, MI per batch) are not training keys:
 eval.py reports those figures next to ours.

@@ -12,7 +12,7 @@ times slower, and says nothing. When the devices are CPUs although an accelerato
 
 ``model.dtype = "auto"`` computes in bfloat16 on TPUs and GPUs and in float32 on CPUs, keyed on
 the devices the computation runs on (a run's mesh), never on ``jax.default_backend()``: a
-program compiled ahead of time for TPU devices on a CPU host sees "cpu" there (SPEC 12).
+program compiled ahead of time for TPU devices on a CPU host sees "cpu" there.
 "auto" is what a phase directory's config.json and model.json keep, so a checkpoint trained in
 bfloat16 on a TPU computes in float32 when loaded on a notebook's CPU; an explicit "float32" or
 "bfloat16" is kept everywhere.

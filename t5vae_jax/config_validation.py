@@ -72,7 +72,7 @@ class Rule:
   allowed: str
   check: Optional[Callable[[Any], bool]] = None
   description: str = ""
-  optional: bool = False  # may be absent from the config (a later addition, or a rare knob)
+  optional: bool = False  # may be absent from the config (a rare knob)
   none_ok: bool = False
 
 

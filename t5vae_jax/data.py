@@ -165,28 +165,6 @@ def bucket_lengths_from_config(config_data) -> tuple[int, ...]:
   return default_bucket_lengths(_get(config_data, "max_len", 64))
 
 
-def bucket_batch_sizes(
-    bucket_lengths: Sequence[int],
-    batch_size: int | None = None,
-    tokens_per_batch: int | None = None,
-    batch_size_multiple: int = 1,
-) -> tuple[int, ...]:
-  """Rows per batch of each bucket: `batch_size` for all, or as many as fit `tokens_per_batch`.
-
-  With `tokens_per_batch`, a bucket of length T gets the largest multiple of
-  `batch_size_multiple` (the number of hosts or devices that split a batch) not above
-  tokens_per_batch / T, and at least one multiple.
-  """
-  if (batch_size is None) == (tokens_per_batch is None):
-    raise ValueError("Give exactly one of batch_size and tokens_per_batch.")
-  if batch_size is not None:
-    return tuple(batch_size for _ in bucket_lengths)
-  return tuple(
-      max(1, tokens_per_batch // length // batch_size_multiple) * batch_size_multiple
-      for length in bucket_lengths
-  )
-
-
 def assign_buckets(lengths: np.ndarray, bucket_lengths: Sequence[int]) -> np.ndarray:
   """Index of the smallest bucket that holds each length."""
   buckets = np.searchsorted(np.asarray(bucket_lengths), lengths, side="left")
@@ -200,7 +178,7 @@ def assign_buckets(lengths: np.ndarray, bucket_lengths: Sequence[int]) -> np.nda
 
 def plan_epoch(
     buckets: np.ndarray,
-    batch_sizes: Sequence[int],
+    batch_size: int,
     *,
     seed: int,
     epoch: int,
@@ -216,14 +194,14 @@ def plan_epoch(
   """
   rng = np.random.default_rng((seed, epoch))
   order = rng.permutation(len(buckets)) if shuffle else np.arange(len(buckets))
-  batches = []
-  for bucket, size in enumerate(batch_sizes):
+  batches, size = [], batch_size
+  for bucket in np.unique(buckets):  # in order of length
     members = order[buckets[order] == bucket]
     num_full, num_left = divmod(len(members), size)
-    batches.extend((bucket, members[i * size : (i + 1) * size]) for i in range(num_full))
+    batches.extend((int(bucket), members[i * size : (i + 1) * size]) for i in range(num_full))
     if num_left and not drop_remainder:
       filler = np.full(size - num_left, -1, dtype=members.dtype)
-      batches.append((bucket, np.concatenate([members[num_full * size :], filler])))
+      batches.append((int(bucket), np.concatenate([members[num_full * size :], filler])))
   if shuffle:
     batches = [batches[i] for i in rng.permutation(len(batches))]
   return batches
@@ -233,17 +211,14 @@ def steps_per_epoch(
     examples_or_lengths,
     *,
     bucket_lengths: Sequence[int],
-    batch_size: int | None = None,
-    tokens_per_batch: int | None = None,
+    batch_size: int,
     drop_remainder: bool = True,
-    batch_size_multiple: int = 1,
 ) -> int:
   """Batches per epoch of a `BatchIterator` with the same arguments (the same on every host)."""
   lengths = _lengths(examples_or_lengths)
   counts = np.bincount(assign_buckets(lengths, bucket_lengths), minlength=len(bucket_lengths))
-  sizes = bucket_batch_sizes(bucket_lengths, batch_size, tokens_per_batch, batch_size_multiple)
   rounding = np.floor if drop_remainder else np.ceil
-  return int(sum(rounding(count / size) for count, size in zip(counts, sizes)))
+  return int(sum(rounding(count / batch_size) for count in counts))
 
 
 def _lengths(examples_or_lengths) -> np.ndarray:
@@ -275,8 +250,7 @@ class BatchIterator:
       examples: Sequence,
       *,
       bucket_lengths: Sequence[int],
-      batch_size: int | None = None,
-      tokens_per_batch: int | None = None,
+      batch_size: int,
       seed: int = 0,
       shuffle: bool = True,
       drop_remainder: bool = False,
@@ -285,13 +259,10 @@ class BatchIterator:
       eos_id: int = 1,
       process_index: int | None = None,
       process_count: int | None = None,
-      batch_size_multiple: int | None = None,
   ):
     """`examples`: dicts with "input_ids" (as load_split gives) or token id sequences.
 
-    `batch_size` is global (all hosts together); `tokens_per_batch` instead sizes each bucket's
-    batches to about that many tokens, in multiples of `batch_size_multiple` (default: the
-    number of processes; pass the number of devices when batches are sharded over devices).
+    `batch_size` is global (all hosts together), the same for every bucket.
     """
     token_ids = [_token_ids(example) for example in examples]
     if not token_ids:
@@ -306,24 +277,20 @@ class BatchIterator:
     self._buckets = assign_buckets(self._lengths, self.bucket_lengths)
     self.process_index = jax.process_index() if process_index is None else process_index
     self.process_count = jax.process_count() if process_count is None else process_count
-    self.batch_sizes = bucket_batch_sizes(
-        self.bucket_lengths, batch_size, tokens_per_batch, batch_size_multiple or self.process_count
-    )
-    if any(size % self.process_count for size in self.batch_sizes):
-      raise ValueError(f"Batch sizes {self.batch_sizes} must divide among {self.process_count} processes.")
+    self.batch_size = int(batch_size)
+    if self.batch_size % self.process_count:
+      raise ValueError(f"Batch size {self.batch_size} must divide among {self.process_count} processes.")
     self.seed, self.shuffle, self.drop_remainder = seed, shuffle, drop_remainder
     self.num_epochs, self.pad_id, self.eos_id = num_epochs, pad_id, eos_id
     self.num_batches_per_epoch = steps_per_epoch(
         self._lengths,
         bucket_lengths=self.bucket_lengths,
-        batch_size=batch_size,
-        tokens_per_batch=tokens_per_batch,
+        batch_size=self.batch_size,
         drop_remainder=drop_remainder,
-        batch_size_multiple=batch_size_multiple or self.process_count,
     )
     if self.num_batches_per_epoch == 0:
       raise ValueError(
-          f"{len(token_ids)} examples make no full batch of {self.batch_sizes}; "
+          f"{len(token_ids)} examples make no full batch of {self.batch_size}; "
           "use smaller batches or drop_remainder=False."
       )
     self._epoch, self._batch_in_epoch = 0, 0
@@ -347,7 +314,7 @@ class BatchIterator:
     if self._planned_epoch != epoch:
       self._plan = plan_epoch(
           self._buckets,
-          self.batch_sizes,
+          self.batch_size,
           seed=self.seed,
           epoch=epoch,
           shuffle=self.shuffle,
@@ -396,7 +363,6 @@ class BatchIterator:
 __all__ = [
     "BatchIterator",
     "assign_buckets",
-    "bucket_batch_sizes",
     "bucket_lengths_from_config",
     "default_bucket_lengths",
     "get_builder",

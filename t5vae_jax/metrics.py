@@ -1,4 +1,4 @@
-"""Latent-quality metrics: MI, active units, importance-weighted NLL, perplexity.
+"""Latent-quality metrics: MI, active units, the pieces of the importance-weighted NLL.
 
 Pure, jitted functions over whole evaluation sets. Shapes: N examples, L latent
 dims, B a batch, K importance samples. Everything is computed in float32.
@@ -13,15 +13,10 @@ rows where that bound is too loose (peaked posteriors of repeated sentences)
 are recomputed with the direct formula, so the result is exact to float32
 rounding for any posterior width (see `_log_aggregate_posterior`).
 
-Importance-weighted NLL with many samples is meant to be chunked over K by the
-caller, who owns the decoder:
-
-    acc = jnp.full((B,), -jnp.inf)
-    for chunk in range(K // k):
-      z = sample_latents(rngs[chunk], mu, logvar, k)                 # (B, k, L)
-      log_px_given_z = ...decoder log-likelihood of x at each z...   # (B, k)
-      acc = logsumexp_merge(acc, iw_log_weights(log_px_given_z, z, mu, logvar))
-    log_px = acc - jnp.log(K)                                          # (B,)
+The importance-weighted NLL is chunked over K by its caller, who owns the decoder
+(evaluation.batch_statistics): each chunk's k draws z (B, k, L) give log weights
+`iw_log_weights(log p(x|z), z, mu, logvar)`, folded into a running logsumexp by
+`logsumexp_merge` (start from -inf); log p(x) ~ that logsumexp - log K.
 """
 
 import functools
@@ -45,18 +40,6 @@ def standard_normal_log_density(z):
   """log N(z; 0, I), summed over the last axis."""
   z = jnp.asarray(z, jnp.float32)
   return -0.5 * jnp.sum(jnp.square(z) + _LOG_2PI, axis=-1)
-
-
-@functools.partial(jax.jit, static_argnames="num_samples")
-def sample_latents(rng, mu, logvar, num_samples):
-  """K reparameterised draws z = mu + exp(logvar / 2) * eps per example.
-
-  Args: mu, logvar: (B, L). Returns (B, K, L).
-  """
-  mu = jnp.asarray(mu, jnp.float32)
-  logvar = jnp.asarray(logvar, jnp.float32)
-  eps = jax.random.normal(rng, (mu.shape[0], num_samples, mu.shape[-1]))
-  return mu[:, None, :] + jnp.exp(0.5 * logvar)[:, None, :] * eps
 
 
 # ----------------------------------------------------------------------------
@@ -395,7 +378,7 @@ def active_units(mu, threshold=0.01):
 
 
 # ----------------------------------------------------------------------------
-# Importance-weighted log-likelihood and perplexity.
+# Importance weights of the IW log-likelihood, word perplexity.
 # ----------------------------------------------------------------------------
 
 
@@ -423,23 +406,6 @@ def logsumexp_merge(acc, log_weights):
   Start from acc = -inf; after all chunks, log p(x) ~ acc - log(total K).
   """
   return jnp.logaddexp(acc, jax.nn.logsumexp(log_weights, axis=-1))
-
-
-@jax.jit
-def iw_log_likelihood(log_px_given_z, z, mu, logvar):
-  """log p(x) ~ logsumexp_k[log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K.
-
-  Args as in `iw_log_weights`. Returns (B,). Consistent (and a lower bound in
-  expectation) for K -> inf; K = 1 is the single-sample ELBO.
-  """
-  log_weights = iw_log_weights(log_px_given_z, z, mu, logvar)
-  return (jax.nn.logsumexp(log_weights, axis=-1) -
-          jnp.log(log_weights.shape[-1]).astype(jnp.float32))
-
-
-def perplexity(total_nll, total_tokens):
-  """exp(total NLL in nats / number of target tokens, EOS included)."""
-  return jnp.exp(jnp.asarray(total_nll, jnp.float32) / total_tokens)
 
 
 def word_count(text):

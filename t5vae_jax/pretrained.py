@@ -7,7 +7,7 @@ layout); ``tf_model.h5`` is never read. Hub ids (``hub.is_hub_id``) are download
 Hugging Face cache on a connected machine: config, tokenizer and one weight format (``resolve``).
 
 The public checkpoints are not laid out the way transformers 5 writes them, and each family
-differs (SPEC section 12): the 2020 ``t5-small/base/large`` carry a cross-attention
+differs: the 2020 ``t5-small/base/large`` carry a cross-attention
 ``relative_attention_bias`` that Hugging Face's T5 ignores, plus tied copies of the embedding;
 ``google/t5-v1_1-*`` hold no safetensors; ``google/flan-t5-*`` hold bfloat16 shards. So the
 readers here take every dtype (bfloat16 included: ``safetensors.numpy`` cannot), read

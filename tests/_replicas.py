@@ -1,6 +1,6 @@
 """Tiny replicas of the public Hugging Face T5 checkpoints, each in its family's real layout.
 
-The hub's checkpoints are not what transformers 5 writes (SPEC section 12), and each family
+The hub's checkpoints are not what transformers 5 writes, and each family
 differs; a reader tested only on our own files would miss that. Each writer here produces a
 directory with that family's files, key set, dtypes and config.json keys, at tiny shapes with
 random weights (numpy, seeded: the same seed gives the same weights with or without torch):

@@ -10,7 +10,7 @@ model.safetensors, and pytorch_model.bin) and ``golden.npz`` with what Hugging F
 T5 computes on fixed padded inputs:
   encoder_hidden: final encoder states;  logits: LM logits with ordinary cross-attention;
   prefix_logits: LM logits of the decoder alone with a one-slot self-attention prefix per layer
-  (the released T5-VAE code's injection), built with DynamicCache as SPEC section 3 describes.
+  (the released T5-VAE code's injection), built with a DynamicCache holding one key/value slot per layer.
 The live tests in ``tests/test_t5.py`` recompute the same numbers with torch when it is installed.
 
 ``replicas/golden.npz`` holds Hugging Face's logits for the hub-layout replicas of
