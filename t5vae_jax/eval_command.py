@@ -5,6 +5,7 @@ Evaluates trained phases: PPL (importance-weighted), KL, -ELBO, MI, AU, batched 
   t5vae-eval --workdir runs/ptb                       # each phase present, test split
   t5vae-eval --workdir runs/ptb --phase 2 --checkpoint best --split validation
   t5vae-eval --workdir runs/ptb --num_samples 100 --batch_size 32 --config.data.max_len=64
+  t5vae-eval --workdir runs/demo --probe_labels auto  # + linear probes of the labels on mu
 
 Each phase directory carries its config, model description and tokenizer, so no config file
 is needed. Writes ``<workdir>/phase<N>/eval.json`` and prints one Markdown row per phase in the
@@ -39,6 +40,10 @@ flags.DEFINE_string("data_dir", None, "Overrides config.data.dir (the raw datase
 flags.DEFINE_string("tfds_dir", None, "Overrides config.data.tfds_dir.")
 flags.DEFINE_string("output", "eval.json", "File name written in each phase directory.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_string("probe_labels", "", "Linear probes on mu (t5vae_jax.probe): 'auto' (every "
+                    "label the data has), 'label' (Yelp's label column) or synthetic "
+                    "attributes, e.g. 'tense,number'. Held-out accuracy and majority baseline "
+                    "go to eval.json and a last column of the row. Default: none.")
 flags.mark_flags_as_required(["workdir"])
 
 _CONFIG_PREFIX = "--config."
@@ -98,13 +103,13 @@ def main(argv):
         data_dir=FLAGS.data_dir, tfds_dir=FLAGS.tfds_dir, config_overrides=_OVERRIDES,
         max_logits_bytes=FLAGS.max_logits_mib << 20, max_rows=FLAGS.max_rows or None,
         output=FLAGS.output,
-        progress=FLAGS.progress)
+        progress=FLAGS.progress, probe_labels=FLAGS.probe_labels)
     rows.append(result["row"])
     if jax.process_index() == 0:
       print(f"wrote {pdir / FLAGS.output} ({result['seconds']:.1f} s)", file=sys.stderr,
             flush=True)
   if jax.process_index() == 0:
-    print(evaluation.markdown_header())
+    print(evaluation.markdown_header(probes=bool(FLAGS.probe_labels)))
     print("\n".join(rows), flush=True)
 
 

@@ -28,6 +28,7 @@ Reported (``eval.json``), in nats:
   ppl_elbo = exp(sum -ELBO / tokens)    an upper bound on it in expectation (what the released
                                         code reports, there from |rec - KL|)
   mi, mi_batch, au                      see t5vae_jax.metrics
+  probes                                with probe_labels: linear probes on mu, t5vae_jax.probe
 The -ELBO is rec + KL (the released code prints |rec - KL|, a sign error).
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ import json
 import math
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +54,7 @@ from t5vae_jax import losses
 from t5vae_jax import metrics as metrics_lib
 from t5vae_jax import model as model_lib
 from t5vae_jax import packing as packing_lib
+from t5vae_jax import probe as probe_lib
 from t5vae_jax import sharding
 from t5vae_jax import t5 as t5_lib
 
@@ -381,9 +383,11 @@ def fill_new_keys(config):
   return config
 
 
-def markdown_header() -> str:
-  return ("| run | PPL | KL | -ELBO | MI | AU | rec | MI (batch) | PPL (ELBO) | K "
-          "| PPL (word) |\n|---|---|---|---|---|---|---|---|---|---|---|")
+def markdown_header(probes: bool = False) -> str:
+  """The table's header; ``probes`` adds the linear-probe column (eval.py --probe_labels)."""
+  names = ["run", "PPL", "KL", "-ELBO", "MI", "AU", "rec", "MI (batch)", "PPL (ELBO)", "K",
+           "PPL (word)"] + (["probe acc. (majority)"] if probes else [])
+  return f"| {' | '.join(names)} |\n|{'---|' * len(names)}"
 
 
 def markdown_row(name: str, result: dict) -> str:
@@ -398,7 +402,8 @@ def markdown_row(name: str, result: dict) -> str:
     return fmt.format(value)
   return (f"| {name} | {f('ppl')} | {f('kl')} | {f('neg_elbo')} | {f('mi')} | "
           f"{f('au', '{:d}')} | {f('rec')} | {f('mi_batch')} | {f('ppl_elbo')} | "
-          f"{result.get('num_samples', '-')} | {f('ppl_word')} |")
+          f"{result.get('num_samples', '-')} | {f('ppl_word')} |"
+          + (f" {probe_lib.markdown_cell(result['probes'])} |" if result.get("probes") else ""))
 
 
 def evaluate_phase(phase_dir, *, checkpoint="latest", split: str = "test",
@@ -409,10 +414,12 @@ def evaluate_phase(phase_dir, *, checkpoint="latest", split: str = "test",
                    mesh=None, max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
                    max_rows: Optional[int] = None,
                    output: Optional[str] = "eval.json", progress: bool = True,
-                   run_name: Optional[str] = None) -> dict[str, Any]:
+                   run_name: Optional[str] = None,
+                   probe_labels: Union[str, Sequence[str]] = ()) -> dict[str, Any]:
   """Evaluates one phase directory (config.json, model.json, tokenizer/, checkpoints) on a split;
   writes ``<phase_dir>/<output>`` (unless output is None) and returns the result, whose
-  "row" is the Markdown table row."""
+  "row" is the Markdown table row. ``probe_labels`` ("auto", "label", "tense,number", ...):
+  linear probes on mu (t5vae_jax.probe), as result["probes"] and a last column of the row."""
   phase_dir = epath.Path(phase_dir)
   config = api.load_config(phase_dir)
   if config is None:
@@ -435,11 +442,18 @@ def evaluate_phase(phase_dir, *, checkpoint="latest", split: str = "test",
   examples, stats = data_lib.load_split(config.data, split, tokenizer)
   if max_examples:
     examples = examples[:max_examples]
+  probe_columns = (probe_lib.targets(examples, probe_labels,
+                                     f"the {config.data.get('name')} {split} split")
+                   if probe_labels else None)
   result = evaluate(params, examples, model=model, mesh=mesh, batch_size=batch_size,
                     bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
                     num_samples=num_samples, iw_chunk=iw_chunk, mi_batch_size=mi_batch_size,
                     seed=seed, max_logits_bytes=max_logits_bytes, max_rows=max_rows,
-                    pack_tokens=bool(config.pack_tokens), progress=progress)
+                    pack_tokens=bool(config.pack_tokens), progress=progress,
+                    return_arrays=probe_columns is not None)
+  arrays = result.pop("arrays", None)
+  if probe_columns is not None:
+    result["probes"] = probe_lib.run_probes(arrays["mu"], probe_columns)
   name = run_name or f"{phase_dir.parent.name}/{phase_dir.name}"
   result = {"run": name, "phase_dir": str(phase_dir), "checkpoint": which,
             "step": int(restored_step), "split": split,
