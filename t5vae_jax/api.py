@@ -42,13 +42,22 @@ def _padded_rows(n: int) -> int:
   return max(_MIN_ROWS, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
 
+# Keys a phase directory's config.json may lack, with the value such a run trained with.
+SAVED_CONFIG_DEFAULTS = {"pack_tokens": False}
+
+
 def load_config(phase_dir) -> Optional[Any]:
-  """The phase directory's config.json as a ConfigDict, or None when absent."""
+  """The phase directory's config.json as a ConfigDict (SAVED_CONFIG_DEFAULTS filled in where
+  it lacks a key), or None when absent."""
   path = epath.Path(phase_dir) / "config.json"
   if not path.exists():
     return None
   import ml_collections
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  for key, value in SAVED_CONFIG_DEFAULTS.items():
+    if key not in config:
+      config[key] = value
+  return config
 
 
 def build_model(phase_dir, dtype: Optional[str] = None,

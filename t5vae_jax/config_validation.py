@@ -9,8 +9,7 @@ allowed::
     config.model.pooling='avg' is not allowed; allowed: 'max', 'mean' (pooling of the encoder states)
 
 This module imports nothing heavy (no JAX), so train.py and eval.py can run it first. The
-allowed values repeat constants of model.py, losses.py, noise.py, schedules.py and datasets/;
-tests/test_config_validation.py checks they agree.
+allowed values are choices.py's, which the modules acting on them import too.
 """
 from __future__ import annotations
 
@@ -24,6 +23,10 @@ import re
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from t5vae_jax import hub
+from t5vae_jax.choices import (
+    BAD_LINE_POLICIES, BEST_METRICS, DATASETS, DENOISE_MODES, DTYPES, FEED_FORWARD_PROJ,
+    INJECTIONS, KL_THRESHOLD_MODES, NONFINITE_POLICIES, POOL_LAYERS, POOLINGS, REC_NORMALIZERS,
+    TOKENIZER_MODEL_TYPES, BETA_SCHEDULES)
 
 
 class ConfigError(ValueError):
@@ -38,24 +41,8 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Allowed values (kept equal to the modules' own constants by a test)
+# Allowed values: declared once in choices.py, with the modules that act on them
 # --------------------------------------------------------------------------------------------
-POOLINGS = ("max", "mean")
-POOL_LAYERS = ("last", "all", "all_raw")
-INJECTIONS = ("cross_attention", "self_prefix")
-# "auto": bfloat16 on TPU/GPU, float32 on CPU, resolved on the run's devices (accelerator.py).
-DTYPES = ("float32", "bfloat16", "float16", "auto")
-DATASETS = ("ptb", "snli", "yahoo", "yelp", "synthetic")
-BAD_LINE_POLICIES = ("skip", "fail")
-TOKENIZER_MODEL_TYPES = ("unigram", "bpe", "word", "char")
-BETA_SCHEDULES = ("constant", "linear", "cyclical")
-KL_THRESHOLD_MODES = ("batch", "example")
-REC_NORMALIZERS = ("sum", "max_len")
-DENOISE_MODES = ("bernoulli", "uniform_count")
-NONFINITE_POLICIES = ("skip", "stop")
-FEED_FORWARD_PROJ = ("relu", "gelu", "gelu_new", "silu", "gated-relu", "gated-gelu",
-                     "gated-gelu_new", "gated-silu")
-BEST_METRICS = ("val/neg_elbo", "val/rec", "val/kl", "val/rec_per_token", "val/ppl_elbo")
 SPLIT_PATTERN = re.compile(r"^(train|validation|test)(\[[^\]]*\])?$")
 PHASES = (1, 2)
 DEFAULT_MAX_LINE_CHARS = 20_000
@@ -290,6 +277,84 @@ def _kind_of(value) -> str:
   if isinstance(value, str):
     return "a string"
   return f"a {type(value).__name__}"
+
+
+_TRUE, _FALSE = ("true", "t", "1"), ("false", "f", "0")  # absl's boolean flags
+
+
+def parse_override(key: str, text: str, current: Any) -> Any:
+  """The value of ``--config.<key>=<text>`` for a saved config: parsed as the key's rule says
+  (bool as absl's flags parse it: true/false, t/f, 1/0), else like ``current``'s type; a
+  value that does not parse is a ConfigError naming the key and what is allowed."""
+  import ast
+  rule = RULES.get(key)
+  kind = rule.kind if rule is not None else _kind_name(current)
+  allowed = f"; allowed: {rule.allowed}" if rule is not None else ""
+  if text == "None" and (current is None or (rule is not None and rule.none_ok)):
+    return None
+  try:
+    if kind == "bool":
+      if text.lower() not in _TRUE + _FALSE:
+        raise ValueError(text)
+      return text.lower() in _TRUE
+    if kind == "int":
+      return int(text)
+    if kind == "float":
+      return float(text)
+    if kind == "ints":
+      value = ast.literal_eval(text)
+      value = (value,) if isinstance(value, int) else tuple(value)
+      return list(value) if isinstance(current, list) else value
+    if kind == "str":
+      return text
+    value = ast.literal_eval(text)
+    return list(value) if isinstance(current, list) and isinstance(value, tuple) else value
+  except (ValueError, SyntaxError, TypeError):
+    if kind is None:
+      return text
+    raise ConfigError(f"--config.{key}={text}: not {_TYPE_CHECKS[kind][1]}{allowed}") from None
+
+
+def _kind_name(value) -> Optional[str]:
+  """The Rule kind a value of a key without a rule is parsed as (None: a Python literal)."""
+  if isinstance(value, bool):
+    return "bool"
+  if isinstance(value, int):
+    return "int"
+  if isinstance(value, float):
+    return "float"
+  if isinstance(value, str):
+    return "str"
+  return None
+
+
+def apply_overrides(config, overrides: Sequence[str]):
+  """``key=value`` strings (eval.py's ``--config.key=value``) set on a saved config in place:
+  each value parsed as its key's type (:func:`parse_override`), checked by its key's rule, and
+  set with ``ConfigDict.update_from_flattened_dict``. Every problem comes back at once as one
+  ConfigError, a line each. Returns config."""
+  values, errors = {}, []
+  flat = flatten(config)
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    if not sep:
+      errors.append(f"--config.{item}: not of the form --config.key=value")
+    elif not has_key(config, key) or key not in flat:
+      errors.append(f"--config.{key}: the config has no key '{key}'{suggest(key, flat)}")
+    else:
+      try:
+        values[key] = parse_override(key, text, flat[key])
+      except ConfigError as e:
+        errors.extend(e.errors)
+        continue
+      rule = RULES.get(key)
+      problem = check_value(key, values[key], rule) if rule is not None else None
+      if problem:
+        errors.append(problem)
+  if errors:
+    raise ConfigError(errors)
+  config.update_from_flattened_dict(values)
+  return config
 
 
 def describe_key(key: str) -> str:

@@ -13,6 +13,7 @@ paper's column order (| run | PPL | KL | -ELBO | MI | AU |, then rec, per-batch 
 the ELBO, K and the per-word PPL of the baselines' tables). ``--config.x=y`` overrides a
 value of the saved config (e.g. the data paths).
 """
+import functools
 import sys
 
 from absl import app
@@ -64,22 +65,20 @@ def split_config_overrides(argv):
   return rest, overrides
 
 
-_OVERRIDES = []
-
-
-def _saved_dtype(phase_dir) -> str:
+def _saved_dtype(phase_dir, config_overrides) -> str:
   """The phase's model.dtype as evaluate_phase will build it (saved config, then overrides)."""
   from t5vae_jax import api
   from t5vae_jax import checkpoint
-  from t5vae_jax import evaluation
+  from t5vae_jax import config_validation
   config = api.load_config(phase_dir)
   if config is None:
     return "auto"  # evaluate_phase names the missing config.json
-  evaluation.apply_overrides(evaluation.fill_new_keys(config), _OVERRIDES)
+  config_validation.apply_overrides(config, config_overrides)
   return config.model.get("dtype") or checkpoint.read_model_spec(phase_dir)[2]
 
 
-def main(argv):
+def main(argv, config_overrides=()):
+  """eval.py's body; ``config_overrides``: the ``key=value`` of each ``--config.key=value``."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.setup_runtime()
@@ -88,7 +87,7 @@ def main(argv):
   from t5vae_jax import evaluation
   phases = None if FLAGS.phase is None else [FLAGS.phase]
   pdirs = evaluation.phase_dirs(FLAGS.workdir, phases)
-  dtypes = sorted({accelerator.compute_dtype(_saved_dtype(pdir), jax.devices())
+  dtypes = sorted({accelerator.compute_dtype(_saved_dtype(pdir, config_overrides), jax.devices())
                    for pdir in pdirs})
   accelerator.announce(jax.devices(), "/".join(dtypes))
   rows = []
@@ -100,7 +99,7 @@ def main(argv):
         pdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split, num_samples=FLAGS.num_samples,
         iw_chunk=FLAGS.iw_chunk, batch_size=FLAGS.batch_size,
         mi_batch_size=FLAGS.mi_batch_size, seed=FLAGS.seed, max_examples=FLAGS.max_examples,
-        data_dir=FLAGS.data_dir, tfds_dir=FLAGS.tfds_dir, config_overrides=_OVERRIDES,
+        data_dir=FLAGS.data_dir, tfds_dir=FLAGS.tfds_dir, config_overrides=config_overrides,
         max_logits_bytes=FLAGS.max_logits_mib << 20, max_rows=FLAGS.max_rows or None,
         output=FLAGS.output,
         progress=FLAGS.progress, probe_labels=FLAGS.probe_labels)
@@ -115,6 +114,6 @@ def main(argv):
 
 def run() -> None:
   """The command line: ``--config.key=value`` overrides, then absl's flags."""
-  argv, _OVERRIDES[:] = split_config_overrides(sys.argv)
+  argv, config_overrides = split_config_overrides(sys.argv)
   cli.show_in_help([f.name for f in FLAGS.get_flags_for_module(__name__)], __doc__)
-  cli.run_main(main, argv=argv)
+  cli.run_main(functools.partial(main, config_overrides=config_overrides), argv=argv)

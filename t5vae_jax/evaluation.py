@@ -33,7 +33,6 @@ The -ELBO is rec + KL (the released code prints |rec - KL|, a sign error).
 """
 from __future__ import annotations
 
-import ast
 import functools
 import json
 import math
@@ -336,53 +335,6 @@ def parse_checkpoint(checkpoint) -> tuple[str, Optional[int]]:
   raise ValueError(f"--checkpoint must be latest, best or a step number, got {checkpoint!r}")
 
 
-def apply_overrides(config, overrides: Sequence[str]):
-  """``x.y=value`` strings (from ``--config.x.y=value``) applied to a ConfigDict in place.
-
-  Values are Python literals where they parse (1, 0.5, True, (16, 32)), else strings.
-  """
-  for item in overrides:
-    key, sep, text = item.partition("=")
-    if not sep:
-      raise config_validation.ConfigError(
-          f"config override {item!r} is not of the form --config.key=value")
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text
-    parts = key.split(".")
-    target = config
-    for part in parts[:-1]:
-      if part not in target:
-        raise config_validation.ConfigError(f"config has no key config.{key} "
-                                            f"({part!r} is missing)")
-      target = target[part]
-    if parts[-1] not in target:
-      raise config_validation.ConfigError(f"config has no key config.{key}")
-    old = target[parts[-1]]
-    if isinstance(old, bool) and isinstance(value, str):
-      value = value.lower() in ("1", "true", "yes")
-    elif isinstance(old, float) and isinstance(value, int):
-      value = float(value)
-    elif isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)):
-      value = list(value)
-    target[parts[-1]] = value
-  return config
-
-
-# Keys that configs saved by older versions lack, with the value those versions behaved as.
-NEW_CONFIG_KEYS = {"pack_tokens": False}
-
-
-def fill_new_keys(config):
-  """Adds NEW_CONFIG_KEYS missing from a saved config (so --config.pack_tokens=... works on a
-  run saved before the key existed); returns config."""
-  for key, value in NEW_CONFIG_KEYS.items():
-    if key not in config:
-      config[key] = value
-  return config
-
-
 def markdown_header(probes: bool = False) -> str:
   """The table's header; ``probes`` adds the linear-probe column (eval.py --probe_labels)."""
   names = ["run", "PPL", "KL", "-ELBO", "MI", "AU", "rec", "MI (batch)", "PPL (ELBO)", "K",
@@ -424,7 +376,7 @@ def evaluate_phase(phase_dir, *, checkpoint="latest", split: str = "test",
   config = api.load_config(phase_dir)
   if config is None:
     raise FileNotFoundError(f"{phase_dir / 'config.json'} is missing: not a phase directory")
-  apply_overrides(fill_new_keys(config), config_overrides)
+  config_validation.apply_overrides(config, config_overrides)
   if data_dir is not None:
     config.data.dir = data_dir
   if tfds_dir is not None:

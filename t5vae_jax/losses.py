@@ -17,15 +17,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from t5vae_jax.choices import KL_THRESHOLD_MODES, REC_NORMALIZERS
 
-KL_THRESHOLD_MODES = ("batch", "example")
-# How the training loss scales the reconstruction term: "sum": nats per sentence, summed over
-# the real target tokens (the paper's eq. 1, the ELBO); "max_len": that sum divided by the
-# padded length, i.e. the released code's mean of the token CE over all positions of its
-# 256-padded batch, pads contributing 0 (its F.cross_entropy ignores the pad id); since the KL
-# is not divided too, this weighs the KL max_len times more.
-REC_NORMALIZERS = ("sum", "max_len")
+Array = jax.Array
 
 
 def _safe_divide(numerator: Array, denominator: Array) -> Array:

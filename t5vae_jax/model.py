@@ -21,15 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from t5vae_jax import t5 as t5_lib
-
-POOLINGS = ("max", "mean")
-# "all": every encoder layer's output through the encoder's final RMS norm (and, with
-# pool_dropout, its final dropout), i.e. each layer as it would leave the encoder were it the
-# last, then one max / mean over layers and positions. "all_raw" (ablation): the intermediate
-# layers un-normalised next to the normalised final output; their scale grows with depth, so a
-# joint max is mostly the deep raw layers' and the final output barely counts.
-POOL_LAYERS = ("last", "all", "all_raw")
-INJECTIONS = ("cross_attention", "self_prefix")
+from t5vae_jax.choices import INJECTIONS, POOL_LAYERS, POOLINGS  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Array = jax.Array
+from t5vae_jax.choices import DENOISE_MODES
 
-DENOISE_MODES = ("bernoulli", "uniform_count")
+Array = jax.Array
 
 
 def _static_rate(rate) -> float:

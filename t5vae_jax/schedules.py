@@ -12,9 +12,10 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-Schedule = Callable[..., jnp.ndarray]  # optax.Schedule: step -> value
+from t5vae_jax.choices import BETA_SCHEDULES
 
-BETA_SCHEDULE_KINDS = ("constant", "linear", "cyclical", "zero")
+Schedule = Callable[..., jnp.ndarray]  # optax.Schedule: step -> value
+BETA_SCHEDULE_KINDS = BETA_SCHEDULES + ("zero",)  # "zero": phase 1's beta
 
 
 def _require_positive(name: str, value) -> None:

@@ -239,20 +239,6 @@ def test_helpers():
   assert evaluation.parse_checkpoint("120") == ("latest", 120)
   with pytest.raises(ValueError):
     evaluation.parse_checkpoint("last")
-  import ml_collections
-  config = ml_collections.ConfigDict({"data": {"max_len": 64, "dir": "", "buckets": [1, 2]},
-                                      "flag": False, "rate": 0.5})
-  evaluation.apply_overrides(config, ["data.max_len=32", "data.dir=/x/y", "flag=true",
-                                      "rate=1", "data.buckets=(4, 8)"])
-  assert config.data.max_len == 32 and config.data.dir == "/x/y" and config.flag is True
-  assert config.rate == 1.0 and list(config.data.buckets) == [4, 8]
-  with pytest.raises(config_validation.ConfigError, match="config.data.nope"):
-    evaluation.apply_overrides(config, ["data.nope=1"])
-  # A config saved before pack_tokens existed: evaluated as it trained (unpacked), and the key
-  # can be overridden.
-  assert evaluation.fill_new_keys(config).pack_tokens is False
-  evaluation.apply_overrides(config, ["pack_tokens=True"])
-  assert config.pack_tokens is True and evaluation.fill_new_keys(config).pack_tokens is True
   row = evaluation.markdown_row("r", {"ppl": 2.5, "kl": 1.0, "neg_elbo": 3.0, "mi": 0.5,
                                       "au": 3, "rec": 2.0, "mi_batch": 0.4,
                                       "ppl_elbo": 2.9e12, "num_samples": 500,

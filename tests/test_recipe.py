@@ -68,7 +68,6 @@ def np_released_loss(logits, targets, mu, logvar, beta, floor, pad_id=0):
 
 
 def test_every_departure_is_an_existing_key_and_the_rest_is_the_base_config():
-  assert cv.REC_NORMALIZERS == losses.REC_NORMALIZERS
   plain = cv.flatten(default.get_config())
   assert set(recipe.RELEASED_CODE) <= set(plain)  # apply() adds no key
   for base in ("ptb", "snli", "yahoo", "yelp", "demo"):

@@ -33,10 +33,10 @@ from t5vae_jax import synthetic
 from t5vae_jax.datasets import checksums
 from t5vae_jax.datasets import download
 from t5vae_jax.datasets.errors import DataError
+from t5vae_jax.choices import BAD_LINE_POLICIES
 
 _SPLIT_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
 
-BAD_LINE_POLICIES = ("skip", "fail")
 # Why a line was skipped, in the order they are checked.
 SKIP_REASONS = ("too_long", "non_utf8", "empty", "unexpected_label")
 _REASON_TEXT = {
