@@ -10,7 +10,9 @@
     vae.decode(z, method="sample", top_p=0.9)       # or beam=4 (beam search)
 
 A phase directory carries everything (model.json, tokenizer/, config.json, checkpoints), so
-nothing else is needed beside it. Runs on whatever JAX finds (CPU in a notebook); params are
+nothing else is needed beside it; ``vae.save_pretrained(dir)`` / ``vae.push_to_hub("user/repo")``
+write one checkpoint as a Hugging Face-style directory or hub repo that ``T5VAE.load`` reads
+as well (export.py). Runs on whatever JAX finds (CPU in a notebook); params are
 placed on the first device. Batches are padded to a few fixed shapes (rows to a power of two,
 lengths to the training buckets), so repeated calls reuse the compiled functions.
 """
@@ -32,6 +34,7 @@ from t5vae_jax import accelerator
 from t5vae_jax import checkpoint as ckpt_lib
 from t5vae_jax import data as data_lib
 from t5vae_jax import decoding
+from t5vae_jax import export
 from t5vae_jax import model as model_lib
 from t5vae_jax import tokenizer as tokenizer_lib
 
@@ -116,7 +119,8 @@ class T5VAE:
   @classmethod
   def load(cls, path, which: str = "latest", step: Optional[int] = None,
            dtype: Optional[str] = None) -> "T5VAE":
-    """Loads a phase directory (e.g. ``runs/ptb/phase2``) written by train.py.
+    """Loads a phase directory (e.g. ``runs/ptb/phase2``) written by train.py, or a directory
+    or hub repo (``"user/repo"``) written by :meth:`save_pretrained` / :meth:`push_to_hub`.
 
     ``which``: "latest" (the last checkpoint) or "best" (the best validation score);
     ``step``: a particular step of the latest checkpoints; ``dtype``: the compute dtype
@@ -124,6 +128,8 @@ class T5VAE:
     """
     if which not in ("latest", "best"):
       raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
+    if export.is_saved_vae(path):
+      return export.load(cls, path, which=which, step=step, dtype=dtype)
     path = epath.Path(path)
     model = build_model(path, dtype)
     params, restored_step = restore_params(path, model, which=which, step=step)
@@ -135,6 +141,18 @@ class T5VAE:
       buckets = data_lib.bucket_lengths_from_config(config.data)
     return cls(model, params, tokenizer, max_len=max_len, bucket_lengths=buckets,
                path=str(path), step=int(restored_step), config=config)
+
+  def save_pretrained(self, directory) -> epath.Path:
+    """Writes a self-contained directory (config.json, model.safetensors with Hugging Face T5
+    names, tokenizer, model card README.md) that :meth:`load` reads back; see export.py."""
+    return export.save_pretrained(self, directory)
+
+  def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None,
+                  token: Optional[str] = None, commit_message: Optional[str] = None):
+    """:meth:`save_pretrained`, uploaded to the Hugging Face hub repo ``repo_id`` (created if
+    needed) with huggingface_hub; ``T5VAE.load(repo_id)`` loads it back."""
+    return export.push_to_hub(self, repo_id, private=private, token=token,
+                              commit_message=commit_message)
 
   @property
   def latent_dim(self) -> int:

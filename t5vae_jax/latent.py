@@ -7,7 +7,8 @@
   transfer     attribute arithmetic: mu(x) + strength * (mean mu(to group) - mean mu(from group))
 
 Every tool reads a phase directory (``--phase_dir runs/demo/phase2``; ``--checkpoint latest |
-best | <step>`` as eval.py) and writes UTF-8 lines to stdout or ``--output``. The decoding
+best | <step>`` as eval.py), or a directory or hub repo id written by ``T5VAE.save_pretrained``
+/ ``push_to_hub``, and writes UTF-8 lines to stdout or ``--output``. The decoding
 tools share ``--method greedy|sample --temperature --top_k --top_p --beam --length_penalty
 --max_len --seed`` (T5VAE.decode). As with train.py and eval.py, a mistake of the user (a
 flag, a missing file or checkpoint, a bad line) ends with one ``error: <line>`` on stderr and
@@ -71,7 +72,8 @@ def _probability(text):
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--phase_dir", required=True,
-                      help="A trained phase directory (e.g. runs/demo/phase2).")
+                      help="A trained phase directory (e.g. runs/demo/phase2), or a directory "
+                           "or hub repo id of T5VAE.save_pretrained / push_to_hub.")
   parser.add_argument("--checkpoint", default="latest", help="latest | best | <step>.")
   parser.add_argument("--output", default="-",
                       help="Where the lines go (default -: stdout).")
@@ -373,7 +375,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   """Runs one tool; ``argv`` without the program name (default: sys.argv[1:])."""
   args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
   try:
-    if not os.path.isdir(args.phase_dir) and not hub.is_remote(args.phase_dir):
+    if not (os.path.isdir(args.phase_dir) or hub.is_remote(args.phase_dir)
+            or hub.is_hub_id(args.phase_dir)):  # a hub id: a T5VAE.push_to_hub repo
       raise FileNotFoundError(f"--phase_dir={args.phase_dir}: no such directory")
     globals()[args.tool](args)
   except Exception as e:

@@ -23,6 +23,27 @@ RevisionNotFound. A renamed repo (t5-small is google-t5/t5-small since 2024) ans
 new name. A repo in ``hang`` accepts the connection and never answers (a firewall dropping
 replies); with ``silent`` every request does. Every request is logged in ``requests`` with the
 repo file it concerns.
+
+Uploads, as huggingface_hub 2.4 makes them without hf_xet (HfApi.create_repo and upload_folder
+-> create_commit; hf_api.py, _commit_api.py, lfs.py), each needing a token of ``tokens``
+(``Authorization: Bearer <token>``; none: 401, a namespace not the token's user: 403):
+
+  POST /api/repos/create                       {"name", "organization", "visibility"}: a repo
+                                               holding the default .gitattributes (its first
+                                               commit); 409 with its url when it exists
+  POST /api/validate-yaml                      the README's front matter: 400 on bad YAML
+  POST /api/models/{repo}/preupload/{rev}      {"files": [{path, sample, size}]} -> uploadMode
+                                               "lfs" (a .gitattributes suffix, a binary sample,
+                                               over 10 MiB) or "regular", and the file's oid
+  POST /{repo}.git/info/lfs/objects/batch      the git-lfs batch API: a "basic" upload action
+                                               (a presigned PUT on the CDN's origin) and a
+                                               verify action per object not yet stored
+  PUT  (CDN) /lfs-upload/{sha256}?...          the bytes; 400 BadDigest unless they hash to it
+  POST /{repo}.git/info/lfs/objects/verify     {"oid", "size"} of an uploaded object
+  POST /api/models/{repo}/commit/{rev}         ndjson: a header, then file (base64), lfsFile
+                                               (an uploaded oid), deletedFile, deletedFolder
+                                               lines; the repo's files and sha change, and the
+                                               commit is logged in ``commits``
 """
 from __future__ import annotations
 
@@ -38,6 +59,7 @@ import urllib.parse
 from typing import Optional
 
 # The hub's default .gitattributes stores these in LFS (the rest are plain git files).
+DEFAULT_TOKENS = {"hf_stand_in_write_token": "someone"}  # token -> user name
 LFS_SUFFIXES = (".bin", ".safetensors", ".msgpack", ".h5", ".ot", ".onnx", ".model", ".pt",
                 ".pth", ".pb", ".tflite", ".npz")
 
@@ -80,7 +102,10 @@ class HubStandIn:
 
   def __init__(self, repos: Optional[dict[str, Repo]] = None,
                renamed: Optional[dict[str, str]] = None, hang: tuple[str, ...] = (),
-               silent: bool = False):
+               silent: bool = False, tokens: Optional[dict[str, str]] = None):
+    self.tokens = dict(DEFAULT_TOKENS if tokens is None else tokens)
+    self.commits: list[dict] = []  # {"repo", "summary", "files"} per commit
+    self._uploads: dict[str, bytes] = {}  # LFS objects PUT to the CDN, by sha256
     self.repos, self.renamed, self.hang = dict(repos or {}), dict(renamed or {}), tuple(hang)
     self.silent = silent  # accept every connection and never answer
     self.requests: list[dict] = []
@@ -287,6 +312,156 @@ class _HubHandler(_Handler):
     return self.reply(200, data, headers, content_type="application/octet-stream")
 
 
+  # ---------------------------------------------------------------------------- uploads
+  def do_POST(self):
+    body = read_body(self)
+    path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+    if self.hub.silent:
+      return self.never_answer()
+    if path == "/api/validate-yaml":
+      self.log()
+      return self.validate_yaml(json.loads(body))
+    user = self.writer()
+    if user is None:
+      return
+    if path == "/api/repos/create":
+      return self.create_repo(user, json.loads(body))
+    match = re.fullmatch(r"/api/models/(.+)/(preupload|commit)/([^/]+)", path)
+    lfs = re.fullmatch(r"/(.+)\.git/info/lfs/objects/(batch|verify)", path)
+    repo_id = match.group(1) if match else lfs.group(1) if lfs else None
+    self.log(repo_id)
+    repo = self.hub.repos.get(repo_id)
+    if repo_id is None:
+      return self.error(404, None, "Sorry, we can't find the page you are looking for.")
+    if repo is None:
+      return self.error(404, "RepoNotFound", "Repository not found")
+    if repo_id.split("/")[0] != user:
+      return self.error(403, None, f"You don't have the rights to write to {repo_id}")
+    if match and match.group(3) not in ("main", repo.sha):
+      return self.error(404, "RevisionNotFound", "Invalid rev id: " + match.group(3))
+    if match and match.group(2) == "preupload":
+      return self.preupload(repo, json.loads(body))
+    if match:
+      return self.commit(repo_id, repo, body)
+    if lfs.group(2) == "batch":
+      return self.lfs_batch(repo_id, json.loads(body))
+    request = json.loads(body)
+    data = self.hub._uploads.get(request.get("oid"))
+    if data is None or len(data) != request.get("size"):
+      return self.error(404, None, "Object not found or of another size")
+    return self.reply(200, json.dumps({"success": True}).encode())
+
+  def writer(self) -> Optional[str]:
+    """The user of the request's token; None after answering 401 when there is no valid one."""
+    header = self.headers.get("Authorization", "")
+    user = self.hub.tokens.get(header[len("Bearer "):]) if header.startswith("Bearer ") else None
+    if user is None:
+      self.log()
+      self.error(401, None, "Invalid credentials in Authorization header" if header else
+                 "Invalid username or password.")
+    return user
+
+  def validate_yaml(self, request: dict):
+    import yaml
+    content = request.get("content", "")
+    match = re.match(r"---\r?\n(.*?)\r?\n---\r?\n", content, re.DOTALL)
+    if not match:
+      warning = {"message": "empty or missing yaml metadata in repo card"}
+      return self.reply(200, json.dumps({"errors": [], "warnings": [warning]}).encode())
+    try:
+      metadata = yaml.safe_load(match.group(1))
+      problem = None if isinstance(metadata, dict) else "the metadata is not a mapping"
+    except yaml.YAMLError as e:
+      problem = str(e)
+    if problem:
+      errors = [{"message": f"Invalid YAML in README.md: {problem}"}]
+      return self.reply(400, json.dumps({"errors": errors, "warnings": []}).encode(),
+                        {"X-Error-Message": "Invalid metadata in README.md"})
+    return self.reply(200, json.dumps({"errors": [], "warnings": []}).encode())
+
+  def create_repo(self, user: str, request: dict):
+    namespace = request.get("organization") or user
+    repo_id = f"{namespace}/{request['name']}"
+    self.log(repo_id)
+    url = f"{self.hub.endpoint}/{repo_id}"
+    if namespace != user:
+      return self.error(403, None, f"You don't have the rights to create a model under the "
+                                   f"namespace \"{namespace}\"")
+    if repo_id in self.hub.repos:
+      return self.reply(409, json.dumps({"error": "You already created this model repo",
+                                         "url": url}).encode(),
+                        {"X-Error-Message": "You already created this model repo"})
+    repo = Repo({".gitattributes": DEFAULT_GITATTRIBUTES},
+                private=request.get("visibility") == "private" or bool(request.get("private")))
+    self.hub.repos[repo_id] = repo
+    return self.reply(200, json.dumps({"url": url, "name": repo_id, "id": repo.sha[:24]}).encode())
+
+  def preupload(self, repo: Repo, request: dict):
+    import base64
+    files = []
+    for entry in request["files"]:
+      path, size = entry["path"], int(entry["size"])
+      mode = upload_mode(path, base64.b64decode(entry["sample"]), size)
+      data = repo.files.get(path)
+      oid = None if data is None else (
+          hashlib.sha256(data).hexdigest() if mode == "lfs" else git_blob_sha1(data))
+      files.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
+    return self.reply(200, json.dumps({"files": files, "commitOid": repo.sha}).encode())
+
+  def lfs_batch(self, repo_id: str, request: dict):
+    objects = []
+    for obj in request["objects"]:
+      oid, size = obj["oid"], int(obj["size"])
+      entry = {"oid": oid, "size": size, "authenticated": True}
+      if oid not in self.hub._uploads and oid not in self.hub._blobs:
+        entry["actions"] = {
+            "upload": {"href": f"{self.hub.cdn}/lfs-upload/{oid}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                               "&X-Amz-Signature=0", "expires_in": 86400},
+            "verify": {"href": f"{self.hub.endpoint}/{repo_id}.git/info/lfs/objects/verify"}}
+      objects.append(entry)
+    return self.reply(200, json.dumps({"transfer": "basic", "objects": objects}).encode(),
+                      content_type="application/vnd.git-lfs+json")
+
+  def commit(self, repo_id: str, repo: Repo, body: bytes):
+    import base64
+    lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+    if not lines or lines[0].get("key") != "header":
+      return self.error(400, None, "The first line of the commit payload must be its header")
+    header = lines[0]["value"]
+    if header.get("parentCommit") not in (None, repo.sha):
+      return self.error(412, None, "A commit has happened since. Please refresh and try again.")
+    files = dict(repo.files)
+    for line in lines[1:]:
+      key, value = line["key"], line["value"]
+      path = value["path"]
+      if key == "file":
+        files[path] = base64.b64decode(value["content"])
+      elif key == "lfsFile":
+        data = self.hub._uploads.get(value["oid"]) or (self.hub._blobs.get(value["oid"]) or
+                                                       (None, None, None))[2]
+        if data is None or ("size" in value and len(data) != value["size"]):
+          return self.error(400, None, f"Your push was rejected because an LFS pointer pointed to "
+                                       f"a file that does not exist ({path})")
+        files[path] = data
+      elif key == "deletedFile":
+        if path not in files:
+          return self.error(404, "EntryNotFound", "A file with this name doesn't exist")
+        del files[path]
+      elif key == "deletedFolder":
+        files = {name: data for name, data in files.items()
+                 if not name.startswith(path.rstrip("/") + "/")}
+      else:
+        return self.error(400, None, f"Unknown operation {key!r}")
+    repo.files = files
+    for name, data in files.items():
+      self.hub._blobs.setdefault(hashlib.sha256(data).hexdigest(), (repo_id, name, data))
+    self.hub.commits.append({"repo": repo_id, "summary": header.get("summary"),
+                             "files": sorted(path for path in files)})
+    return self.reply(200, json.dumps({
+        "success": True, "commitOid": repo.sha, "hookOutput": "",
+        "commitUrl": f"{self.hub.endpoint}/{repo_id}/commit/{repo.sha}"}).encode())
+
+
 class _CdnHandler(_Handler):
   """Serves LFS objects by sha256, without asking for credentials (the URL is signed)."""
 
@@ -306,3 +481,41 @@ class _CdnHandler(_Handler):
     return self.reply(200, data, headers, content_type="application/octet-stream")
 
   do_HEAD = do_GET
+
+  def do_PUT(self):
+    """A presigned S3 PUT of one LFS object."""
+    body = read_body(self)
+    oid = urllib.parse.urlsplit(self.path).path.rsplit("/", 1)[-1]
+    self.log()
+    if hashlib.sha256(body).hexdigest() != oid:
+      return self.reply(400, b"<Error><Code>BadDigest</Code></Error>",
+                        content_type="application/xml")
+    self.hub._uploads[oid] = body
+    return self.reply(200, b"", {"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
+
+
+# --------------------------------------------------------------------------------------------
+# Uploads (see the module docstring): the hub's write API and the CDN's presigned PUT.
+# --------------------------------------------------------------------------------------------
+MAX_REGULAR_FILE = 10 * 1024 * 1024  # the hub stores larger files in LFS whatever their name
+DEFAULT_GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n"
+                                for suffix in LFS_SUFFIXES).encode()
+
+
+def read_body(handler: http.server.BaseHTTPRequestHandler) -> bytes:
+  """The request body, sent with Content-Length or chunked (a streamed file upload)."""
+  if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+    chunks = []
+    while True:
+      size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+      if size == 0:
+        while handler.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+          pass
+        return b"".join(chunks)
+      chunks.append(handler.rfile.read(size))
+      handler.rfile.readline()  # the CRLF after each chunk
+  return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+
+def upload_mode(path: str, sample: bytes, size: int) -> str:
+  return "lfs" if is_lfs(path) or b"\0" in sample or size > MAX_REGULAR_FILE else "regular"
