@@ -46,6 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   # the devices the run uses; saved as "auto", so a checkpoint loaded on a CPU computes in
   # float32. "float32" / "bfloat16" are kept everywhere.
   config.model.dtype = "auto"
+  # Activation rematerialisation of each T5 block in training (t5.REMAT_POLICIES): "none" |
+  # "full" (keep block inputs, recompute the rest) | "dots" (keep matmul outputs). Trades
+  # compute for memory: what makes a big model's batch fit (python -m t5vae_jax.aot).
+  config.model.remat = "none"
 
   # ---- data --------------------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()

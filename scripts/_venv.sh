@@ -32,6 +32,12 @@ if [ ! -f "$STAMP" ]; then
   else
     PYTHONWARNINGS="$QUIET_EDITABLE" .venv/bin/python -m pip install -q -e ".[$ACCELERATOR]"
   fi
+  if [ "$(basename "$REQ")" = requirements-test.txt ] && [ "$(uname -sm)" = "Linux x86_64" ]; then
+    # libtpu's compile-only client for tests/test_aot.py, kept out of the venv's site-packages:
+    # a libtpu that JAX can import makes every run on a machine without a TPU probe for one
+    # and print libtpu's warnings (the demo after the tests would).
+    .venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/libtpu "libtpu==0.0.42"
+  fi
   touch "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

@@ -27,18 +27,18 @@ def main(argv=None) -> int:
   import jax
   import jax.numpy as jnp
   from t5vae_jax import losses
-  from t5vae_jax import pretrain
+  from t5vae_jax import span_corruption as corruption
   from t5vae_jax import pretrained
   from t5vae_jax import t5 as t5_lib
 
   config, params = pretrained.load_t5(args.checkpoint)
   tokenizer = pretrained.load_tokenizer(args.checkpoint)
-  lines = pretrain.tokenize_lines(tokenizer, args.text)
-  spec = pretrain.CorruptionSpec(noise_density=args.noise_density,
-                                 first_sentinel_id=pretrain.sentinel_ids(tokenizer, 100),
-                                 eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
-  data = pretrain.SpanCorruptionData(lines[:args.lines], mode="lines", max_len=128, spec=spec,
-                                     seed=args.seed, shuffle=False)
+  lines = corruption.tokenize_lines(tokenizer, args.text)
+  spec = corruption.CorruptionSpec(noise_density=args.noise_density,
+                                   first_sentinel_id=corruption.sentinel_ids(tokenizer, 100),
+                                   eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+  data = corruption.SpanCorruptionData(lines[:args.lines], mode="lines", max_len=128, spec=spec,
+                                       seed=args.seed, shuffle=False)
   batch = data.batch_from(range(data.num_examples))
   model = t5_lib.T5(config)
 
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
   own = np.asarray(token_losses(batch["input_ids"], batch["attention_mask"]))
   other = np.asarray(token_losses(np.roll(batch["input_ids"], 1, axis=0),
                                   np.roll(batch["attention_mask"], 1, axis=0)))
-  unigram = pretrain.unigram_neg_log_probs(np.concatenate(lines), batch["targets"],
-                                          config.vocab_size)
+  unigram = corruption.unigram_neg_log_probs(np.concatenate(lines), batch["targets"],
+                                            config.vocab_size)
   print(f"{args.checkpoint}: {data.num_examples} lines of {args.text}, noise "
         f"{args.noise_density:g}; loss (nats) on the masked words")
   print(f"{'words':<14}{'count':>7}{'own input':>11}{'other input':>13}{'unigram':>9}")

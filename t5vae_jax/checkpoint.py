@@ -39,9 +39,11 @@ from etils import epath
 from t5vae_jax import hub
 from t5vae_jax import model as model_lib
 from t5vae_jax import t5 as t5_lib
+from t5vae_jax import errors
+from t5vae_jax.errors import UserError
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(UserError, FileNotFoundError):
   pass
 
 
@@ -62,7 +64,7 @@ class CheckpointSaveError(SystemExit):
   def __init__(self, path, error: BaseException, step: Optional[int] = None):
     self.step, self.path = step, os.fspath(path)
     what = f"saving step {step} to" if step is not None else "writing"
-    super().__init__(f"error: {what} {self.path} failed: {short_reason(error)}")
+    super().__init__(f"error: {what} {self.path} failed: {errors.describe(error)}")
 
 
 def write_text_atomically(path, text: str) -> None:
@@ -94,16 +96,6 @@ def _quiet_orbax_thread_errors() -> None:
   logger = logging.getLogger("absl")
   if not any(isinstance(f, _QuietOrbaxThreadErrors) for f in logger.filters):
     logger.addFilter(_QuietOrbaxThreadErrors())
-
-
-def short_reason(error: BaseException, limit: int = 200) -> str:
-  """One line for an exception: orbax/TensorStore messages span pages of spec JSON."""
-  while error.__cause__ is not None and not str(error).strip():
-    error = error.__cause__
-  text = " ".join(str(error).split())
-  if len(text) > limit:
-    text = text[:limit] + "..."
-  return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def absolute(path) -> epath.Path:
@@ -222,7 +214,7 @@ class PhaseCheckpoints:
         if check_meta is not None:
           check_meta(step, meta)
       except Exception as e:  # orbax and TensorStore raise plain Exceptions
-        failures.append((step, short_reason(e)))
+        failures.append((step, errors.describe(e)))
         warn(f"warning: checkpoint step {step} in {directory} does not restore, skipping it: "
              f"{failures[-1][1]}")
         continue

@@ -23,13 +23,14 @@ import re
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from t5vae_jax import hub
+from t5vae_jax.errors import UserError
 from t5vae_jax.choices import (
     BAD_LINE_POLICIES, BEST_METRICS, DATASETS, DENOISE_MODES, DTYPES, FEED_FORWARD_PROJ,
     INJECTIONS, KL_THRESHOLD_MODES, NONFINITE_POLICIES, POOL_LAYERS, POOLINGS, REC_NORMALIZERS,
     TOKENIZER_MODEL_TYPES, BETA_SCHEDULES)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A config value (or a flag) is not allowed. ``errors``: one line per problem."""
 
   def __init__(self, errors: str | Sequence[str]):
@@ -143,6 +144,8 @@ RULES: dict[str, Rule] = {
     "model.pool_dropout": boolean("pool the encoder output after its final dropout (ablation)"),
     "model.latent_injection": choice(INJECTIONS, "how z reaches the decoder"),
     "model.dtype": choice(DTYPES, "compute dtype (auto: bfloat16 on TPU/GPU, float32 on CPU)"),
+    "model.remat": choice(("none", "full", "dots"), "activation rematerialisation per block",
+                          optional=True),
     # data
     "data.name": choice(DATASETS, "the dataset"),
     "data.dir": string("local directory with train.txt / valid.txt / test.txt; '' = download"),

@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 
 from t5vae_jax import cli
+from t5vae_jax import runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training workdir (holds phase1/, phase2/).")
@@ -81,7 +82,7 @@ def main(argv, config_overrides=()):
   """eval.py's body; ``config_overrides``: the ``key=value`` of each ``--config.key=value``."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.setup_runtime()
+  runtime.setup_runtime()
   import jax
   from t5vae_jax import accelerator
   from t5vae_jax import evaluation

@@ -39,6 +39,7 @@ from typing import Any, Optional
 import numpy as np
 from etils import epath
 
+from t5vae_jax import errors
 from t5vae_jax import hub
 from t5vae_jax import pretrained
 from t5vae_jax import t5 as t5_lib
@@ -233,7 +234,7 @@ def push_to_hub(vae, repo_id: str, *, private: Optional[bool] = None,
       status = getattr(response, "status_code", None)
       raise CheckpointError(
           f"{repo_id}: the hub ({api.endpoint}) refused the upload (HTTP {status}: "
-          f"{pretrained._first_line(e)}); log in with a write token (`hf auth login` or "
+          f"{errors.first_line(e)}); log in with a write token (`hf auth login` or "
           "HF_TOKEN)") from None
 
 
@@ -279,7 +280,7 @@ def load(cls, name_or_path, which: str = "latest", step: Optional[int] = None,
     vae_config = model_lib.VAEConfig(**section["vae"])
   except (KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f"{config_file}: bad model settings ({type(e).__name__}: "
-                          f"{pretrained._first_line(e)})") from None
+                          f"{errors.first_line(e)})") from None
   devices = jax.devices()[:1]
   compute = accelerator.compute_dtype(dtype or section.get("dtype", "float32"), devices)
   model = model_lib.T5VAEModel(t5_config, vae=vae_config, dtype=jnp.dtype(compute))

@@ -1,6 +1,6 @@
 """Whether a checkpoint name is a Hugging Face hub id or a path: one rule for the whole program.
 
-train.py checks the config (config_validation), asks whether the hub answers (cli.check_hub) and
+train.py checks the config (config_validation), asks whether the hub answers (runtime.check_hub) and
 then loads the checkpoint (pretrained.resolve). All three read ``model.pretrained`` and
 ``data.tokenizer`` with ``is_hub_id`` below, so a mistyped local path is reported as a missing
 directory everywhere instead of becoming a hub lookup in one place. Only the standard library is
@@ -14,7 +14,7 @@ from typing import Optional
 
 # Seconds to wait for the Hugging Face hub to answer before treating it as unreachable.
 HUB_TIMEOUT_S = float(os.environ.get("T5VAE_HUB_TIMEOUT", "10"))
-# Why huggingface_hub is offline, when cli.check_hub put it there (None: HF_HUB_OFFLINE was set
+# Why huggingface_hub is offline, when runtime.check_hub put it there (None: HF_HUB_OFFLINE was set
 # by the user); pretrained's error for a hub id missing from the cache says it.
 offline_reason: Optional[str] = None
 

@@ -25,7 +25,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from t5vae_jax import cli
+from t5vae_jax import errors
+from t5vae_jax import runtime
 from t5vae_jax import hub
 from t5vae_jax.datasets.errors import DataError
 
@@ -36,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
   """Flag mistakes end as the training CLI's do: one ``error:`` line, exit 2."""
 
   def error(self, message):
-    cli.fail(f"{self.prog}: {message}")
+    errors.fail(f"{self.prog}: {message}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ class _Output:
 
 
 def _load(args):
-  cli.setup_runtime()  # imports JAX: only once the flags and inputs are known to be good
+  runtime.setup_runtime()  # imports JAX: only once the flags and inputs are known to be good
   from t5vae_jax import api
   checkpoint = args.checkpoint
   if checkpoint in ("latest", "best"):
@@ -380,9 +381,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       raise FileNotFoundError(f"--phase_dir={args.phase_dir}: no such directory")
     globals()[args.tool](args)
   except Exception as e:
-    if not (isinstance(e, DataError) or cli.is_user_error(e)):
+    if not (isinstance(e, DataError) or errors.is_user_error(e)):
       raise
-    cli.fail(*cli.error_lines(e))
+    errors.fail(*errors.error_lines(e))
 
 
 def run() -> None:

@@ -31,12 +31,14 @@ from etils import epath
 
 from t5vae_jax import hub
 from t5vae_jax import t5 as t5_lib
+from t5vae_jax import errors
+from t5vae_jax.errors import UserError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json", "flax_model.msgpack")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """A checkpoint cannot be found or read; the message names the path and what is missing."""
 
 
@@ -122,7 +124,7 @@ def _index_shards(repo: str, index_file: str, repo_files) -> list[str]:
     shards = sorted(set(json.loads(epath.Path(index_file).read_text())["weight_map"].values()))
   except Exception as e:  # not JSON, no weight_map
     raise CheckpointError(f"{repo}: {index_name} is not a shard index "
-                          f"({type(e).__name__}: {_first_line(e)})") from None
+                          f"({type(e).__name__}: {errors.first_line(e)})") from None
   missing = [shard for shard in shards if shard not in repo_files]
   if missing:
     raise CheckpointError(f"{repo}: {index_name} names {len(missing)} shard(s) the hub repo "
@@ -175,7 +177,7 @@ def _hub_error(repo: str, error: Exception) -> CheckpointError:
            f"(T5VAE_HUB_TIMEOUT)" + not_cached)
   elif isinstance(error, httpx2.TransportError):
     why = (f"the hub ({endpoint}) cannot be reached ({type(error).__name__}: "
-           f"{_first_line(error)})" + not_cached)
+           f"{errors.first_line(error)})" + not_cached)
   elif isinstance(error, hf_errors.GatedRepoError):
     why = (f"the hub repo is gated ({said}): accept its terms on {endpoint}/{repo} and log in "
            f"(`hf auth login` or HF_TOKEN), or {local}")
@@ -184,15 +186,10 @@ def _hub_error(repo: str, error: Exception) -> CheckpointError:
            "missing repo, or a private one without a token: `hf auth login` or HF_TOKEN); check "
            f"the id, or {local}")
   elif isinstance(error, hf_errors.HfHubHTTPError):
-    why = f"the hub answered {said} ({_first_line(error)}); {local}"
+    why = f"the hub answered {said} ({errors.first_line(error)}); {local}"
   else:
-    why = f"the hub download failed ({type(error).__name__}: {_first_line(error)}); {local}"
+    why = f"the hub download failed ({type(error).__name__}: {errors.first_line(error)}); {local}"
   return CheckpointError(f"{repo}: not a local directory, and {why}")
-
-
-def _first_line(error: Exception) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
 
 
 def load_config(directory) -> t5_lib.T5Config:

@@ -30,7 +30,8 @@ from typing import Any
 
 from etils import epath
 
-from t5vae_jax import cli
+from t5vae_jax import errors
+from t5vae_jax import runtime
 
 NUM_SENTENCES = 5
 INTERPOLATION_STEPS = 7
@@ -252,10 +253,10 @@ def latent_sections(pdirs: Sequence[epath.Path], *, split: str, checkpoint: str,
       examples = _split_examples(pdir, split, data_dir, tfds_dir)[:max_points]
       vae = _load_vae(pdir, checkpoint)
     except Exception as e:  # a report shows what it can: say why this part is missing
-      if not (cli.is_user_error(e) or isinstance(e, OSError)):
+      if not (errors.is_user_error(e) or isinstance(e, OSError)):
         raise
-      print(f"report: {pdir.name}: no latents ({cli.one_line(e)})", file=sys.stderr)
-      maps.append(_note(f"{pdir.name}: latents not available: {cli.one_line(e)}"))
+      print(f"report: {pdir.name}: no latents ({errors.one_line(e)})", file=sys.stderr)
+      maps.append(_note(f"{pdir.name}: latents not available: {errors.one_line(e)}"))
       continue
     texts = [e["text"] for e in examples]
     mu, _ = vae.encode(texts)
@@ -325,7 +326,7 @@ def build_report(workdir, *, split: str = "test", checkpoint: str = "latest",
 
 class _Parser(argparse.ArgumentParser):
   def error(self, message):
-    cli.fail(f"{self.prog}: {message}")
+    errors.fail(f"{self.prog}: {message}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -342,21 +343,21 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--tfds_dir", help="overrides config.data.tfds_dir")
   args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
   if args.checkpoint not in ("latest", "best") and not args.checkpoint.isdigit():
-    cli.fail(f"--checkpoint={args.checkpoint}: expected latest, best or a step number")
+    errors.fail(f"--checkpoint={args.checkpoint}: expected latest, best or a step number")
   if args.max_points < 2:
-    cli.fail(f"--max_points={args.max_points}: must be at least 2")
+    errors.fail(f"--max_points={args.max_points}: must be at least 2")
   output = epath.Path(args.output) if args.output else epath.Path(args.workdir) / "report.html"
   try:
     if not epath.Path(args.workdir).exists():
       raise FileNotFoundError(f"{args.workdir}: no such workdir")
-    cli.setup_runtime()
+    runtime.setup_runtime()
     page = build_report(args.workdir, split=args.split, checkpoint=args.checkpoint,
                         max_points=args.max_points, data_dir=args.data_dir,
                         tfds_dir=args.tfds_dir, phases=args.phase)
   except Exception as e:
-    if not cli.is_user_error(e):
+    if not errors.is_user_error(e):
       raise
-    cli.fail(*cli.error_lines(e))
+    errors.fail(*errors.error_lines(e))
   output.parent.mkdir(parents=True, exist_ok=True)
   output.write_text(page, encoding="utf-8")
   print(f"wrote {output} ({len(page) / 1024:.0f} KiB)")

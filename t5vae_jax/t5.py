@@ -15,6 +15,7 @@ Decoding with a key/value cache uses Flax's ``cache`` collection (``decode=True`
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import math
@@ -160,9 +161,15 @@ def _matmul_cpu_bwd(residuals, g):
 _matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
 
 
+# The platform of the program being traced when it is not the host's: aot.py compiles for TPU
+# devices on a CPU host, where jax.default_backend() is still "cpu". None: the host's.
+target_platform: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "t5_target_platform", default=None)
+
+
 def matmul(x: Array, w: Array) -> Array:
   """x (..., K) @ w (K, N); same value and gradients as ``jnp.dot``, faster backward on CPU."""
-  if jax.default_backend() == "cpu":
+  if (target_platform.get() or jax.default_backend()) == "cpu":
     return _matmul_cpu(x, w)
   return jnp.dot(x, w)
 
@@ -445,9 +452,10 @@ class Block(nn.Module):
     layers.append(LayerFF(cfg, self.dtype))
     self.layer = layers
 
-  def __call__(self, x, self_bias, *, cross_bias=None, encoder_hidden_states=None,
-               memory_kv=None, prefix_kv=None, cache_index=None, deterministic=True,
+  def __call__(self, x, self_bias, deterministic=True, *, cross_bias=None,
+               encoder_hidden_states=None, memory_kv=None, prefix_kv=None, cache_index=None,
                packing=None):
+    """``deterministic`` is positional: ``nn.remat`` keeps it static (``REMAT_POLICIES``)."""
     x = self.layer[0](x, self_bias, prefix_kv=prefix_kv, cache_index=cache_index,
                       deterministic=deterministic, packing=packing)
     if self.is_decoder and (encoder_hidden_states is not None or memory_kv is not None):
@@ -475,17 +483,28 @@ class DecodePosition(nn.Module):
     return current, slots.value.shape[0]
 
 
+# Activation rematerialisation of each block in training (``model.remat``): "none" keeps every
+# activation for the backward pass; "full" keeps only each block's input and recomputes the rest;
+# "dots" keeps the matmul outputs (no batch dimensions) and recomputes the cheap elementwise ops.
+REMAT_POLICIES = {"none": None, "full": None,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 class Stack(nn.Module):
   """The encoder or decoder stack; the position bias is computed by block 0 and shared."""
   config: T5Config
   is_decoder: bool
   decode: bool = False
   dtype: Any = jnp.float32
+  remat: str = "none"  # a key of REMAT_POLICIES
 
   def setup(self):
     cfg = self.config
     n = cfg.num_decoder_layers if self.is_decoder else cfg.num_layers
-    self.block = [Block(cfg, self.is_decoder, i == 0, self.decode, self.dtype) for i in range(n)]
+    block = Block
+    if self.remat != "none" and not self.decode:  # parameter paths stay block_<i>/...
+      block = nn.remat(Block, static_argnums=(3,), policy=REMAT_POLICIES[self.remat])
+    self.block = [block(cfg, self.is_decoder, i == 0, self.decode, self.dtype) for i in range(n)]
     self.final_layer_norm = LayerNorm(cfg.layer_norm_epsilon, self.dtype)
     self.dropout = Dropout(cfg.dropout_rate)
     if self.decode and self.is_decoder:
@@ -536,10 +555,11 @@ class Stack(nn.Module):
     x = self.dropout(embeddings, deterministic=deterministic)
     hidden = []
     for i, block in enumerate(self.block):
-      x = block(x, bias, cross_bias=cross_bias, encoder_hidden_states=encoder_hidden_states,
+      x = block(x, bias, deterministic, cross_bias=cross_bias,
+                encoder_hidden_states=encoder_hidden_states,
                 memory_kv=None if memory_kv is None else memory_kv[:, i],
                 prefix_kv=None if prefix_kv is None else prefix_kv[:, i],
-                cache_index=cache_index, deterministic=deterministic, packing=packing)
+                cache_index=cache_index, packing=packing)
       hidden.append(x)
     x = self.final_layer_norm(x)
     if final_dropout:
@@ -559,13 +579,15 @@ class T5(nn.Module):
   config: T5Config
   dtype: Any = jnp.float32
   decode: bool = False
+  remat: str = "none"  # activation rematerialisation per block: a key of REMAT_POLICIES
 
   def setup(self):
     cfg = self.config
     self.shared = nn.Embed(cfg.vocab_size, cfg.d_model, param_dtype=jnp.float32, dtype=self.dtype,
                            embedding_init=nn.initializers.normal(1.0))
-    self.encoder = Stack(cfg, is_decoder=False, dtype=self.dtype)
-    self.decoder = Stack(cfg, is_decoder=True, decode=self.decode, dtype=self.dtype)
+    self.encoder = Stack(cfg, is_decoder=False, dtype=self.dtype, remat=self.remat)
+    self.decoder = Stack(cfg, is_decoder=True, decode=self.decode, dtype=self.dtype,
+                         remat=self.remat)
     if not cfg.tie_word_embeddings:
       self.lm_head = _dense(cfg.vocab_size, "lm_head", 1.0, self.dtype)
 

@@ -9,7 +9,6 @@ finetuned checkpoint keeps its own tokenizer. T5's conventions: unigram model, <
 from collections.abc import Iterable
 import io
 import os
-import shutil
 import tempfile
 
 from etils import epath

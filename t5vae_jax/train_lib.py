@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import json
 import math
-import signal
 import sys
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -46,6 +45,8 @@ from t5vae_jax import schedules
 from t5vae_jax import sharding
 from t5vae_jax import t5 as t5_lib
 from t5vae_jax import tokenizer as tokenizer_lib
+from t5vae_jax.errors import UserError
+from t5vae_jax.preemption import PreemptionFlag
 
 PHASE1_TRAINABLE = ("encoder", "mu", "logvar")
 
@@ -56,7 +57,7 @@ def info(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
   """A run cannot go on; the message says why and what to do."""
 
 
@@ -240,7 +241,8 @@ def build_setup(config, workdir, devices: Optional[Sequence[jax.Device]] = None)
   vae_config = vae_config_from(config)
   dtype = accelerator.compute_dtype(config.model.dtype,
                                     jax.devices() if devices is None else devices)
-  model = model_lib.T5VAEModel(t5_config, vae=vae_config, dtype=jnp.dtype(dtype))
+  model = model_lib.T5VAEModel(t5_config, vae=vae_config, dtype=jnp.dtype(dtype),
+                               remat=config.model.get("remat", "none"))
   return Setup(model, t5_config, vae_config, tokenizer, params)
 
 
@@ -329,41 +331,26 @@ def _model_inputs(batch: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
-class PreemptionFlag:
-  """Turns SIGTERM (TPU preemption, ``kill``) into a flag the loop checks after each step."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+def train_state_shardings(params, tx, mesh, fsdp: bool) -> TrainState:
+  """The shardings (a TrainState of NamedShardings) of the train state of ``params`` (arrays or
+  ShapeDtypeStructs: the ahead-of-time compile in aot.py has no arrays) on ``mesh``."""
+  replicated = sharding.replicated(mesh)
+  return TrainState(step=replicated, params=sharding.tree_shardings(params, mesh, fsdp),
+                    opt_state=sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh,
+                                                      fsdp),
+                    num_skipped=replicated)
 
 
 def create_train_state(params, tx, mesh, fsdp: bool) -> tuple[TrainState, TrainState]:
   """The initial state placed on ``mesh`` (params replicated or FSDP-sharded), and its
   shardings (a TrainState of NamedShardings)."""
-  param_shardings = sharding.tree_shardings(params, mesh, fsdp)
-  params = jax.device_put(params, param_shardings)
-  opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh, fsdp)
-  opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-  replicated = sharding.replicated(mesh)
+  shardings = train_state_shardings(params, tx, mesh, fsdp)
+  params = jax.device_put(params, shardings.params)
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
   # Two distinct buffers: the step donates the state, and a buffer may be donated only once.
-  step, num_skipped = (jax.device_put(jnp.zeros((), jnp.int32), replicated) for _ in range(2))
+  step, num_skipped = (jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+                       for _ in range(2))
   state = TrainState(step=step, params=params, opt_state=opt_state, num_skipped=num_skipped)
-  shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
-                         num_skipped=replicated)
   return state, shardings
 
 
@@ -377,14 +364,22 @@ def compile_train_step(model, tx, beta_fn, base_rng, config, mesh, state_shardin
 
   def step_fn(state, batch, capacity=None):
     if capacity not in jitted:
-      jitted[capacity] = jax.jit(
-          functools.partial(train_step, model=model, tx=tx, beta_fn=beta_fn, base_rng=base_rng,
-                            config=config, capacity=capacity,
-                            num_shards=mesh.shape[sharding.DATA_AXIS]),
-          in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-          out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+      jitted[capacity] = jit_train_step(model, tx, beta_fn, base_rng, config, mesh,
+                                        state_shardings, capacity)
     return jitted[capacity](state, batch)
   return step_fn
+
+
+def jit_train_step(model, tx, beta_fn, base_rng, config, mesh, state_shardings,
+                   capacity: Optional[int] = None):
+  """The ``jax.jit`` of ``train_step`` for one packing ``capacity`` that ``compile_train_step``
+  runs; aot.py lowers it on abstract inputs."""
+  return jax.jit(
+      functools.partial(train_step, model=model, tx=tx, beta_fn=beta_fn, base_rng=base_rng,
+                        config=config, capacity=capacity,
+                        num_shards=mesh.shape[sharding.DATA_AXIS]),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
 def packing_capacity(config, local_mask: np.ndarray, mesh) -> Optional[int]:
@@ -393,7 +388,7 @@ def packing_capacity(config, local_mask: np.ndarray, mesh) -> Optional[int]:
   Each process sees its own rows (its shards); the capacity is the largest over processes so
   that every process runs the same program.
   """
-  if not config.get("pack_tokens", False):
+  if not config.pack_tokens:
     return None
   return packing_lib.capacity_on_mesh(local_mask, mesh)
 
@@ -430,7 +425,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, phase: i
   """Runs (or resumes) one phase in ``<workdir>/phase<phase>``; returns the last validation.
 
   ``max_steps`` stops early (tests); the schedule still follows the configured epochs.
-  SIGTERM, from the start on, saves a checkpoint after the current step and exits with 143.
+  SIGTERM (or a first Ctrl-C), from the start on and on any process, saves a checkpoint at a
+  step every process agrees on and exits with 143 (130); see ``preemption``.
   """
   with PreemptionFlag() as preemption:
     return _run_phase(config, workdir, phase, max_steps, preemption)
@@ -559,14 +555,16 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
       pending, tokens, t0 = [], 0, time.perf_counter()
     if step % config.eval_every_steps == 0 and step != stop_at:
       last_val = validate(step, state.params)
-    if step % config.checkpoint_every_steps == 0 or preemption.requested:
+    stop_now = preemption.should_stop(step)  # the same step on every process
+    if step % config.checkpoint_every_steps == 0 or stop_now:
       save(step)
-    if preemption.requested:
+    if stop_now:
       ckpts.wait()
-      info(f"SIGTERM: saved step {step} in {pdir}; rerun the same command to resume")
+      info(f"{preemption.description}: saved step {step} in {pdir}; rerun the same command to "
+           "resume")
       progress.close()
       logger.close()  # the last TensorBoard events (a gs:// event file is uploaded on close)
-      raise SystemExit(143)
+      raise SystemExit(preemption.exit_code)
   # A SIGTERM from here on only means the run is ending anyway: the final save below happens.
   # The final params are always validated (the loop's validations stop short of stop_at),
   # also when the last step was a checkpoint step: best/ must see them.

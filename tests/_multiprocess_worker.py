@@ -2,7 +2,7 @@
 
   python tests/_multiprocess_worker.py OUT_DIR PROCESS_ID NUM_PROCESSES PORT TFDS_DIR
 
-With NUM_PROCESSES > 1 it joins a jax.distributed job through t5vae_jax.cli.setup_runtime
+With NUM_PROCESSES > 1 it joins a jax.distributed job through t5vae_jax.runtime.setup_runtime
 (CPU collectives through gloo), exactly as train.py does when launched that way. It then:
   1. records the example ids of its data shard for the first batches,
   2. trains phase 1 for a few steps in OUT_DIR/work (multi-process orbax checkpoints; the last
@@ -34,11 +34,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from t5vae_jax import checkpoint as ckpt_lib  # noqa: E402
-from t5vae_jax import cli  # noqa: E402
+from t5vae_jax import runtime
 from t5vae_jax import data as data_lib  # noqa: E402
 from t5vae_jax import train_lib  # noqa: E402
 
-cli.setup_runtime()
+runtime.setup_runtime()
 assert jax.process_count() == num_processes and jax.process_index() == process_id
 from test_train import tiny_config  # noqa: E402
 

@@ -13,7 +13,7 @@ Read from huggingface_hub 2.4.0 (hf_api.py, file_download.py, utils/_http.py):
     an LFS file (*.safetensors, *.bin, *.model ... as the hub's default .gitattributes): 302 to
       a CDN on another origin (here: another port), carrying X-Linked-Etag (the sha256),
       X-Linked-Size and X-Repo-Commit; the CDN serves the bytes (Range too).
-  HEAD /                                        what cli.check_hub asks.
+  HEAD /                                        what runtime.check_hub asks.
   GET  /api/agent-harnesses                     huggingface_hub's telemetry registry (empty).
 
 Errors as the hub sends them, with X-Error-Code / X-Error-Message (hf_raise_for_status reads

@@ -16,6 +16,8 @@ from absl import flags
 import pytest
 
 from t5vae_jax import cli
+from t5vae_jax import errors
+from t5vae_jax import train_command
 from t5vae_jax import config_validation as cv
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -36,13 +38,13 @@ def assert_one_error_line(stderr, *fragments, alone=True):
   """stderr holds one `error: ` line with the fragments, and no traceback; with `alone`,
   nothing else (later failures may follow progress output of the run)."""
   lines = stderr.splitlines()
-  errors = [line for line in lines if line.startswith("error: ")]
-  assert len(errors) == 1, stderr
-  assert not alone or lines == errors, stderr
+  found = [line for line in lines if line.startswith("error: ")]
+  assert len(found) == 1, stderr
+  assert not alone or lines == found, stderr
   assert "Traceback" not in stderr
   for fragment in fragments:
-    assert fragment in errors[0], (fragment, errors[0])
-  return errors[0]
+    assert fragment in found[0], (fragment, found[0])
+  return found[0]
 
 
 # ----------------------------------------------------------------------------- the wrapper
@@ -64,7 +66,7 @@ def test_our_errors_become_one_line_and_exit_2():
   for error in user_error_cases():
     def main():
       raise error
-    code, stderr = exit_of(cli.user_errors(main))
+    code, stderr = exit_of(errors.user_errors(main))
     assert code == 2
     expected = error.errors if isinstance(error, cv.ConfigError) else [" ".join(str(error).split())]
     assert stderr.splitlines() == [f"error: {line}" for line in expected]
@@ -74,12 +76,12 @@ def test_other_exceptions_keep_their_traceback():
   def buggy(argv):
     raise KeyError("a bug")
   with pytest.raises(KeyError):
-    cli.user_errors(buggy)([])
+    errors.user_errors(buggy)([])
   def interrupted():
     raise KeyboardInterrupt
   with pytest.raises(KeyboardInterrupt):
-    cli.user_errors(interrupted)()
-  assert cli.user_errors(lambda x: x + 1)(1) == 2
+    errors.user_errors(interrupted)()
+  assert errors.user_errors(lambda x: x + 1)(1) == 2
 
 
 # ----------------------------------------------------------------------------- flags
@@ -148,7 +150,7 @@ def test_good_flags_parse():
 
 
 def run(config, workdir, phase):
-  return exit_of(cli.user_errors(cli.run_training), config, str(workdir), phase)
+  return exit_of(errors.user_errors(train_command.run_training), config, str(workdir), phase)
 
 
 def test_bad_config_values_stop_run_training_before_jax(tmp_path):
@@ -302,7 +304,7 @@ def test_a_missing_split_file_is_named(tmp_path):
   (raw / "test.txt").write_text("c d .\n")
   config = ml_collections.ConfigDict({"name": "ptb", "dir": str(raw), "tfds_dir": str(tmp_path / "tfds"),
                                       "max_len": 8, "on_bad_line": "skip"})
-  code, stderr = exit_of(cli.user_errors(data.read_split), config, "train")
+  code, stderr = exit_of(errors.user_errors(data.read_split), config, "train")
   assert code == 2
   assert_one_error_line(stderr, f"split 'train' was not built because {raw / 'train.txt'} does not exist",
                         alone=False)  # after TFDS's progress bars

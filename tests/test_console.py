@@ -1,4 +1,4 @@
-"""A clean console: the known-harmless third-party warnings (cli.KNOWN_HARMLESS_MESSAGES) stay
+"""A clean console: the known-harmless third-party warnings (runtime.KNOWN_HARMLESS_MESSAGES) stay
 off it, real warnings still get through. One tiny train.py run on fresh data (TFDS prepares it)
 with PyTorch hidden, as a torch-less install sees it; orbax's read-only restore (phase 2, eval)
 and the filter itself are checked in this process."""
@@ -12,7 +12,7 @@ import warnings
 from absl import logging as absl_logging
 import pytest
 
-from t5vae_jax import cli
+from t5vae_jax import runtime
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -43,11 +43,11 @@ def test_train_py_prints_no_known_noise(tmp_path):
 @pytest.fixture
 def quiet(caplog):
   """quiet_known_noise() in this process, undone afterwards; caplog sees what gets through."""
-  cli.quiet_known_noise()
-  cli.quiet_known_noise()  # twice: one filter per logger
+  runtime.quiet_known_noise()
+  runtime.quiet_known_noise()  # twice: one filter per logger
   yield caplog
-  for name in {name for name, _, _ in cli.KNOWN_HARMLESS_MESSAGES}:
-    logging.getLogger(name).removeFilter(cli._KNOWN_NOISE_FILTER)
+  for name in {name for name, _, _ in runtime.KNOWN_HARMLESS_MESSAGES}:
+    logging.getLogger(name).removeFilter(runtime._KNOWN_NOISE_FILTER)
 
 
 def emit(logger_name, pathname, msg, *args):
@@ -57,7 +57,7 @@ def emit(logger_name, pathname, msg, *args):
 
 
 def test_real_warnings_get_through(quiet):
-  assert sum(f is cli._KNOWN_NOISE_FILTER for f in logging.getLogger("absl").filters) == 1
+  assert sum(f is runtime._KNOWN_NOISE_FILTER for f in logging.getLogger("absl").filters) == 1
   site = "/venv/lib/python3.11/site-packages"
   emit("absl", f"{site}/tensorflow_datasets/core/dataset_builder.py",
        "Using custom data configuration: %s", "SyntheticConfig(name='n8')")

@@ -15,7 +15,6 @@ import pytest
 from _demo_checkpoint import ROOT, demo_workdir
 from t5vae_jax import api
 from t5vae_jax import data as data_lib
-from t5vae_jax import config_validation
 from t5vae_jax import evaluation
 from t5vae_jax import packing as packing_lib
 from t5vae_jax import sharding

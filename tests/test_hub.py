@@ -1,6 +1,6 @@
 """Hub ids: pretrained.resolve() against a hub stand-in on 127.0.0.1 (tests/hub_stand_in.py)
 serving each public T5 family's real file list, and the one local-vs-hub rule (hub.is_hub_id)
-that config validation, cli.check_hub and the loaders share.
+that config validation, runtime.check_hub and the loaders share.
 
 The downloads run in a subprocess (one online, one offline on the same cache): huggingface_hub
 reads HF_ENDPOINT and HF_HUB_OFFLINE when it is imported, and this process is offline (conftest).
@@ -18,7 +18,7 @@ from typing import NamedTuple, Optional
 
 import pytest
 
-from t5vae_jax import cli
+from t5vae_jax import runtime
 from t5vae_jax import config_validation as cv
 from t5vae_jax import hub
 
@@ -169,7 +169,7 @@ from t5vae_jax import t5 as t5_lib
 import _replicas
 results = []
 for job in json.loads(sys.argv[1]):
-  if job.get("offline"):  # from here on as with HF_HUB_OFFLINE=1 (what cli.check_hub sets)
+  if job.get("offline"):  # from here on as with HF_HUB_OFFLINE=1 (what runtime.check_hub sets)
     import huggingface_hub.constants
     os.environ["HF_HUB_OFFLINE"] = "1"
     huggingface_hub.constants.HF_HUB_OFFLINE = True
@@ -299,7 +299,7 @@ def test_hub_failures_are_one_line_naming_the_repo(hub_runs, name, says):
 
 
 def test_a_hub_that_never_answers_is_bypassed_by_check_hub(monkeypatch, tmp_path):
-  """cli.check_hub asks once with a timeout, then puts huggingface_hub offline: resolve() ends
+  """runtime.check_hub asks once with a timeout, then puts huggingface_hub offline: resolve() ends
   at once with one line instead of waiting for the hub."""
   from t5vae_jax import pretrained
   monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # restored after the test: check_hub sets it to 1
@@ -307,9 +307,9 @@ def test_a_hub_that_never_answers_is_bypassed_by_check_hub(monkeypatch, tmp_path
   with HubStandIn(silent=True) as stand_in:
     monkeypatch.setenv("HF_ENDPOINT", stand_in.endpoint)
     start = time.perf_counter()
-    assert cli.check_hub(["~/t5-small", "./ckpt", "gs://bucket/t5"], timeout_s=0.5)
+    assert runtime.check_hub(["~/t5-small", "./ckpt", "gs://bucket/t5"], timeout_s=0.5)
     assert stand_in.requests == []  # no hub id: the hub is not asked
-    assert not cli.check_hub(["org/never-downloaded-t5"], timeout_s=0.5)
+    assert not runtime.check_hub(["org/never-downloaded-t5"], timeout_s=0.5)
     assert len(stand_in.requests) == 1 and os.environ["HF_HUB_OFFLINE"] == "1"
     with pytest.raises(pretrained.CheckpointError) as error:
       pretrained.resolve("org/never-downloaded-t5")
@@ -345,7 +345,7 @@ def test_an_existing_local_directory_is_local_even_when_it_looks_like_a_hub_id(
 
 
 def test_the_call_sites_agree(tmp_path, monkeypatch):
-  """config validation, cli.check_hub, pretrained.resolve and tokenizer.load_tokenizer
+  """config validation, runtime.check_hub, pretrained.resolve and tokenizer.load_tokenizer
   (config.data.tokenizer) read a name the same way."""
   from configs import default
   from t5vae_jax import pretrained
@@ -362,7 +362,7 @@ def test_the_call_sites_agree(tmp_path, monkeypatch):
       errors = cv.collect_errors(config, 1)
       assert any(e.startswith(f"config.model.pretrained={name!r}: no such checkpoint directory "
                               f"({os.path.abspath(hub.local_path(name))})") for e in errors), errors
-      assert cli.check_hub([name], timeout_s=0.5)  # not a hub id: the hub is not asked
+      assert runtime.check_hub([name], timeout_s=0.5)  # not a hub id: the hub is not asked
       with pytest.raises(pretrained.CheckpointError,
                          match=f"^{re.escape(name)}: no such checkpoint directory "
                          rf"\({re.escape(os.path.abspath(hub.local_path(name)))}\)$"):

@@ -16,6 +16,8 @@ import pytest
 
 from conftest import torch_available
 from t5vae_jax import pretrain
+from t5vae_jax import pretrain_lib
+from t5vae_jax import span_corruption as corruption
 from t5vae_jax import pretrained
 from t5vae_jax import t5 as t5_lib
 
@@ -24,7 +26,7 @@ EOS = 1
 
 
 def _corrupt(tokens, mask):
-  return pretrain.apply_noise_mask(np.array(tokens), np.array(mask, bool), SENT0, EOS)
+  return corruption.apply_noise_mask(np.array(tokens), np.array(mask, bool), SENT0, EOS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,17 +50,17 @@ def test_hand_checked_spans_at_both_ends():
 
 def test_too_many_spans_for_the_sentinels_is_an_error():
   with pytest.raises(ValueError, match="sentinels"):
-    pretrain.apply_noise_mask(np.arange(10, 16), np.array([1, 0, 1, 0, 1, 0], bool), SENT0, EOS,
-                              num_sentinels=2)
+    corruption.apply_noise_mask(np.arange(10, 16), np.array([1, 0, 1, 0, 1, 0], bool), SENT0, EOS,
+                                num_sentinels=2)
 
 
 def test_noise_counts_follow_t5():
-  assert pretrain.noise_counts(141, 0.15, 3) == (21, 7)
-  assert pretrain.noise_counts(20, 0.15, 3) == (3, 1)
-  assert pretrain.noise_counts(1, 0.15, 3) == (0, 0)  # nothing to mask and keep
-  assert pretrain.noise_counts(2, 0.15, 3) == (1, 1)  # at least one noise token
-  assert pretrain.noise_counts(10, 0.9, 1) == (9, 1)  # spans bounded by the kept tokens
-  assert pretrain.noise_counts(10, 0.0, 3) == (0, 0)
+  assert corruption.noise_counts(141, 0.15, 3) == (21, 7)
+  assert corruption.noise_counts(20, 0.15, 3) == (3, 1)
+  assert corruption.noise_counts(1, 0.15, 3) == (0, 0)  # nothing to mask and keep
+  assert corruption.noise_counts(2, 0.15, 3) == (1, 1)  # at least one noise token
+  assert corruption.noise_counts(10, 0.9, 1) == (9, 1)  # spans bounded by the kept tokens
+  assert corruption.noise_counts(10, 0.0, 3) == (0, 0)
 
 
 @pytest.mark.parametrize("rotate", [True, False])
@@ -70,11 +72,11 @@ def test_spans_reconstruct_exactly(rotate):
     density = float(rng.choice([0.05, 0.15, 0.3, 0.5]))
     span = float(rng.choice([1.0, 2.0, 3.0, 5.0]))
     tokens = rng.integers(3, 99, length)
-    inputs, targets = pretrain.span_corruption(
+    inputs, targets = corruption.span_corruption(
         tokens, np.random.default_rng(case), noise_density=density, mean_span_length=span,
         first_sentinel_id=SENT0, eos_id=EOS, rotate=rotate)
     np.testing.assert_array_equal(
-        pretrain.merge_span_corruption(inputs, targets, SENT0, EOS), tokens)
+        corruption.merge_span_corruption(inputs, targets, SENT0, EOS), tokens)
     # EOS exactly once, at the end of both.
     assert inputs[-1] == EOS and targets[-1] == EOS
     assert EOS not in inputs[:-1] and EOS not in targets[:-1]
@@ -82,23 +84,23 @@ def test_spans_reconstruct_exactly(rotate):
     sent_in = [t for t in inputs if t > 99]
     sent_tg = [t for t in targets if t > 99]
     assert sent_in == sent_tg == list(range(SENT0, SENT0 - len(sent_in), -1))
-    num_noise, num_spans = pretrain.noise_counts(length, density, span)
+    num_noise, num_spans = corruption.noise_counts(length, density, span)
     assert len(targets) - 1 - len(sent_tg) == num_noise
     assert len(sent_tg) in ((num_spans, num_spans + 1) if rotate else (num_spans,))
-    max_in, max_tg = pretrain.corrupted_lengths(length, density, span, rotate)
+    max_in, max_tg = corruption.corrupted_lengths(length, density, span, rotate)
     assert len(inputs) <= max_in and len(targets) <= max_tg
 
 
 def test_t5_original_mask_keeps_first_and_masks_last():
   rng = np.random.default_rng(1)
   for _ in range(50):
-    mask = pretrain.random_spans_noise_mask(40, 0.15, 3, rng, rotate=False)
+    mask = corruption.random_spans_noise_mask(40, 0.15, 3, rng, rotate=False)
     assert not mask[0] and mask[-1]
 
 
 def test_noise_fraction_span_length_and_uniform_positions():
   rng = np.random.default_rng(2)
-  masks = np.stack([pretrain.random_spans_noise_mask(100, 0.15, 3, rng) for _ in range(3000)])
+  masks = np.stack([corruption.random_spans_noise_mask(100, 0.15, 3, rng) for _ in range(3000)])
   assert masks.mean() == pytest.approx(0.15, abs=1e-9)  # exactly 15 of 100 in every row
   starts = masks & ~np.concatenate([np.zeros((len(masks), 1), bool), masks[:, :-1]], axis=1)
   # Mean span length: 3 in T5's mask (15 tokens / 5 spans); the random cut of the circle
@@ -110,33 +112,33 @@ def test_noise_fraction_span_length_and_uniform_positions():
   # Over many tokens of varying length, the fraction is close to the density too.
   total = noise = 0
   for length in rng.integers(10, 200, 500):
-    m = pretrain.random_spans_noise_mask(int(length), 0.15, 3, rng)
+    m = corruption.random_spans_noise_mask(int(length), 0.15, 3, rng)
     total, noise = total + len(m), noise + m.sum()
   assert noise / total == pytest.approx(0.15, abs=0.005)
 
 
 def test_eos_handling():
   with pytest.raises(ValueError, match="without EOS"):
-    pretrain.span_corruption(np.array([5, 6, EOS, 7]), np.random.default_rng(0),
-                             noise_density=0.15, mean_span_length=3, first_sentinel_id=SENT0,
-                             eos_id=EOS)
+    corruption.span_corruption(np.array([5, 6, EOS, 7]), np.random.default_rng(0),
+                               noise_density=0.15, mean_span_length=3, first_sentinel_id=SENT0,
+                               eos_id=EOS)
   for tokens in ([], [5]):  # too short to mask: the text and EOS; the target is EOS alone
-    inputs, targets = pretrain.span_corruption(
+    inputs, targets = corruption.span_corruption(
         np.array(tokens, np.int64), np.random.default_rng(0), noise_density=0.15,
         mean_span_length=3, first_sentinel_id=SENT0, eos_id=EOS)
     assert inputs.tolist() == tokens + [EOS] and targets.tolist() == [EOS]
   with pytest.raises(ValueError, match="EOS"):
-    pretrain.merge_span_corruption([5, SENT0], [SENT0, 6, EOS], SENT0, EOS)
+    corruption.merge_span_corruption([5, SENT0], [SENT0, 6, EOS], SENT0, EOS)
 
 
 def test_fit_length_fills_max_len():
-  content, target = pretrain.fit_length(128, 0.15, 3)
-  assert pretrain.corrupted_lengths(content, 0.15, 3)[0] <= 128
-  assert pretrain.corrupted_lengths(content + 1, 0.15, 3)[0] > 128
+  content, target = corruption.fit_length(128, 0.15, 3)
+  assert corruption.corrupted_lengths(content, 0.15, 3)[0] <= 128
+  assert corruption.corrupted_lengths(content + 1, 0.15, 3)[0] > 128
   rng = np.random.default_rng(3)
   lengths_in, lengths_tg = set(), set()
   for i in range(300):
-    inputs, targets = pretrain.span_corruption(
+    inputs, targets = corruption.span_corruption(
         rng.integers(3, 99, content), rng, noise_density=0.15, mean_span_length=3,
         first_sentinel_id=SENT0, eos_id=EOS)
     lengths_in.add(len(inputs))
@@ -145,14 +147,14 @@ def test_fit_length_fills_max_len():
 
 
 def _spec(**kw):
-  return pretrain.CorruptionSpec(first_sentinel_id=SENT0, eos_id=EOS, pad_id=0, **kw)
+  return corruption.CorruptionSpec(first_sentinel_id=SENT0, eos_id=EOS, pad_id=0, **kw)
 
 
 def test_batches_are_deterministic_and_cover_the_text():
   rng = np.random.default_rng(4)
   lines = [rng.integers(3, 99, int(n)) for n in rng.integers(1, 30, 200)]
-  make = lambda: pretrain.SpanCorruptionData(lines, mode="chunks", max_len=32,  # noqa: E731
-                                             spec=_spec(), seed=7)
+  make = lambda: corruption.SpanCorruptionData(lines, mode="chunks", max_len=32,  # noqa: E731
+                                               spec=_spec(), seed=7)
   a, b = make(), make()
   for step in (0, 5, 3 * a.num_examples // 4):  # the last batch crosses into later epochs
     x, y = a.train_batch(step, 4), b.train_batch(step, 4)
@@ -161,7 +163,7 @@ def test_batches_are_deterministic_and_cover_the_text():
   batch = a.train_batch(0, 4)
   assert batch["input_ids"].shape == (4, 32) and batch["targets"].shape == (4, a.target_len)
   # Every chunk of an epoch, merged back, is a piece of that epoch's reshuffled text.
-  epoch0 = np.concatenate([pretrain.merge_span_corruption(
+  epoch0 = np.concatenate([corruption.merge_span_corruption(
       *[r[m > 0] for r, m in ((bt["input_ids"][i], bt["attention_mask"][i]),
                               (bt["targets"][i], bt["target_mask"][i]))], SENT0, EOS)
       for bt in [a.batch_from(range(a.num_examples))] for i in range(a.num_examples)])
@@ -172,29 +174,29 @@ def test_batches_are_deterministic_and_cover_the_text():
   # Another epoch: other chunk boundaries (the lines are reshuffled) and other noise.
   assert not np.array_equal(a.content(0)[0], a.content(a.num_examples)[0])
   # The same seed and step in a different stream (validation) gives different noise.
-  v = pretrain.SpanCorruptionData(lines, mode="chunks", max_len=32, spec=_spec(), seed=7,
-                                  stream=1)
+  v = corruption.SpanCorruptionData(lines, mode="chunks", max_len=32, spec=_spec(), seed=7,
+                                    stream=1)
   assert not np.array_equal(v.train_batch(0, 4)["input_ids"], batch["input_ids"])
 
 
 def test_lines_mode_pads_per_batch():
   lines = [np.arange(3, 3 + n) for n in (2, 5, 9, 40, 1)]
-  data = pretrain.SpanCorruptionData(lines, mode="lines", max_len=16, spec=_spec(), seed=0,
-                                     shuffle=False, pad_multiple=8)
+  data = corruption.SpanCorruptionData(lines, mode="lines", max_len=16, spec=_spec(), seed=0,
+                                       shuffle=False, pad_multiple=8)
   assert data.num_examples == 4 and data.num_truncated == 1  # the 1-token line is dropped
   batch = data.batch_from([0, 1])
   assert batch["input_ids"].shape[1] == 8 and batch["input_ids"].shape[1] % 8 == 0
   for i in range(4):
     inputs, targets = data.example(i)
-    merged = pretrain.merge_span_corruption(inputs, targets, SENT0, EOS)
+    merged = corruption.merge_span_corruption(inputs, targets, SENT0, EOS)
     np.testing.assert_array_equal(merged, lines[i][:data.content_len])
     assert len(inputs) <= 16
 
 
 def test_span_mask_marks_the_masked_words_only():
   lines = [np.arange(3, 3 + n) for n in (12, 20, 30, 7)]
-  data = pretrain.SpanCorruptionData(lines, mode="lines", max_len=32, spec=_spec(), seed=3,
-                                     shuffle=False)
+  data = corruption.SpanCorruptionData(lines, mode="lines", max_len=32, spec=_spec(), seed=3,
+                                       shuffle=False)
   batch = data.batch_from(range(4), rows=5)
   assert batch["span_mask"].shape == batch["target_mask"].shape
   for r in range(4):
@@ -214,9 +216,9 @@ def test_embedding_lr_multiplier_scales_only_the_shared_embedding():
   grads = jax.tree.map(lambda x: 0.5 * x, params)
   updates = {}
   for k in (1.0, 7.0):
-    opt = pretrain.OptimizerSettings(lr=1e-2, schedule="constant", warmup_steps=0,
-                                     weight_decay=0.0, embedding_lr_multiplier=k)
-    tx = pretrain.make_optimizer(opt, pretrain.make_schedule(opt))
+    opt = pretrain_lib.OptimizerSettings(lr=1e-2, schedule="constant", warmup_steps=0,
+                                         weight_decay=0.0, embedding_lr_multiplier=k)
+    tx = pretrain_lib.make_optimizer(opt, pretrain_lib.make_schedule(opt))
     updates[k], _ = tx.update(grads, tx.init(params), params)
   # Adam's first step is -lr * sign(g) (up to eps): the embedding's is k times the others'.
   np.testing.assert_allclose(updates[1.0]["encoder"]["kernel"], -1e-2, rtol=1e-4)
@@ -277,15 +279,15 @@ def test_tiny_run_loss_goes_down(run):
   assert 0.0 <= valid[1]["valid_span_accuracy"] < valid[1]["valid_accuracy"]
   # The logged unigram baseline is that of the run's own tokenized text.
   tokenizer = pretrained.load_tokenizer(str(out))
-  flat = lambda name: np.concatenate(pretrain.tokenize_lines(tokenizer, root / name))  # noqa
-  want = pretrain.unigram_cross_entropy(flat("train.txt"), flat("valid.txt"),
-                                        pretrained.load_t5(str(out))[0].vocab_size)
+  flat = lambda name: np.concatenate(corruption.tokenize_lines(tokenizer, root / name))  # noqa
+  want = corruption.unigram_cross_entropy(flat("train.txt"), flat("valid.txt"),
+                                          pretrained.load_t5(str(out))[0].vocab_size)
   assert [r["unigram_span_loss"] for r in valid] == pytest.approx([want, want], rel=1e-9)
 
 
 def test_unigram_cross_entropy_by_hand():
   train = np.array([3, 3, 3, 4])  # p(3) = 3.1 / 4.6, p(4) = 1.1 / 4.6, p(5) = 0.1 / 4.6
-  got = pretrain.unigram_cross_entropy(train, np.array([3, 4, 5]), vocab_size=6)
+  got = corruption.unigram_cross_entropy(train, np.array([3, 4, 5]), vocab_size=6)
   want = -np.mean(np.log(np.array([3.1, 1.1, 0.1]) / (4 + 0.6)))
   np.testing.assert_allclose(got, want, rtol=1e-12)
 
@@ -312,10 +314,10 @@ def test_output_loads_like_a_hugging_face_checkpoint(run):
 
 def _span_corrupted_batch(root, out):
   tokenizer = pretrained.load_tokenizer(str(out))
-  spec = pretrain.CorruptionSpec(first_sentinel_id=pretrain.sentinel_ids(tokenizer, 100),
-                                 eos_id=1, pad_id=0)
-  data = pretrain.SpanCorruptionData(pretrain.tokenize_lines(tokenizer, root / "valid.txt"),
-                                     mode="lines", max_len=32, spec=spec, seed=5)
+  spec = corruption.CorruptionSpec(first_sentinel_id=corruption.sentinel_ids(tokenizer, 100),
+                                   eos_id=1, pad_id=0)
+  data = corruption.SpanCorruptionData(corruption.tokenize_lines(tokenizer, root / "valid.txt"),
+                                       mode="lines", max_len=32, spec=spec, seed=5)
   batch = data.batch_from(range(4))
   batch["decoder_input_ids"] = np.asarray(t5_lib.shift_right(batch["targets"], 0))
   return batch

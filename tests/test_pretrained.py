@@ -117,7 +117,7 @@ def test_replicas_match_hugging_face_live(replicas, tmp_path):
 
 def test_2020_layout_drops_what_hugging_face_drops_in_one_log_line(replicas, caplog):
   directory = replicas["t5_2020_safetensors"]
-  # absl's logger, by name: a train.py run in this process (cli.setup_runtime) may have set
+  # absl's logger, by name: a train.py run in this process (runtime.setup_runtime) may have set
   # its verbosity to WARNING.
   with caplog.at_level(logging.INFO, logger="absl"):
     config, params = pretrained.load_t5(str(directory))

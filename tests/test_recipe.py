@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from t5vae_jax import cli, config_files, losses
+from t5vae_jax import cli, config_files
 from t5vae_jax import config_validation as cv
 from t5vae_jax import model as model_lib
 from t5vae_jax import t5 as t5_lib

@@ -283,3 +283,33 @@ def test_hash_dropout_statistics():
   assert abs(corr(flat[:-1], flat[1:])) < 4 / np.sqrt(n)  # neighbouring positions
   assert abs(corr(keep_a, keep_b)) < 4 / np.sqrt(n)  # two keys
   np.testing.assert_array_equal(drop.apply({}, x, deterministic=True), x)
+
+
+def test_remat_keeps_the_loss_gradients_and_parameter_paths(policy="full"):
+  """model.remat recomputes activations in the backward pass: same params tree, same loss and
+  gradients (dropout on, so the recomputed masks must be the same draws). "dots" differs only
+  in the policy that jax.checkpoint gets."""
+  from t5vae_jax import model as model_lib
+  cfg = t5_lib.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                        num_decoder_layers=1, num_heads=2, relative_attention_num_buckets=8,
+                        relative_attention_max_distance=16, dropout_rate=0.2)
+  vae = model_lib.VAEConfig(latent_dim=4)
+  plain, remat = (model_lib.T5VAEModel(cfg, vae=vae, remat=r) for r in ("none", policy))
+  params = jax.jit(model_lib.init_params, static_argnums=0)(plain, jax.random.key(0))
+  assert (jax.tree.structure(jax.eval_shape(lambda k: model_lib.init_params(remat, k),
+                                            jax.random.key(0)))
+          == jax.tree.structure(params))
+  ids = jax.random.randint(jax.random.key(1), (4, 10), 2, 64)
+  mask = jnp.ones_like(ids)
+  rngs = {"latent": jax.random.key(2), "dropout": jax.random.key(3)}
+
+  def loss(model, p):
+    out = model.apply({"params": p}, ids, mask, t5_lib.shift_right(ids, 0), deterministic=False,
+                      rngs=rngs)
+    return jnp.sum(jax.nn.log_softmax(out["logits"])[..., 5]) + jnp.sum(out["mu"] ** 2)
+
+  value, grads = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(params)
+  value_remat, grads_remat = jax.jit(jax.value_and_grad(lambda p: loss(remat, p)))(params)
+  np.testing.assert_allclose(value_remat, value, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -5,6 +5,7 @@ import os
 from etils import epath
 import tensorflow_datasets as tfds
 
+from t5vae_jax.errors import first_line
 from t5vae_jax.datasets.builders import BAD_LINE_POLICIES
 from t5vae_jax.datasets.builders import DEFAULT_MAX_LINE_CHARS
 from t5vae_jax.datasets.builders import SKIP_REASONS
@@ -81,7 +82,7 @@ def get_builder(
     if raw_dir or name == "synthetic":
       raise
     raise DataError(
-        f"{name}: downloading the dataset failed ({type(e).__name__}: {_first_line(e)}); "
+        f"{name}: downloading the dataset failed ({type(e).__name__}: {first_line(e)}); "
         "offline, put train.txt, valid.txt and test.txt in a directory and pass "
         "--config.data.dir=DIR"
     ) from None
@@ -91,11 +92,6 @@ def get_builder(
 def _absolute(path) -> str:
   path = os.fspath(path)
   return path if "://" in path else os.path.abspath(path)
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else ""
 
 
 def _sources_changed(builder: TextLinesBuilder) -> bool:
@@ -128,7 +124,7 @@ def _check_download_possible(name: str) -> None:
       raise DataError(
           f"{name}: config.data.dir is empty, so the files would be downloaded from {host}"
           f"{f' ({url})' if url else ''}, which cannot be reached ({type(e).__name__}: "
-          f"{_first_line(e)}); offline, put train.txt, valid.txt and test.txt in a directory "
+          f"{first_line(e)}); offline, put train.txt, valid.txt and test.txt in a directory "
           "and pass --config.data.dir=DIR"
       ) from None
 
