@@ -9,6 +9,7 @@ is needed. Writes ``<workdir>/phase<N>/eval.json`` and prints one Markdown row p
 paper's column order (| run | PPL | KL | -ELBO | MI | AU |, then rec, per-batch MI, PPL from
 the ELBO and K). ``--config.x=y`` overrides a value of the saved config (e.g. the data paths).
 """
+
 from t5vae_jax import eval_command
 
 main = eval_command.main  # the command lives in the library (the t5vae-eval entry point)

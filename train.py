@@ -7,6 +7,7 @@
 A mistake in the flags, the config, the paths or the data ends with one ``error: ...`` line on
 stderr and exit status 2 (see t5vae_jax/cli.py).
 """
+
 from t5vae_jax import train_command
 
 main = train_command.main  # the command lives in the library (the t5vae-train entry point)

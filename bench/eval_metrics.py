@@ -27,6 +27,7 @@ imports and data. The default K for IW-NLL is 100 at N = 10k (1M decoder rows of
 each way): K = 500 at 10k sentences would take about 4 minutes for ours and 8 for the loop on
 2 CPU cores, over the 10-minute budget of this command.
 """
+
 import argparse
 import json
 import math
@@ -47,7 +48,7 @@ def peak_rss_mib() -> float:
 
 def current_rss_mib() -> float:
   with open("/proc/self/statm") as f:
-    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def median_time(fn, repeats):
@@ -70,7 +71,7 @@ def posteriors(n, latent_dim, seed, case="typical"):
   if case == "peaked":
     mu = (3.0 + rng.standard_normal((n, latent_dim))).astype(np.float32)
     repeats = n // 10
-    mu[n - repeats:] = mu[rng.choice(n - repeats, repeats)]
+    mu[n - repeats :] = mu[rng.choice(n - repeats, repeats)]
     logvar = np.full((n, latent_dim), -20.0, np.float32)
     z = (mu + np.exp(0.5 * logvar) * rng.standard_normal((n, latent_dim))).astype(np.float32)
     return mu, logvar, z
@@ -93,9 +94,19 @@ def demo_model():
   import jax
   from t5vae_jax import model as model_lib
   from t5vae_jax import t5 as t5_lib
-  config = t5_lib.T5Config(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2,
-                           num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=16,
-                           relative_attention_max_distance=32, dropout_rate=0.0)
+
+  config = t5_lib.T5Config(
+      vocab_size=128,
+      d_model=64,
+      d_kv=16,
+      d_ff=128,
+      num_layers=2,
+      num_decoder_layers=2,
+      num_heads=4,
+      relative_attention_num_buckets=16,
+      relative_attention_max_distance=32,
+      dropout_rate=0.0,
+  )
   model = model_lib.T5VAEModel(config, vae=model_lib.VAEConfig(latent_dim=16))
   params = jax.jit(model_lib.init_params, static_argnums=0)(model, jax.random.key(0))
   return model, params
@@ -112,12 +123,14 @@ def np_logsumexp(x, axis):
 
 
 def mi_ours(args):
-  import jax
   from t5vae_jax import metrics
+
   mu, logvar, z = posteriors(args.n, args.latent_dim, args.seed, args.mi_case)
   base = current_rss_mib()
   fn = lambda: float(metrics.mutual_information_from_samples(mu, logvar, z))
-  t = time.perf_counter(); fn(); compile_s = time.perf_counter() - t
+  t = time.perf_counter()
+  fn()
+  compile_s = time.perf_counter() - t
   seconds, value = median_time(fn, 5)
   return dict(value=value, seconds=seconds, compile_s=compile_s, base=base)
 
@@ -129,22 +142,27 @@ def mi_loop(args):
   def fn():
     total = 0.0
     for start in range(0, args.n, 128):  # query batches
-      zb = z[start:start + 128]
+      zb = z[start : start + 128]
       log_q = np_log_gauss(zb[:, None, :], mu[None], logvar[None])  # (b, N)
       log_agg = np_logsumexp(log_q, 1) - math.log(args.n)
-      total += float(np.sum(np_log_gauss(zb, mu[start:start + 128], logvar[start:start + 128])
-                            - log_agg))
+      total += float(
+          np.sum(np_log_gauss(zb, mu[start : start + 128], logvar[start : start + 128]) - log_agg)
+      )
     return total / args.n
+
   seconds, value = median_time(fn, 1)  # one call takes seconds
   return dict(value=value, seconds=seconds, compile_s=0.0, base=base)
 
 
 def au_ours(args):
   from t5vae_jax import metrics
+
   mu, _, _ = posteriors(args.n, args.latent_dim, args.seed)
   base = current_rss_mib()
   fn = lambda: int(metrics.active_units(mu))
-  t = time.perf_counter(); fn(); compile_s = time.perf_counter() - t
+  t = time.perf_counter()
+  fn()
+  compile_s = time.perf_counter() - t
   seconds, value = median_time(fn, 5)
   return dict(value=value, seconds=seconds, compile_s=compile_s, base=base)
 
@@ -156,10 +174,13 @@ def au_loop(args):
   def fn():
     count, total, total_sq = 0, np.zeros(args.latent_dim), np.zeros(args.latent_dim)
     for start in range(0, args.n, args.batch_size):
-      b = mu[start:start + args.batch_size].astype(np.float64)
-      count += len(b); total += b.sum(0); total_sq += (b ** 2).sum(0)
-    var = (total_sq - total ** 2 / count) / (count - 1)
+      b = mu[start : start + args.batch_size].astype(np.float64)
+      count += len(b)
+      total += b.sum(0)
+      total_sq += (b**2).sum(0)
+    var = (total_sq - total**2 / count) / (count - 1)
     return int(np.sum(var > 0.01))
+
   seconds, value = median_time(fn, 5)
   return dict(value=value, seconds=seconds, compile_s=0.0, base=base)
 
@@ -169,53 +190,75 @@ def iw_ours(args):
   import jax.numpy as jnp
   from t5vae_jax import evaluation
   from t5vae_jax import packing as packing_lib
+
   model, params = demo_model()
   ids, mask = sentences(args.iw_n, args.seed)
   base = current_rss_mib()
-  chunk = evaluation.chunk_size_for(args.iw_k, args.iw_chunk, args.batch_size, ids.shape[1],
-                                    128)
+  chunk = evaluation.chunk_size_for(args.iw_k, args.iw_chunk, args.batch_size, ids.shape[1], 128)
   rng = jax.random.key(args.seed)
   num_chunks = jnp.int32(args.iw_k // chunk)
   starts = range(0, args.iw_n, args.batch_size)
   # As eval.py: one compiled program per packed capacity (None: no packing).
-  capacities = [packing_lib.capacity(mask[s:s + args.batch_size]) if args.pack_tokens == "on"
-                else None for s in starts]
+  capacities = [
+      packing_lib.capacity(mask[s : s + args.batch_size]) if args.pack_tokens == "on" else None
+      for s in starts
+  ]
 
   def batch_at(start):
-    return {"input_ids": ids[start:start + args.batch_size],
-            "attention_mask": mask[start:start + args.batch_size],
-            "example_ids": np.arange(start, start + args.batch_size, dtype=np.int32)}
+    return {
+        "input_ids": ids[start : start + args.batch_size],
+        "attention_mask": mask[start : start + args.batch_size],
+        "example_ids": np.arange(start, start + args.batch_size, dtype=np.int32),
+    }
 
   def run(indices):
-    out = [evaluation.compiled_batch_statistics(model, chunk, capacities[i])(
-        params, batch_at(starts[i]), rng, num_chunks)["nll"] for i in indices]
+    out = [
+        evaluation.compiled_batch_statistics(model, chunk, capacities[i])(
+            params, batch_at(starts[i]), rng, num_chunks
+        )["nll"]
+        for i in indices
+    ]
     return np.concatenate(jax.device_get(out))
+
   first = {}
   for i, c in enumerate(capacities):
     first.setdefault(c, i)
-  t = time.perf_counter(); run(list(first.values())); compile_s = time.perf_counter() - t
-  t = time.perf_counter(); nll = run(range(len(starts))); seconds = time.perf_counter() - t
-  return dict(value=float(nll.mean()), seconds=seconds, compile_s=compile_s, base=base,
-              chunk=chunk, capacities=sorted(first, key=lambda c: c or 0))
+  t = time.perf_counter()
+  run(list(first.values()))
+  compile_s = time.perf_counter() - t
+  t = time.perf_counter()
+  nll = run(range(len(starts)))
+  seconds = time.perf_counter() - t
+  return dict(
+      value=float(nll.mean()),
+      seconds=seconds,
+      compile_s=compile_s,
+      base=base,
+      chunk=chunk,
+      capacities=sorted(first, key=lambda c: c or 0),
+  )
 
 
 def iw_loop(args):
   import jax
   from t5vae_jax import model as model_lib
   from t5vae_jax import t5 as t5_lib
+
   model, params = demo_model()
   ids, mask = sentences(args.iw_n, args.seed)
   base = current_rss_mib()
-  encode = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m,
-                                               method=model_lib.T5VAEModel.posterior))
-  decode = jax.jit(lambda p, z, d: model.apply({"params": p}, z, d,
-                                               method=model_lib.T5VAEModel.decode_latent))
+  encode = jax.jit(
+      lambda p, i, m: model.apply({"params": p}, i, m, method=model_lib.T5VAEModel.posterior)
+  )
+  decode = jax.jit(
+      lambda p, z, d: model.apply({"params": p}, z, d, method=model_lib.T5VAEModel.decode_latent)
+  )
   rng = np.random.default_rng(args.seed)
 
   def run(stop):
     nlls = []
     for start in range(0, stop, args.batch_size):
-      b_ids, b_mask = ids[start:start + args.batch_size], mask[start:start + args.batch_size]
+      b_ids, b_mask = ids[start : start + args.batch_size], mask[start : start + args.batch_size]
       dec = np.asarray(t5_lib.shift_right(b_ids, 0))
       mu, logvar = (np.asarray(a, np.float64) for a in encode(params, b_ids, b_mask))
       log_w = []
@@ -227,13 +270,24 @@ def iw_loop(args):
         log_w.append(-rec + np_log_gauss(z, 0.0, 0.0) - np_log_gauss(z, mu, logvar))
       nlls.append(-(np_logsumexp(np.stack(log_w, 1), 1) - math.log(args.iw_k)))
     return np.concatenate(nlls)
-  t = time.perf_counter(); run(args.batch_size); compile_s = time.perf_counter() - t
-  t = time.perf_counter(); nll = run(args.iw_n); seconds = time.perf_counter() - t
+
+  t = time.perf_counter()
+  run(args.batch_size)
+  compile_s = time.perf_counter() - t
+  t = time.perf_counter()
+  nll = run(args.iw_n)
+  seconds = time.perf_counter() - t
   return dict(value=float(nll.mean()), seconds=seconds, compile_s=compile_s, base=base)
 
 
-METHODS = {"mi_ours": mi_ours, "mi_loop": mi_loop, "au_ours": au_ours, "au_loop": au_loop,
-           "iw_ours": iw_ours, "iw_loop": iw_loop}
+METHODS = {
+    "mi_ours": mi_ours,
+    "mi_loop": mi_loop,
+    "au_ours": au_ours,
+    "au_loop": au_loop,
+    "iw_ours": iw_ours,
+    "iw_loop": iw_loop,
+}
 
 
 def child(args):
@@ -246,16 +300,28 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--n", type=int, default=10_000, help="examples for MI and AU")
   parser.add_argument("--latent-dim", type=int, default=32)
-  parser.add_argument("--mi-case", choices=("typical", "peaked"), default="typical",
-                      help="MI posteriors: overlapping, or peaked with repeated rows")
+  parser.add_argument(
+      "--mi-case",
+      choices=("typical", "peaked"),
+      default="typical",
+      help="MI posteriors: overlapping, or peaked with repeated rows",
+  )
   parser.add_argument("--iw-n", type=int, default=None, help="sentences for IW-NLL (default n)")
   parser.add_argument("--iw-k", type=int, default=100, help="K importance samples")
-  parser.add_argument("--iw-chunk", type=int, default=50,
-                      help="most samples per decoder pass (eval.py's --iw_chunk; lowered to "
-                      "512 rows per pass on CPU as eval.py does)")
+  parser.add_argument(
+      "--iw-chunk",
+      type=int,
+      default=50,
+      help="most samples per decoder pass (eval.py's --iw_chunk; lowered to "
+      "512 rows per pass on CPU as eval.py does)",
+  )
   parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--pack-tokens", choices=("on", "off"), default="on",
-                      help="IW-NLL: ours on the real tokens only (eval.py's default) or padded")
+  parser.add_argument(
+      "--pack-tokens",
+      choices=("on", "off"),
+      default="on",
+      help="IW-NLL: ours on the real tokens only (eval.py's default) or padded",
+  )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--only", default="mi,au,iw", help="comma-separated subset")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -266,28 +332,39 @@ def main():
     return child(args)
 
   import jax  # noqa: F401  (only to print the backend)
-  print(f"JAX {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores; "
-        f"N={args.n}, L={args.latent_dim}; IW-NLL: {args.iw_n} sentences, K={args.iw_k}, "
-        f"batch {args.batch_size}")
+
+  print(
+      f"JAX {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores; "
+      f"N={args.n}, L={args.latent_dim}; IW-NLL: {args.iw_n} sentences, K={args.iw_k}, "
+      f"batch {args.batch_size}"
+  )
   rows = []
   for metric in args.only.split(","):
     results = {}
     for kind in ("ours", "loop"):
       cmd = [sys.executable, __file__, f"--child={metric}_{kind}"] + [
-          a for a in sys.argv[1:] if not a.startswith("--child")]
+          a for a in sys.argv[1:] if not a.startswith("--child")
+      ]
       proc = subprocess.run(cmd, capture_output=True, text=True)
       line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
       if proc.returncode or not line:
         raise RuntimeError(f"{metric}_{kind} failed:\n{proc.stderr[-3000:]}")
-      results[kind] = json.loads(line[0][len("RESULT "):])
+      results[kind] = json.loads(line[0][len("RESULT ") :])
     ours, loop = results["ours"], results["loop"]
     rows.append((metric, ours, loop))
-    extra = (f" (k={ours['chunk']} per decoder pass, packed capacities "
-             f"{ours['capacities']})" if "chunk" in ours else "")
-    print(f"{metric:3s} ours {ours['seconds']:9.3f} s (compile {ours['compile_s']:.1f} s, "
-          f"peak +{ours['peak_mib']:.0f} MiB) value {ours['value']:.5g}{extra}")
-    print(f"{'':3s} loop {loop['seconds']:9.3f} s (compile {loop['compile_s']:.1f} s, "
-          f"peak +{loop['peak_mib']:.0f} MiB) value {loop['value']:.5g}")
+    extra = (
+        f" (k={ours['chunk']} per decoder pass, packed capacities " f"{ours['capacities']})"
+        if "chunk" in ours
+        else ""
+    )
+    print(
+        f"{metric:3s} ours {ours['seconds']:9.3f} s (compile {ours['compile_s']:.1f} s, "
+        f"peak +{ours['peak_mib']:.0f} MiB) value {ours['value']:.5g}{extra}"
+    )
+    print(
+        f"{'':3s} loop {loop['seconds']:9.3f} s (compile {loop['compile_s']:.1f} s, "
+        f"peak +{loop['peak_mib']:.0f} MiB) value {loop['value']:.5g}"
+    )
     print(f"{'':3s} ratio {loop['seconds'] / max(ours['seconds'], 1e-9):.2f}", flush=True)
 
 

@@ -5,6 +5,7 @@ stay near the baseline RSS of a process that has imported JAX.
 
   python bench/mi_memory.py --n 100000 --latent-dim 32 --block-size 1024
 """
+
 import argparse
 import math
 import resource
@@ -25,8 +26,9 @@ def main():
   parser.add_argument("--n", type=int, default=100_000)
   parser.add_argument("--latent-dim", type=int, default=32)
   parser.add_argument("--block-size", type=int, default=1024)
-  parser.add_argument("--batch-size", type=int, default=None,
-                      help="also time the per-batch estimate at this size")
+  parser.add_argument(
+      "--batch-size", type=int, default=None, help="also time the per-batch estimate at this size"
+  )
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
 
@@ -42,8 +44,11 @@ def main():
   jax.block_until_ready((mu, logvar))
 
   def timed(batch_size):
-    mi_fn = jax.jit(lambda mu, logvar, rng: metrics.mutual_information(
-        mu, logvar, rng, batch_size=batch_size, block_size=args.block_size))
+    mi_fn = jax.jit(
+        lambda mu, logvar, rng: metrics.mutual_information(
+            mu, logvar, rng, batch_size=batch_size, block_size=args.block_size
+        )
+    )
     start = time.perf_counter()
     compiled = mi_fn.lower(mu, logvar, z_key).compile()
     compile_s = time.perf_counter() - start
@@ -58,17 +63,22 @@ def main():
   print(f"devices: {jax.devices()}")
   print(f"N={args.n} L={args.latent_dim} block_size={args.block_size}")
   print(f"whole-set MI = {mi:.4f} nats (log N = {math.log(args.n):.4f})")
-  print(f"compile {compile_s:.2f} s, run {run_s:.2f} s "
-        f"({pairs / run_s / 1e9:.2f} G pairs/s)")
-  print(f"XLA temp buffers: {temp_mib:.1f} MiB "
-        f"(an N x N float32 matrix would be {pairs * 4 / 2**20:.0f} MiB)")
-  print(f"RSS baseline after imports: {baseline:.0f} MiB, peak: {peak:.0f} MiB, "
-        f"ratio {peak / baseline:.2f}, increase {peak - baseline:.0f} MiB")
+  print(f"compile {compile_s:.2f} s, run {run_s:.2f} s " f"({pairs / run_s / 1e9:.2f} G pairs/s)")
+  print(
+      f"XLA temp buffers: {temp_mib:.1f} MiB "
+      f"(an N x N float32 matrix would be {pairs * 4 / 2**20:.0f} MiB)"
+  )
+  print(
+      f"RSS baseline after imports: {baseline:.0f} MiB, peak: {peak:.0f} MiB, "
+      f"ratio {peak / baseline:.2f}, increase {peak - baseline:.0f} MiB"
+  )
   if args.batch_size:
     mi, compile_s, run_s, _ = timed(args.batch_size)
-    print(f"per-batch MI (b={args.batch_size}) = {mi:.4f} nats "
-          f"(cap log b = {math.log(args.batch_size):.4f}); compile {compile_s:.2f} s, "
-          f"run {run_s:.2f} s; peak RSS {peak_rss_mib():.0f} MiB")
+    print(
+        f"per-batch MI (b={args.batch_size}) = {mi:.4f} nats "
+        f"(cap log b = {math.log(args.batch_size):.4f}); compile {compile_s:.2f} s, "
+        f"run {run_s:.2f} s; peak RSS {peak_rss_mib():.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

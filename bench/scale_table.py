@@ -23,6 +23,7 @@ the chip's peak bf16 rate: a compute bound (no communication, no memory traffic)
 prediction. tokens/s counts each sentence's tokens once (batch x length), as train.py's
 train/tokens_per_sec.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,31 +42,60 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # config.json of each checkpoint (Hugging Face hub, the values that define the network).
 MODELS = {
-    "t5-small": dict(d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=6,
-                     feed_forward_proj="relu"),
-    "t5-base": dict(d_model=768, d_ff=3072, d_kv=64, num_heads=12, num_layers=12,
-                    feed_forward_proj="relu"),
-    "t5-large": dict(d_model=1024, d_ff=4096, d_kv=64, num_heads=16, num_layers=24,
-                     feed_forward_proj="relu"),
-    "flan-t5-xl": dict(d_model=2048, d_ff=5120, d_kv=64, num_heads=32, num_layers=24,
-                       num_decoder_layers=24, feed_forward_proj="gated-gelu",
-                       tie_word_embeddings=False),
-    "flan-t5-xxl": dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
-                        num_decoder_layers=24, feed_forward_proj="gated-gelu",
-                        tie_word_embeddings=False),
-    "t5-11b": dict(d_model=1024, d_ff=65536, d_kv=128, num_heads=128, num_layers=24,
-                   feed_forward_proj="relu"),
+    "t5-small": dict(
+        d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=6, feed_forward_proj="relu"
+    ),
+    "t5-base": dict(
+        d_model=768, d_ff=3072, d_kv=64, num_heads=12, num_layers=12, feed_forward_proj="relu"
+    ),
+    "t5-large": dict(
+        d_model=1024, d_ff=4096, d_kv=64, num_heads=16, num_layers=24, feed_forward_proj="relu"
+    ),
+    "flan-t5-xl": dict(
+        d_model=2048,
+        d_ff=5120,
+        d_kv=64,
+        num_heads=32,
+        num_layers=24,
+        num_decoder_layers=24,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    ),
+    "flan-t5-xxl": dict(
+        d_model=4096,
+        d_ff=10240,
+        d_kv=64,
+        num_heads=64,
+        num_layers=24,
+        num_decoder_layers=24,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    ),
+    "t5-11b": dict(
+        d_model=1024, d_ff=65536, d_kv=128, num_heads=128, num_layers=24, feed_forward_proj="relu"
+    ),
 }
-COMMON = dict(model_type="t5", vocab_size=32128, relative_attention_num_buckets=32,
-              relative_attention_max_distance=128, pad_token_id=0, eos_token_id=1,
-              decoder_start_token_id=0)
+COMMON = dict(
+    model_type="t5",
+    vocab_size=32128,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
 # (global batch, padded length): PTB's and Yahoo's shapes.
 SHAPES = {"ptb": (128, 64), "yahoo": (64, 256)}
 # Slice names as Google Cloud sells them -> topologies (v4 and v5p names count TensorCores:
 # two per chip, run as one megacore device).
-SLICES = {"v5e-8": "v5e:2x4", "v5e-16": "v5e:4x4", "v4-32": "v4:2x2x4", "v4-64": "v4:2x4x4",
-          "v5p-64": "v5p:2x4x4"}
-GIB = 2 ** 30
+SLICES = {
+    "v5e-8": "v5e:2x4",
+    "v5e-16": "v5e:4x4",
+    "v4-32": "v4:2x2x4",
+    "v4-64": "v4:2x4x4",
+    "v5p-64": "v5p:2x4x4",
+}
+GIB = 2**30
 
 
 @dataclasses.dataclass
@@ -101,6 +131,7 @@ def model_dir(name: str, root: pathlib.Path, depth: int | None = None) -> str:
 
 def row_config(model_path: str, shape: str):
   from configs import ptb
+
   config = ptb.get_config()
   batch, length = SHAPES[shape]
   config.model.pretrained = model_path
@@ -117,6 +148,7 @@ def one_row(name: str, shape: str, slice_name: str, root: pathlib.Path) -> Row:
   from t5vae_jax import sharding
   from t5vae_jax import train_lib
   import jax
+
   topology = SLICES[slice_name]
   chip = aot.chip_of(topology)
   devices = aot.topology_devices(topology)
@@ -131,19 +163,37 @@ def one_row(name: str, shape: str, slice_name: str, root: pathlib.Path) -> Row:
   shardings = train_lib.train_state_shardings(params, tx, mesh, True)
   param_bytes = aot.bytes_per_device(aot.with_shardings(params, shardings.params))
   state_bytes = param_bytes + aot.bytes_per_device(
-      aot.with_shardings(jax.eval_shape(tx.init, params), shardings.opt_state))
-  analytic = aot.analytic_train_flops(model.config, model.vae.latent_injection, batch,
-                                      length) / len(devices)
+      aot.with_shardings(jax.eval_shape(tx.init, params), shardings.opt_state)
+  )
+  analytic = aot.analytic_train_flops(
+      model.config, model.vae.latent_injection, batch, length
+  ) / len(devices)
   depth = model.config.num_layers
   assert model.config.num_decoder_layers == depth
-  row = Row(name, shape, slice_name, len(devices), aot.param_count(params) / 1e6, False,
-            state_bytes / GIB, 0.0, 0.0, chip.hbm_bytes / GIB, 0.0, analytic / 1e12, 0.0, 0.0,
-            0.0)
+  row = Row(
+      name,
+      shape,
+      slice_name,
+      len(devices),
+      aot.param_count(params) / 1e6,
+      False,
+      state_bytes / GIB,
+      0.0,
+      0.0,
+      chip.hbm_bytes / GIB,
+      0.0,
+      analytic / 1e12,
+      0.0,
+      0.0,
+      0.0,
+  )
   # At the update, params, both Adam moments and the float32 gradients (sharded as the params)
   # are all live: a lower bound on what the step needs, known without compiling.
   if state_bytes + param_bytes > chip.hbm_bytes:
-    row.why = (f"params + Adam state + gradients alone need "
-               f"{(state_bytes + param_bytes) / GIB:.1f} GiB")
+    row.why = (
+        f"params + Adam state + gradients alone need "
+        f"{(state_bytes + param_bytes) / GIB:.1f} GiB"
+    )
     row.floor_ms = 1e3 * analytic / chip.peak_bf16_flops
     row.tokens_per_s = batch * length / (analytic / chip.peak_bf16_flops)
     row.compile_s = time.perf_counter() - start
@@ -161,6 +211,7 @@ def one_row(name: str, shape: str, slice_name: str, root: pathlib.Path) -> Row:
   def at_depth(field):
     a, b = getattr(r1, field), getattr(r2, field)
     return a + (depth - 1) * (b - a)
+
   total = at_depth("total_bytes")
   row.temp_gib = at_depth("temp_bytes") / GIB
   row.total_gib = total / GIB
@@ -175,30 +226,41 @@ def one_row(name: str, shape: str, slice_name: str, root: pathlib.Path) -> Row:
 
 
 def header() -> str:
-  return ("| model | params (M) | batch x (src + tgt) | slice (chips) | fits | HBM per device "
-          "(state + rest) of chip | TFLOP per device per step: compiler / analytic | floor "
-          "| tokens/s at floor |\n|---|---|---|---|---|---|---|---|---|")
+  return (
+      "| model | params (M) | batch x (src + tgt) | slice (chips) | fits | HBM per device "
+      "(state + rest) of chip | TFLOP per device per step: compiler / analytic | floor "
+      "| tokens/s at floor |\n|---|---|---|---|---|---|---|---|---|"
+  )
 
 
 def format_row(r: Row) -> str:
   batch, length = SHAPES[r.shape]
   fits = "yes" if r.fits else f"**no**: {r.why}"
-  hbm = (f"{r.total_gib:.2f} ({r.state_gib:.2f} + {r.total_gib - r.state_gib:.2f}) of "
-         f"{r.hbm_gib:.0f}" if r.total_gib else f"state {r.state_gib:.2f} of {r.hbm_gib:.0f}")
+  hbm = (
+      f"{r.total_gib:.2f} ({r.state_gib:.2f} + {r.total_gib - r.state_gib:.2f}) of "
+      f"{r.hbm_gib:.0f}"
+      if r.total_gib
+      else f"state {r.state_gib:.2f} of {r.hbm_gib:.0f}"
+  )
   compiler = f"{r.compiler_tflop:.3g}" if r.compiler_tflop else "-"
-  return (f"| {r.model} | {r.params_m:,.0f} | {batch} x ({length} + {length}) | {r.slice} "
-          f"({r.chips}) | {fits} | {hbm} | {compiler} / {r.analytic_tflop:.3g} | "
-          f"{r.floor_ms:.3g} ms | {r.tokens_per_s:,.0f} |")
+  return (
+      f"| {r.model} | {r.params_m:,.0f} | {batch} x ({length} + {length}) | {r.slice} "
+      f"({r.chips}) | {fits} | {hbm} | {compiler} / {r.analytic_tflop:.3g} | "
+      f"{r.floor_ms:.3g} ms | {r.tokens_per_s:,.0f} |"
+  )
 
 
 def smallest_fits(rows) -> list[str]:
   order = list(SLICES)
   lines = []
   for name, shape in dict.fromkeys((r.model, r.shape) for r in rows):
-    fitting = sorted((r for r in rows if r.model == name and r.shape == shape and r.fits),
-                     key=lambda r: (r.chips * r.hbm_gib, order.index(r.slice)))
-    lines.append(f"- {name}, {shape}: " + (f"{fitting[0].slice}" if fitting else
-                                           "none of those compiled"))
+    fitting = sorted(
+        (r for r in rows if r.model == name and r.shape == shape and r.fits),
+        key=lambda r: (r.chips * r.hbm_gib, order.index(r.slice)),
+    )
+    lines.append(
+        f"- {name}, {shape}: " + (f"{fitting[0].slice}" if fitting else "none of those compiled")
+    )
   return lines
 
 
@@ -210,17 +272,21 @@ def _worker(args):
 def check_depth(spec: str, root: pathlib.Path) -> None:
   """Compiles one row at full depth and prints it next to the extrapolation."""
   from t5vae_jax import aot
+
   name, shape, slice_name = spec.split(",")
   row = one_row(name, shape, slice_name, root)
   topology = SLICES[slice_name]
   devices = aot.topology_devices(topology)
   config = row_config(model_dir(name, root), shape)
   report = aot.compile_train(config, 2, devices, aot.chip_of(topology), SHAPES[shape][1])
-  print(f"{spec}: extrapolated total {row.total_gib:.3f} GiB, temporaries {row.temp_gib:.3f} "
-        f"GiB, compiler {row.compiler_tflop:.4f} TFLOP per device ({row.compile_s:.0f} s); full "
-        f"depth total {report.total_bytes / GIB:.3f} GiB, temporaries "
-        f"{report.temp_bytes / GIB:.3f} GiB, compiler {report.compiler_flops / 1e12:.4f} TFLOP "
-        f"({report.compile_s:.0f} s)", flush=True)
+  print(
+      f"{spec}: extrapolated total {row.total_gib:.3f} GiB, temporaries {row.temp_gib:.3f} "
+      f"GiB, compiler {row.compiler_tflop:.4f} TFLOP per device ({row.compile_s:.0f} s); full "
+      f"depth total {report.total_bytes / GIB:.3f} GiB, temporaries "
+      f"{report.temp_bytes / GIB:.3f} GiB, compiler {report.compiler_flops / 1e12:.4f} TFLOP "
+      f"({report.compile_s:.0f} s)",
+      flush=True,
+  )
 
 
 def main() -> None:
@@ -236,8 +302,12 @@ def main() -> None:
   if args.check_depth:
     check_depth(args.check_depth, root)
     return
-  jobs = [(m, s, sl, str(root)) for m in args.models.split(",") for s in args.shapes.split(",")
-          for sl in args.slices.split(",")]
+  jobs = [
+      (m, s, sl, str(root))
+      for m in args.models.split(",")
+      for s in args.shapes.split(",")
+      for sl in args.slices.split(",")
+  ]
   start = time.perf_counter()
   print(header(), flush=True)
   rows = []
@@ -246,8 +316,9 @@ def main() -> None:
       rows.append(row)
       print(format_row(row), flush=True)
       if args.json:
-        pathlib.Path(args.json).write_text(json.dumps([dataclasses.asdict(r) for r in rows],
-                                                      indent=1))
+        pathlib.Path(args.json).write_text(
+            json.dumps([dataclasses.asdict(r) for r in rows], indent=1)
+        )
   print("\nSmallest listed slice on which each fits (fewest chips x HBM):")
   print("\n".join(smallest_fits(rows)))
   print(f"\n{len(rows)} rows in {time.perf_counter() - start:.0f} s", flush=True)

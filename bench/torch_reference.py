@@ -16,6 +16,7 @@ the same work as ours:
 Weights can be copied from our Flax params (``load_jax_params``) so both sides start equal, and
 the loss, gradients and one optimizer update can be compared (``parity_report``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,8 +47,9 @@ class TorchT5VAE(torch.nn.Module):
     d, n_dec = t5_config.d_model, t5_config.num_decoder_layers
     self.mu = torch.nn.Linear(d, latent_dim, bias=False)
     self.logvar = torch.nn.Linear(d, latent_dim, bias=False)
-    self.memory_proj = torch.nn.Linear(latent_dim, n_dec * t5_config.num_heads * t5_config.d_kv,
-                                       bias=False)
+    self.memory_proj = torch.nn.Linear(
+        latent_dim, n_dec * t5_config.num_heads * t5_config.d_kv, bias=False
+    )
 
   # ---------------------------------------------------------------------------------------
   def posterior(self, input_ids, attention_mask):
@@ -65,10 +67,11 @@ class TorchT5VAE(torch.nn.Module):
       kv = memory[:, layer]  # (B, H, 1, d_kv), per example
       self_cache.update(kv, kv, layer)
     cache = EncoderDecoderCache(self_cache, DynamicCache())
-    h = self.t5.decoder(input_ids=decoder_input_ids, cache=cache, use_cache=True,
-                        encoder_hidden_states=None).last_hidden_state
+    h = self.t5.decoder(
+        input_ids=decoder_input_ids, cache=cache, use_cache=True, encoder_hidden_states=None
+    ).last_hidden_state
     if cfg.scale_decoder_outputs:
-      h = h * (cfg.d_model ** -0.5)
+      h = h * (cfg.d_model**-0.5)
     return self.t5.lm_head(h)
 
   def forward(self, input_ids, attention_mask, eps=None, beta: float = 1.0):
@@ -78,8 +81,9 @@ class TorchT5VAE(torch.nn.Module):
     start = torch.full_like(input_ids[:, :1], self.cfg.decoder_start_token_id)
     decoder_input_ids = torch.cat([start, input_ids[:, :-1]], dim=1)
     logits = self.decode(z, decoder_input_ids)
-    token_nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids.reshape(-1),
-                                reduction="none").view(input_ids.shape)
+    token_nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), input_ids.reshape(-1), reduction="none"
+    ).view(input_ids.shape)
     rec = (token_nll * attention_mask.to(token_nll.dtype)).sum(dim=1).mean()
     kl = (-0.5 * (1.0 + logvar - mu.square() - logvar.exp())).sum(dim=1).mean()
     return rec + beta * kl, rec, kl
@@ -88,8 +92,10 @@ class TorchT5VAE(torch.nn.Module):
   def load_jax_params(self, params) -> None:
     """Copies our Flax VAE params (T5 part through ``hf_state_dict_from_params``)."""
     t5_params = {k: v for k, v in params.items() if k not in ("mu", "logvar", "memory_proj")}
-    state = {k: torch.from_numpy(np.array(v, np.float32))
-             for k, v in t5_lib.hf_state_dict_from_params(t5_params).items()}
+    state = {
+        k: torch.from_numpy(np.array(v, np.float32))
+        for k, v in t5_lib.hf_state_dict_from_params(t5_params).items()
+    }
     missing, unexpected = self.t5.load_state_dict(state, strict=False)
     tied = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}
     # Our self_prefix model never calls cross-attention, so it has no params for it; here they
@@ -135,8 +141,9 @@ def _is_cross_attention(key: str) -> bool:
 
 def make_optimizer(model: torch.nn.Module, lr=1e-3, b1=0.9, b2=0.999, eps=1e-3, weight_decay=0.0):
   # foreach=True is torch's default multi-tensor path on CPU; say it explicitly.
-  return torch.optim.AdamW(model.parameters(), lr=lr, betas=(b1, b2), eps=eps,
-                           weight_decay=weight_decay, foreach=True)
+  return torch.optim.AdamW(
+      model.parameters(), lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay, foreach=True
+  )
 
 
 def train_step(model: TorchT5VAE, opt, input_ids, attention_mask, beta: float = 1.0):
@@ -160,7 +167,9 @@ def flat_hf(tree) -> dict[str, np.ndarray]:
 
 def tree_from_flat(flat: dict[str, np.ndarray], t5_config: t5_lib.T5Config) -> dict:
   """Inverse of ``flat_hf``: flat Hugging Face keys -> our VAE params tree."""
-  t5_part = {k: v for k, v in flat.items() if k.split(".")[0] not in ("mu", "logvar", "memory_proj")}
+  t5_part = {
+      k: v for k, v in flat.items() if k.split(".")[0] not in ("mu", "logvar", "memory_proj")
+  }
   tree = t5_lib.params_from_hf_state_dict(t5_part, t5_config)
   for name in ("mu", "logvar", "memory_proj"):
     tree[name] = {"kernel": np.ascontiguousarray(np.asarray(flat[f"{name}.weight"], np.float32).T)}

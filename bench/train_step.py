@@ -12,6 +12,7 @@ loss (z = mu, no dropout), on every gradient and on one AdamW update.
 Steps alternate ours / torch so that load from other processes hits both alike; medians are
 reported with the load average before and after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,20 +35,36 @@ from t5vae_jax import t5 as t5_lib
 from t5vae_jax import train_lib
 
 SIZES = {
-    "tiny": dict(vocab_size=4000, d_model=128, d_kv=32, d_ff=512, num_layers=2,
-                 num_decoder_layers=2, num_heads=4),
-    "small": dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6,
-                  num_decoder_layers=6, num_heads=8),
+    "tiny": dict(
+        vocab_size=4000,
+        d_model=128,
+        d_kv=32,
+        d_ff=512,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+    ),
+    "small": dict(
+        vocab_size=32128,
+        d_model=512,
+        d_kv=64,
+        d_ff=2048,
+        num_layers=6,
+        num_decoder_layers=6,
+        num_heads=8,
+    ),
 }
 DEFAULT_STEPS = {"tiny": 20, "small": 5}
 
 
 # ----------------------------------------------------------------------------- our side
-def make_config(shape: dict, *, dropout: float = 0.1, latent_dim: int = 32,
-                pack_tokens: bool = True):
+def make_config(
+    shape: dict, *, dropout: float = 0.1, latent_dim: int = 32, pack_tokens: bool = True
+):
   """configs/default.py with a scratch model of ``shape``, self_prefix, constant beta 1."""
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
   from configs import default
+
   config = default.get_config()
   config.model.pretrained = ""
   t5 = dict(config.model.t5.to_dict())
@@ -71,11 +88,13 @@ def build_ours(config, seed: int = 0):
   ``step_fn(state, batch)`` packs the real tokens (``config.pack_tokens``, the default) with
   the batch's capacity, as the training loop does: one compilation per distinct capacity.
   """
-  t5_config = t5_lib.T5Config(**config.model.t5.to_dict(),
-                              scale_decoder_outputs=config.model.t5.tie_word_embeddings)
+  t5_config = t5_lib.T5Config(
+      **config.model.t5.to_dict(), scale_decoder_outputs=config.model.t5.tie_word_embeddings
+  )
   t5_config = dataclasses.replace(t5_config, dropout_rate=config.model.dropout_rate)
-  model = model_lib.T5VAEModel(t5_config, vae=train_lib.vae_config_from(config),
-                               dtype=jnp.dtype(config.model.dtype))
+  model = model_lib.T5VAEModel(
+      t5_config, vae=train_lib.vae_config_from(config), dtype=jnp.dtype(config.model.dtype)
+  )
   rng = jax.random.fold_in(jax.random.key(seed), 0)
   params = jax.device_get(jax.jit(model_lib.init_params, static_argnums=0)(model, rng))
   tx = train_lib.make_optimizer(config, 2, params)
@@ -84,13 +103,24 @@ def build_ours(config, seed: int = 0):
   jitted = {}
 
   def step_fn(state, batch):
-    capacity = (packing_lib.capacity(np.asarray(batch["attention_mask"]))
-                if config.pack_tokens else None)
+    capacity = (
+        packing_lib.capacity(np.asarray(batch["attention_mask"])) if config.pack_tokens else None
+    )
     if capacity not in jitted:
-      jitted[capacity] = jax.jit(functools.partial(
-          train_lib.train_step, model=model, tx=tx, beta_fn=beta_fn, base_rng=base_rng,
-          config=config, capacity=capacity), donate_argnums=0)
+      jitted[capacity] = jax.jit(
+          functools.partial(
+              train_lib.train_step,
+              model=model,
+              tx=tx,
+              beta_fn=beta_fn,
+              base_rng=base_rng,
+              config=config,
+              capacity=capacity,
+          ),
+          donate_argnums=0,
+      )
     return jitted[capacity](state, batch)
+
   step_fn.num_compiled = lambda: len(jitted)
   return model, t5_config, params, tx, step_fn
 
@@ -98,13 +128,18 @@ def build_ours(config, seed: int = 0):
 def new_state(params, tx) -> train_lib.TrainState:
   params = jax.device_put(params)
   opt_state = jax.jit(tx.init)(params)
-  return train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                              num_skipped=jnp.zeros((), jnp.int32))
+  return train_lib.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=opt_state,
+      num_skipped=jnp.zeros((), jnp.int32),
+  )
 
 
 # ----------------------------------------------------------------------------- data
-def make_batches(n: int, batch: int, length: int, vocab: int, seed: int = 0,
-                 min_len: int = 16) -> list[dict[str, np.ndarray]]:
+def make_batches(
+    n: int, batch: int, length: int, vocab: int, seed: int = 0, min_len: int = 16
+) -> list[dict[str, np.ndarray]]:
   """Random sentences of lengths uniform in [min_len, length], EOS-terminated, pad 0."""
   rng = np.random.default_rng(seed)
   out = []
@@ -113,8 +148,13 @@ def make_batches(n: int, batch: int, length: int, vocab: int, seed: int = 0,
     ids = rng.integers(3, vocab, (batch, length)).astype(np.int32)
     ids[np.arange(batch), lengths - 1] = 1  # EOS
     mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-    out.append({"input_ids": np.where(mask > 0, ids, 0).astype(np.int32), "attention_mask": mask,
-                "example_weights": np.ones((batch,), np.float32)})
+    out.append(
+        {
+            "input_ids": np.where(mask > 0, ids, 0).astype(np.int32),
+            "attention_mask": mask,
+            "example_weights": np.ones((batch,), np.float32),
+        }
+    )
   return out
 
 
@@ -138,11 +178,20 @@ def parity_check(model, config, params, tx, torch_model, torch_opt, batch, *, ve
   def det_loss(p):  # our train step's loss (packed as configured), deterministic
     dec_ids = t5_lib.shift_right(ids, model.config.decoder_start_token_id)
     packing = None if capacity is None else packing_lib.make_packing(mask, capacity)
-    out = model.apply({"params": p}, ids, mask, dec_ids, deterministic=True, sample_latent=False,
-                      packing=packing, encoder_packing=packing)
+    out = model.apply(
+        {"params": p},
+        ids,
+        mask,
+        dec_ids,
+        deterministic=True,
+        sample_latent=False,
+        packing=packing,
+        encoder_packing=packing,
+    )
     token_nll = losses.target_token_nll(out["logits"], ids, packing)
-    loss, aux = losses.vae_loss_from_token_nll(token_nll, mask, out["mu"], out["logvar"], 1.0,
-                                               example_weights=batch["example_weights"])
+    loss, aux = losses.vae_loss_from_token_nll(
+        token_nll, mask, out["mu"], out["logvar"], 1.0, example_weights=batch["example_weights"]
+    )
     return loss, aux
 
   (our_loss, _), our_grads = jax.jit(jax.value_and_grad(det_loss, has_aux=True))(params)
@@ -170,14 +219,24 @@ def parity_check(model, config, params, tx, torch_model, torch_opt, batch, *, ve
   updates, _ = jax.jit(tx.update)(same_grads, jax.jit(tx.init)(params), params)
   our_new = tr.flat_hf(jax.device_get(optax.apply_updates(params, updates)))
   upd_max, upd_at = tr.rel_diff(our_new, torch_new, "max")
-  result = dict(loss_ours=our_loss, loss_torch=torch_loss, loss_rel_diff=loss_diff,
-                grad_rel_l2=grad_l2, grad_rel_l2_at=grad_l2_at, grad_rel_max=grad_max,
-                grad_rel_max_at=grad_max_at, adamw_rel_max=upd_max, adamw_rel_max_at=upd_at)
+  result = dict(
+      loss_ours=our_loss,
+      loss_torch=torch_loss,
+      loss_rel_diff=loss_diff,
+      grad_rel_l2=grad_l2,
+      grad_rel_l2_at=grad_l2_at,
+      grad_rel_max=grad_max,
+      grad_rel_max_at=grad_max_at,
+      adamw_rel_max=upd_max,
+      adamw_rel_max_at=upd_at,
+  )
   if verbose:
-    print(f"parity (same weights, z = mu, no dropout): loss ours {our_loss:.6f} torch "
-          f"{torch_loss:.6f} (rel {loss_diff:.1e}); grads: worst tensor rel L2 {grad_l2:.1e} "
-          f"[{grad_l2_at}], worst entry rel {grad_max:.1e} [{grad_max_at}]; AdamW step on the "
-          f"same grads: params rel {upd_max:.1e} [{upd_at}]")
+    print(
+        f"parity (same weights, z = mu, no dropout): loss ours {our_loss:.6f} torch "
+        f"{torch_loss:.6f} (rel {loss_diff:.1e}); grads: worst tensor rel L2 {grad_l2:.1e} "
+        f"[{grad_l2_at}], worst entry rel {grad_max:.1e} [{grad_max_at}]; AdamW step on the "
+        f"same grads: params rel {upd_max:.1e} [{upd_at}]"
+    )
   if not (loss_diff < 1e-4 and grad_l2 < 1e-2 and upd_max < 1e-5):
     raise SystemExit(f"PARITY FAILED, not timing different work: {result}")
   return result
@@ -195,12 +254,20 @@ def machine_info() -> dict[str, str]:
   import jaxlib
   import torch
   import transformers
-  return {"nproc": str(os.cpu_count()), "cpu": cpu, "python": platform.python_version(),
-          "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-          "torch": torch.__version__, "transformers": transformers.__version__,
-          "XLA_FLAGS": os.environ.get("XLA_FLAGS", "(unset: XLA default)"),
-          "torch_threads": str(torch.get_num_threads()),
-          "torch_interop_threads": str(torch.get_num_interop_threads())}
+
+  return {
+      "nproc": str(os.cpu_count()),
+      "cpu": cpu,
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "flax": flax.__version__,
+      "torch": torch.__version__,
+      "transformers": transformers.__version__,
+      "XLA_FLAGS": os.environ.get("XLA_FLAGS", "(unset: XLA default)"),
+      "torch_threads": str(torch.get_num_threads()),
+      "torch_interop_threads": str(torch.get_num_interop_threads()),
+  }
 
 
 def loadavg() -> str:
@@ -252,16 +319,31 @@ def main():
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--length", type=int, default=64)
   parser.add_argument("--dropout", type=float, default=0.1)
-  parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                      help="torch.set_num_threads (XLA keeps its default)")
-  parser.add_argument("--pack-tokens", choices=("on", "off"), default="on",
-                      help="config.pack_tokens of our step (on: the default config)")
+  parser.add_argument(
+      "--threads",
+      type=int,
+      default=os.cpu_count(),
+      help="torch.set_num_threads (XLA keeps its default)",
+  )
+  parser.add_argument(
+      "--pack-tokens",
+      choices=("on", "off"),
+      default="on",
+      help="config.pack_tokens of our step (on: the default config)",
+  )
   parser.add_argument("--skip-parity", action="store_true")
-  parser.add_argument("--max-other", type=float, default=0.2,
-                      help="set aside step pairs while other processes use more cores than this")
-  parser.add_argument("--budget", type=float, default=None,
-                      help="seconds of timing before settling for noisy pairs "
-                           "(default: tiny 120, small 150)")
+  parser.add_argument(
+      "--max-other",
+      type=float,
+      default=0.2,
+      help="set aside step pairs while other processes use more cores than this",
+  )
+  parser.add_argument(
+      "--budget",
+      type=float,
+      default=None,
+      help="seconds of timing before settling for noisy pairs " "(default: tiny 120, small 150)",
+  )
   args = parser.parse_args()
   steps = args.steps or DEFAULT_STEPS[args.size]
   if args.budget is None:
@@ -269,29 +351,37 @@ def main():
 
   import torch
   import torch_reference as tr
+
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
 
   info = machine_info()
   print(" ".join(f"{k}={v}" for k, v in info.items()))
-  print(f"size={args.size} batch={args.batch_size} length={args.length}+{args.length} "
-        f"dropout={args.dropout} steps={steps} warmup={args.warmup} "
-        f"pack_tokens={args.pack_tokens} load={loadavg()}")
+  print(
+      f"size={args.size} batch={args.batch_size} length={args.length}+{args.length} "
+      f"dropout={args.dropout} steps={steps} warmup={args.warmup} "
+      f"pack_tokens={args.pack_tokens} load={loadavg()}"
+  )
 
-  config = make_config(SIZES[args.size], dropout=args.dropout,
-                       pack_tokens=args.pack_tokens == "on")
+  config = make_config(SIZES[args.size], dropout=args.dropout, pack_tokens=args.pack_tokens == "on")
   model, t5_config, params, tx, step_fn = build_ours(config)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-  print(f"model: {t5_config.d_model=} layers={t5_config.num_layers}+{t5_config.num_decoder_layers}"
-        f" heads={t5_config.num_heads} d_ff={t5_config.d_ff} vocab={t5_config.vocab_size} "
-        f"params={n_params / 1e6:.2f}M")
+  print(
+      f"model: {t5_config.d_model=} layers={t5_config.num_layers}+{t5_config.num_decoder_layers}"
+      f" heads={t5_config.num_heads} d_ff={t5_config.d_ff} vocab={t5_config.vocab_size} "
+      f"params={n_params / 1e6:.2f}M"
+  )
 
   torch_model = tr.TorchT5VAE(t5_config, config.model.latent_dim)
   torch_model.load_jax_params(params)
-  torch_opt = tr.make_optimizer(torch_model, lr=config.optimizer.learning_rate,
-                                b1=config.optimizer.b1, b2=config.optimizer.b2,
-                                eps=config.optimizer.eps,
-                                weight_decay=config.optimizer.weight_decay)
+  torch_opt = tr.make_optimizer(
+      torch_model,
+      lr=config.optimizer.learning_rate,
+      b1=config.optimizer.b1,
+      b2=config.optimizer.b2,
+      eps=config.optimizer.eps,
+      weight_decay=config.optimizer.weight_decay,
+  )
   print(f"torch attention implementation: {torch_model.t5.config._attn_implementation}")
 
   batches = make_batches(4, args.batch_size, args.length, t5_config.vocab_size)
@@ -306,10 +396,14 @@ def main():
   for b in batches:  # compile every capacity these batches need before timing
     state, aux = step_fn(state, b)
     jax.block_until_ready((state, aux))
-  print(f"ours: {len(batches)} first steps, compiling {step_fn.num_compiled()} program(s): "
-        f"{time.perf_counter() - t0:.1f} s")
-  torch_batches = [(torch.from_numpy(b["input_ids"]).long(),
-                    torch.from_numpy(b["attention_mask"]).long()) for b in batches]
+  print(
+      f"ours: {len(batches)} first steps, compiling {step_fn.num_compiled()} program(s): "
+      f"{time.perf_counter() - t0:.1f} s"
+  )
+  torch_batches = [
+      (torch.from_numpy(b["input_ids"]).long(), torch.from_numpy(b["attention_mask"]).long())
+      for b in batches
+  ]
 
   # Pairs of steps (ours, then torch); a pair during which other processes kept more than
   # --max-other cores busy is set aside and another one run, within --budget seconds.
@@ -349,19 +443,30 @@ def main():
   torch_ms, torch_min, torch_all = summary(torch_t)
   padded = args.batch_size * 2 * args.length
   real = 2 * float(np.mean([b["attention_mask"].sum() for b in batches]))
-  print(f"losses ({'dropout, ' if args.dropout else ''}sampled z; should fall alike): ours "
-        f"{our_losses[0]:.2f} -> {our_losses[-1]:.2f}, torch {torch_losses[0]:.2f} -> "
-        f"{torch_losses[-1]:.2f}")
-  print(f"step pairs timed: {len(kept)}; quiet (other processes <= {args.max_other} cores): "
-        f"{n_clean}; others' use per pair: median {statistics.median(other_t):.2f}, max "
-        f"{max(other_t):.2f} cores; load {loadavg()}"
-        + ("" if n_clean >= steps else
-           f"\n  WARNING: only {n_clean} quiet pairs of {steps} wanted within --budget; medians "
-           f"below are over {'the quiet pairs' if use_clean else 'all pairs'}"))
-  for name, ms, mn, al in (("ours ", ours_ms, ours_min, ours_all),
-                           ("torch", torch_ms, torch_min, torch_all)):
-    print(f"{name}: {ms:8.1f} ms/step (min {mn:.1f}, median of all pairs {al:.1f})  "
-          f"{padded / ms * 1e3:8.0f} tokens/s  {real / ms * 1e3:8.0f} real tokens/s")
+  print(
+      f"losses ({'dropout, ' if args.dropout else ''}sampled z; should fall alike): ours "
+      f"{our_losses[0]:.2f} -> {our_losses[-1]:.2f}, torch {torch_losses[0]:.2f} -> "
+      f"{torch_losses[-1]:.2f}"
+  )
+  print(
+      f"step pairs timed: {len(kept)}; quiet (other processes <= {args.max_other} cores): "
+      f"{n_clean}; others' use per pair: median {statistics.median(other_t):.2f}, max "
+      f"{max(other_t):.2f} cores; load {loadavg()}"
+      + (
+          ""
+          if n_clean >= steps
+          else f"\n  WARNING: only {n_clean} quiet pairs of {steps} wanted within --budget; medians "
+          f"below are over {'the quiet pairs' if use_clean else 'all pairs'}"
+      )
+  )
+  for name, ms, mn, al in (
+      ("ours ", ours_ms, ours_min, ours_all),
+      ("torch", torch_ms, torch_min, torch_all),
+  ):
+    print(
+        f"{name}: {ms:8.1f} ms/step (min {mn:.1f}, median of all pairs {al:.1f})  "
+        f"{padded / ms * 1e3:8.0f} tokens/s  {real / ms * 1e3:8.0f} real tokens/s"
+    )
   print(f"ratio of mins = {torch_min / ours_min:.3f}")
   print(f"ratio = torch_time / our_time = {torch_ms / ours_ms:.3f}")
 

@@ -14,6 +14,7 @@ with ``python train.py`` and with the ``t5vae-train`` entry point::
 A config kept elsewhere names this file:
 ``config_files.load_module("<checkout>/configs/default.py")``.
 """
+
 import ml_collections
 
 
@@ -26,10 +27,21 @@ def get_config() -> ml_collections.ConfigDict:
   # A Hugging Face T5 checkpoint (local directory or hub id). Empty: a T5 initialised from
   # scratch with the shape in ``model.t5`` (demo and tests).
   config.model.pretrained = "t5-small"
-  config.model.t5 = ml_collections.ConfigDict(dict(
-      vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6,
-      num_heads=8, relative_attention_num_buckets=32, relative_attention_max_distance=128,
-      feed_forward_proj="relu", tie_word_embeddings=True))
+  config.model.t5 = ml_collections.ConfigDict(
+      dict(
+          vocab_size=32128,
+          d_model=512,
+          d_kv=64,
+          d_ff=2048,
+          num_layers=6,
+          num_decoder_layers=6,
+          num_heads=8,
+          relative_attention_num_buckets=32,
+          relative_attention_max_distance=128,
+          feed_forward_proj="relu",
+          tie_word_embeddings=True,
+      )
+  )
   config.model.dropout_rate = 0.1
   config.model.latent_dim = 32
   config.model.pooling = "max"  # max | mean
@@ -66,36 +78,45 @@ def get_config() -> ml_collections.ConfigDict:
   # Scratch models only: a SentencePiece tokenizer is trained on the training split.
   config.data.extra_ids = 0  # sentinel tokens to add
   config.data.tokenizer_model_type = "unigram"  # unigram (T5's) | bpe | word
-  config.data.synthetic = ml_collections.ConfigDict(dict(  # name=synthetic only
-      num_train=10000, num_valid=1000, num_test=1000, seed=0))
+  config.data.synthetic = ml_collections.ConfigDict(
+      dict(num_train=10000, num_valid=1000, num_test=1000, seed=0)  # name=synthetic only
+  )
 
   # ---- optimisation ------------------------------------------------------------------------
   config.batch_size = 32  # global, across all devices and hosts
   # AdamW as the paper's appendix (lr, b1, b2, eps). It names AdamW (Loshchilov & Hutter) but no
   # decay; 0.01 is torch.optim.AdamW's default, which the released code uses on every parameter
   # (optax.adamw here decays every trainable leaf the same way). weight_decay=0.0 is plain Adam.
-  config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-3, weight_decay=0.01, grad_clip_norm=0.0))
+  config.optimizer = ml_collections.ConfigDict(
+      dict(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-3, weight_decay=0.01, grad_clip_norm=0.0)
+  )
 
   # Phase 1: encoder warm-up (beta = 0, decoder frozen). Phase 2: full VAE.
-  config.phase1 = ml_collections.ConfigDict(dict(
-      epochs=5.0,
-      # False (ablation, the released code without its freeze): everything trains in phase 1,
-      # the shared embedding and so the tied LM head included.
-      freeze_decoder=True,
-  ))
-  config.phase2 = ml_collections.ConfigDict(dict(
-      epochs=3.0,
-      from_phase1=True,  # False: phase 2 from the pretrained T5 directly (no phase 1)
-  ))
+  config.phase1 = ml_collections.ConfigDict(
+      dict(
+          epochs=5.0,
+          # False (ablation, the released code without its freeze): everything trains in phase 1,
+          # the shared embedding and so the tied LM head included.
+          freeze_decoder=True,
+      )
+  )
+  config.phase2 = ml_collections.ConfigDict(
+      dict(
+          epochs=3.0,
+          from_phase1=True,  # False: phase 2 from the pretrained T5 directly (no phase 1)
+      )
+  )
 
   # ---- objective ---------------------------------------------------------------------------
-  config.beta = ml_collections.ConfigDict(dict(
-      schedule="linear",  # constant | linear | cyclical  (phase 2; phase 1 is always 0)
-      value=1.0,  # constant
-      epochs=50.0,  # linear: ramp 0 -> 1 over this many epochs (paper eq. 6)
-      n_cycles=4, ratio=0.5,  # cyclical (Fu et al. 2019), over the whole phase
-  ))
+  config.beta = ml_collections.ConfigDict(
+      dict(
+          schedule="linear",  # constant | linear | cyclical  (phase 2; phase 1 is always 0)
+          value=1.0,  # constant
+          epochs=50.0,  # linear: ramp 0 -> 1 over this many epochs (paper eq. 6)
+          n_cycles=4,
+          ratio=0.5,  # cyclical (Fu et al. 2019), over the whole phase
+      )
+  )
   config.kl_floor = 0.0  # per-dimension KL threshold lambda (free bits); 0 = off
   # The reconstruction term of the training loss: "sum" over the real tokens, nats per sentence
   # (paper eq. 1, the ELBO) | "max_len": that sum / data.max_len, the released code's mean over

@@ -3,6 +3,7 @@
 No download: the sentences come from ``t5vae_jax.synthetic`` and a SentencePiece tokenizer is
 trained on them in the workdir.
 """
+
 from t5vae_jax import config_files
 
 default = config_files.sibling(__file__, "default")
@@ -11,10 +12,20 @@ default = config_files.sibling(__file__, "default")
 def get_config():
   config = default.get_config()
   config.model.pretrained = ""
-  config.model.t5.update(dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2,
-                              num_decoder_layers=2, num_heads=4, feed_forward_proj="relu",
-                              relative_attention_num_buckets=16,
-                              relative_attention_max_distance=32))
+  config.model.t5.update(
+      dict(
+          vocab_size=128,
+          d_model=64,
+          d_kv=16,
+          d_ff=128,
+          num_layers=2,
+          num_decoder_layers=2,
+          num_heads=4,
+          feed_forward_proj="relu",
+          relative_attention_num_buckets=16,
+          relative_attention_max_distance=32,
+      )
+  )
   config.model.dropout_rate = 0.0
   config.model.latent_dim = 16
   config.data.name = "synthetic"
@@ -26,7 +37,9 @@ def get_config():
   config.phase1.epochs = 4
   config.phase2.epochs = 6
   config.beta.epochs = 2.0  # short ramp: the demo has few epochs
-  config.kl_floor = 0.5  # 16 dims x 0.5 nats: room for the ~6.6 nats a sentence of the grammar carries
+  config.kl_floor = (
+      0.5  # 16 dims x 0.5 nats: room for the ~6.6 nats a sentence of the grammar carries
+  )
   config.denoise_rate = 0.15
   config.log_every_steps = 25
   config.eval_every_steps = 125

@@ -17,28 +17,44 @@ mixes z across the examples of a batch, and its denoising swaps token ids and at
 Its evaluation differences (no importance weighting, MI per batch) are not training keys:
 eval.py reports those figures next to ours.
 """
+
 import pathlib
 
 from t5vae_jax import config_files
 
 # key: (the released code's value, the paper's method / our default, what it is).
 RELEASED_CODE = {
-    "model.latent_injection": ("self_prefix", "cross_attention",
-                               "z reaches the decoder as a self-attention prefix"),
-    "model.pool_layers": ("last", "all (paper's text; our default is last too)",
-                          "only the last encoder layer is pooled"),
+    "model.latent_injection": (
+        "self_prefix",
+        "cross_attention",
+        "z reaches the decoder as a self-attention prefix",
+    ),
+    "model.pool_layers": (
+        "last",
+        "all (paper's text; our default is last too)",
+        "only the last encoder layer is pooled",
+    ),
     "model.pool_padding": (True, False, "pooling runs over pad positions too"),
     "model.pool_dropout": (True, False, "pooling sees the encoder output after its dropout"),
     "kl_threshold_mode": ("example", "batch", "the KL floor per example and dimension"),
-    "denoise_mode": ("uniform_count", "bernoulli",
-                     "a uniform number of tokens < rate x length is deleted"),
+    "denoise_mode": (
+        "uniform_count",
+        "bernoulli",
+        "a uniform number of tokens < rate x length is deleted",
+    ),
     "optimizer.learning_rate": (1e-4, 1e-3, "AdamW learning rate"),
     "optimizer.eps": (1e-8, 1e-3, "AdamW epsilon"),
-    "optimizer.weight_decay": (0.01, "not given (our default: configs/default.py's)",
-                               "AdamW weight decay: torch's default, on every parameter"),
+    "optimizer.weight_decay": (
+        0.01,
+        "not given (our default: configs/default.py's)",
+        "AdamW weight decay: torch's default, on every parameter",
+    ),
     "beta.epochs": (100.0, 50.0, "the linear beta ramp's length in epochs"),
-    "rec_normalizer": ("max_len", "sum",
-                       "reconstruction / 256: the mean token CE over all padded positions"),
+    "rec_normalizer": (
+        "max_len",
+        "sum",
+        "reconstruction / 256: the mean token CE over all padded positions",
+    ),
     "data.max_len": (256, "64 (PTB)", "sentences truncated to, and padded to, 256 tokens"),
     "data.bucket_lengths": ((256,), "(16, 32, 48, 64)", "every batch padded to max_len"),
 }
@@ -60,6 +76,8 @@ def get_config(base: str = "ptb"):
   here = pathlib.Path(__file__).resolve().parent
   bases = sorted(p.stem for p in here.glob("*.py") if p.stem not in ("__init__", "released_recipe"))
   if base not in bases:
-    raise ValueError(f"configs/released_recipe.py:{base}: no config {base!r} in {here}; "
-                     f"allowed: {', '.join(bases)}")
+    raise ValueError(
+        f"configs/released_recipe.py:{base}: no config {base!r} in {here}; "
+        f"allowed: {', '.join(bases)}"
+    )
   return apply(config_files.sibling(__file__, base).get_config())

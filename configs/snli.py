@@ -1,4 +1,5 @@
 """SNLI sentences (the text-VAE benchmark version), the paper's appendix recipe on t5-small."""
+
 from t5vae_jax import config_files
 
 default = config_files.sibling(__file__, "default")

@@ -1,4 +1,5 @@
 """Yahoo Answers (Yang et al. 2017 split), the paper's appendix recipe on t5-small."""
+
 from t5vae_jax import config_files
 
 default = config_files.sibling(__file__, "default")

@@ -1,6 +1,7 @@
 """Yelp15 of Yang, Hu, Salakhutdinov & Berg-Kirkpatrick 2017 ("Improved variational autoencoders
 for text modeling using dilated convolutions": 100k/10k/10k reviews; lines may be
 ``label<TAB>text``), the paper's recipe on t5-small."""
+
 from t5vae_jax import config_files
 
 default = config_files.sibling(__file__, "default")

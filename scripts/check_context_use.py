@@ -9,6 +9,7 @@ the unigram loss of those words under --text's own token frequencies. A model th
 uses its encoder loses clearly more with another sentence's input; one that sits at the
 unigram loss has learnt nothing beyond word frequencies.
 """
+
 import argparse
 import sys
 
@@ -25,7 +26,6 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   import jax
-  import jax.numpy as jnp
   from t5vae_jax import losses
   from t5vae_jax import span_corruption as corruption
   from t5vae_jax import pretrained
@@ -34,11 +34,15 @@ def main(argv=None) -> int:
   config, params = pretrained.load_t5(args.checkpoint)
   tokenizer = pretrained.load_tokenizer(args.checkpoint)
   lines = corruption.tokenize_lines(tokenizer, args.text)
-  spec = corruption.CorruptionSpec(noise_density=args.noise_density,
-                                   first_sentinel_id=corruption.sentinel_ids(tokenizer, 100),
-                                   eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
-  data = corruption.SpanCorruptionData(lines[:args.lines], mode="lines", max_len=128, spec=spec,
-                                       seed=args.seed, shuffle=False)
+  spec = corruption.CorruptionSpec(
+      noise_density=args.noise_density,
+      first_sentinel_id=corruption.sentinel_ids(tokenizer, 100),
+      eos_id=tokenizer.eos_token_id,
+      pad_id=tokenizer.pad_token_id,
+  )
+  data = corruption.SpanCorruptionData(
+      lines[: args.lines], mode="lines", max_len=128, spec=spec, seed=args.seed, shuffle=False
+  )
   batch = data.batch_from(range(data.num_examples))
   model = t5_lib.T5(config)
 
@@ -52,16 +56,24 @@ def main(argv=None) -> int:
   first = span & np.concatenate([np.ones_like(span[:, :1]), ~span[:, :-1]], axis=1)
   later = span & ~first
   own = np.asarray(token_losses(batch["input_ids"], batch["attention_mask"]))
-  other = np.asarray(token_losses(np.roll(batch["input_ids"], 1, axis=0),
-                                  np.roll(batch["attention_mask"], 1, axis=0)))
-  unigram = corruption.unigram_neg_log_probs(np.concatenate(lines), batch["targets"],
-                                            config.vocab_size)
-  print(f"{args.checkpoint}: {data.num_examples} lines of {args.text}, noise "
-        f"{args.noise_density:g}; loss (nats) on the masked words")
+  other = np.asarray(
+      token_losses(
+          np.roll(batch["input_ids"], 1, axis=0), np.roll(batch["attention_mask"], 1, axis=0)
+      )
+  )
+  unigram = corruption.unigram_neg_log_probs(
+      np.concatenate(lines), batch["targets"], config.vocab_size
+  )
+  print(
+      f"{args.checkpoint}: {data.num_examples} lines of {args.text}, noise "
+      f"{args.noise_density:g}; loss (nats) on the masked words"
+  )
   print(f"{'words':<14}{'count':>7}{'own input':>11}{'other input':>13}{'unigram':>9}")
   for name, sel in (("first of span", first), ("later in span", later), ("all", span)):
-    print(f"{name:<14}{int(sel.sum()):>7}{own[sel].mean():>11.3f}{other[sel].mean():>13.3f}"
-          f"{unigram[sel].mean():>9.3f}")
+    print(
+        f"{name:<14}{int(sel.sum()):>7}{own[sel].mean():>11.3f}{other[sel].mean():>13.3f}"
+        f"{unigram[sel].mean():>9.3f}"
+    )
   return 0
 
 

@@ -6,6 +6,7 @@ Encodes the first --lines lines of --text with the checkpoint's tokenizer, runs 
 (teacher forcing, decoder input = the shifted input) and prints the largest absolute logit
 difference; exits 1 when it exceeds --tolerance (the PTB study's acceptance: 1e-4).
 """
+
 import argparse
 import sys
 
@@ -37,13 +38,17 @@ def main():
   ours = np.asarray(t5_lib.T5(config).apply({"params": params}, ids, mask, dec))
   hf = transformers.T5ForConditionalGeneration.from_pretrained(args.checkpoint).eval()
   with torch.no_grad():
-    theirs = hf(input_ids=torch.from_numpy(ids).long(),
-                attention_mask=torch.from_numpy(mask).long(),
-                decoder_input_ids=torch.from_numpy(dec).long()).logits.numpy()
+    theirs = hf(
+        input_ids=torch.from_numpy(ids).long(),
+        attention_mask=torch.from_numpy(mask).long(),
+        decoder_input_ids=torch.from_numpy(dec).long(),
+    ).logits.numpy()
   diff = float(np.abs(ours - theirs).max())
-  print(f"{args.checkpoint}: {ids.shape[0]} sentences x {ids.shape[1]} tokens; logits max abs "
-        f"diff {diff:.2e} (largest |logit| {float(np.abs(theirs).max()):.1f}); tolerance "
-        f"{args.tolerance:g}: {'ok' if diff <= args.tolerance else 'FAILED'}")
+  print(
+      f"{args.checkpoint}: {ids.shape[0]} sentences x {ids.shape[1]} tokens; logits max abs "
+      f"diff {diff:.2e} (largest |logit| {float(np.abs(theirs).max()):.1f}); tolerance "
+      f"{args.tolerance:g}: {'ok' if diff <= args.tolerance else 'FAILED'}"
+  )
   sys.exit(0 if diff <= args.tolerance else 1)
 
 

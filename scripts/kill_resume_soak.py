@@ -13,6 +13,7 @@ larger model (about 1 s a step on 2 CPU cores) so that the signal lands mid-step
 kinds are shuffled with ``--seed``. Extra ``--config.x=y`` arguments go to train.py. Exit
 status 0 on success.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,35 +30,58 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_OVERRIDES = [
-    "--config.data.synthetic.num_train=512", "--config.data.synthetic.num_valid=32",
-    "--config.data.synthetic.num_test=32", "--config.batch_size=16", "--config.phase1.epochs=2",
-    "--config.log_every_steps=1", "--config.eval_every_steps=1000",
-    "--config.checkpoint_every_steps=3", "--config.progress_bar=False",
-    "--config.model.t5.d_model=32", "--config.model.t5.d_ff=64", "--config.model.t5.d_kv=8",
-    "--config.model.latent_dim=4", "--config.data.bucket_lengths=(16,)",
+    "--config.data.synthetic.num_train=512",
+    "--config.data.synthetic.num_valid=32",
+    "--config.data.synthetic.num_test=32",
+    "--config.batch_size=16",
+    "--config.phase1.epochs=2",
+    "--config.log_every_steps=1",
+    "--config.eval_every_steps=1000",
+    "--config.checkpoint_every_steps=3",
+    "--config.progress_bar=False",
+    "--config.model.t5.d_model=32",
+    "--config.model.t5.d_ff=64",
+    "--config.model.t5.d_kv=8",
+    "--config.model.latent_dim=4",
+    "--config.data.bucket_lengths=(16,)",
     "--config.mesh_devices=1",
 ]
 # --slow: a model of about 1 s a step or more on 2 CPU cores (256 wide, batch 256), 64 steps.
 SLOW_OVERRIDES = [
-    "--config.data.synthetic.num_train=1024", "--config.batch_size=256",
-    "--config.phase1.epochs=16", "--config.model.t5.d_model=256",
-    "--config.model.t5.d_ff=1024", "--config.model.t5.d_kv=32", "--config.model.t5.num_heads=8",
+    "--config.data.synthetic.num_train=1024",
+    "--config.batch_size=256",
+    "--config.phase1.epochs=16",
+    "--config.model.t5.d_model=256",
+    "--config.model.t5.d_ff=1024",
+    "--config.model.t5.d_kv=32",
+    "--config.model.t5.num_heads=8",
     "--config.model.latent_dim=16",
 ]
 
 
 def train_cmd(workdir, overrides):
-  return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/demo.py"),
-          "--phase", "1", "--workdir", str(workdir)] + overrides
+  return [
+      sys.executable,
+      str(ROOT / "train.py"),
+      "--config",
+      str(ROOT / "configs/demo.py"),
+      "--phase",
+      "1",
+      "--workdir",
+      str(workdir),
+  ] + overrides
 
 
 def final_params(workdir):
   import jax
   import numpy as np
   from t5vae_jax import checkpoint as ckpt_lib
+
   params, step = ckpt_lib.restore_params(pathlib.Path(workdir) / "phase1")
-  return step, {jax.tree_util.keystr(p): np.asarray(v)
-                for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  return step, {
+      jax.tree_util.keystr(p): np.asarray(v)
+      for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
 
 
 def completed_steps(workdir) -> list[int]:
@@ -83,8 +107,9 @@ class _Watched:
 
   def __init__(self, cmd, env, metrics: pathlib.Path):
     self.metrics = metrics
-    self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True)
+    self.proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     self.lines: list[tuple[float, str]] = []
     self.row_times: list[float] = []  # when each new metric row was first seen
     self._rows = self.rows()
@@ -117,8 +142,16 @@ class _Watched:
     return "".join(line for _, line in self.lines)
 
 
-def run(kills: int, workdir: pathlib.Path, overrides: list[str], seed: int, log=print,
-        sigterms: int = 0, save_allowance_s: float = 5.0, records: list | None = None) -> bool:
+def run(
+    kills: int,
+    workdir: pathlib.Path,
+    overrides: list[str],
+    seed: int,
+    log=print,
+    sigterms: int = 0,
+    save_allowance_s: float = 5.0,
+    records: list | None = None,
+) -> bool:
   """``kills`` SIGKILLs and ``sigterms`` SIGTERMs in a shuffled order; ``records`` (a list)
   receives one dict per signal (kind, seconds to exit, step time, saved and resumed steps)."""
   env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -147,8 +180,9 @@ def run(kills: int, workdir: pathlib.Path, overrides: list[str], seed: int, log=
     # under this load, is the yardstick) and a completed checkpoint exists, then signal at a
     # random moment after that: the next restart must resume.
     rows_needed = 1 if kind == "SIGKILL" else 2
-    run_.poll_for(300, until=lambda: (len(run_.row_times) >= rows_needed
-                                      and bool(completed_steps(killed))))
+    run_.poll_for(
+        300, until=lambda: (len(run_.row_times) >= rows_needed and bool(completed_steps(killed)))
+    )
     run_.poll_for(rng.uniform(0.0, 1.5))
     if run_.proc.poll() is not None:
       out = run_.finish()
@@ -168,29 +202,42 @@ def run(kills: int, workdir: pathlib.Path, overrides: list[str], seed: int, log=
     resumed = resumed_step(out)
     resumed_text = "fresh start" if resumed is None else f"resumed at step {resumed}"
     if k > 0 and exact_resume is not None and resumed != exact_resume:
-      log(f"restart {k} {resumed_text}, not at step {exact_resume}, which the SIGTERM before "
-          "saved")
+      log(
+          f"restart {k} {resumed_text}, not at step {exact_resume}, which the SIGTERM before "
+          "saved"
+      )
       return False
     if k > 0 and (resumed is None or resumed < last_saved[-1]):
-      log(f"restart {k} did not resume from step {last_saved[-1]} or later, although the last "
-          "signal came after that checkpoint was complete")
+      log(
+          f"restart {k} did not resume from step {last_saved[-1]} or later, although the last "
+          "signal came after that checkpoint was complete"
+      )
       return False
-    record = {"kind": kind, "exit_s": took, "step_s": step_s, "resumed": resumed,
-              "exit": run_.proc.returncode}
+    record = {
+        "kind": kind,
+        "exit_s": took,
+        "step_s": step_s,
+        "resumed": resumed,
+        "exit": run_.proc.returncode,
+    }
     records.append(record)
     if kind == "SIGKILL":
-      log(f"kill {k}: SIGKILL after {run_.rows()} metric rows, checkpoints {saved_before}; "
-          f"{resumed_text}")
+      log(
+          f"kill {k}: SIGKILL after {run_.rows()} metric rows, checkpoints {saved_before}; "
+          f"{resumed_text}"
+      )
       last_saved, exact_resume = saved_before, None
       continue
     saved_lines = [(t, line) for t, line in run_.lines if line.startswith("SIGTERM: saved step ")]
     saved = int(saved_lines[0][1].split()[3]) if saved_lines else None
     record.update(saved=saved, to_saved_s=saved_lines[0][0] - sent if saved_lines else None)
     limit = 3 * step_s + save_allowance_s
-    log(f"term {k}: SIGTERM after {run_.rows()} metric rows; {resumed_text}; exit "
+    log(
+        f"term {k}: SIGTERM after {run_.rows()} metric rows; {resumed_text}; exit "
         f"{run_.proc.returncode} {took:.2f} s after the signal (saved step {saved} after "
         f"{record['to_saved_s'] or float('nan'):.2f} s; limit {limit:.2f} s = 3 x {step_s:.2f} s "
-        f"step + {save_allowance_s:g} s)")
+        f"step + {save_allowance_s:g} s)"
+    )
     if run_.proc.returncode != 143 or saved is None or saved not in completed_steps(killed):
       log(f"SIGTERM {k} did not exit 143 with a complete checkpoint:\n{out[-3000:]}")
       return False
@@ -204,22 +251,29 @@ def run(kills: int, workdir: pathlib.Path, overrides: list[str], seed: int, log=
     log(f"final resume failed:\n{done.stderr[-3000:]}")
     return False
   resumed = resumed_step(done.stderr)
-  log(f"final run: checkpoints {saved_before}; "
-      f"{'fresh start' if resumed is None else f'resumed at step {resumed}'}")
+  log(
+      f"final run: checkpoints {saved_before}; "
+      f"{'fresh start' if resumed is None else f'resumed at step {resumed}'}"
+  )
   if restarts and resumed != saved_before[-1]:
     log(f"the final run did not resume from the last completed checkpoint ({saved_before[-1]})")
     return False
   step_a, a = final_params(straight)
   step_b, b = final_params(killed)
   import numpy as np
+
   same = step_a == step_b and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
   terms = [r for r in records if r["kind"] == "SIGTERM"]
   if terms:
-    log(f"SIGTERM to exit: max {max(r['exit_s'] for r in terms):.2f} s, median "
+    log(
+        f"SIGTERM to exit: max {max(r['exit_s'] for r in terms):.2f} s, median "
         f"{statistics.median(r['exit_s'] for r in terms):.2f} s over {len(terms)}; step time "
-        f"median {statistics.median(all_intervals):.2f} s")
-  log(f"{restarts} signals ({len(terms)} SIGTERM, {len(late)} of them late); final step "
-      f"{step_b} vs {step_a}; params identical: {same}")
+        f"median {statistics.median(all_intervals):.2f} s"
+    )
+  log(
+      f"{restarts} signals ({len(terms)} SIGTERM, {len(late)} of them late); final step "
+      f"{step_b} vs {step_a}; params identical: {same}"
+  )
   return same and not late
 
 
@@ -233,10 +287,20 @@ def main() -> int:
   parser.add_argument("--seed", type=int, default=0)
   args, extra = parser.parse_known_args()
   args.workdir.mkdir(parents=True, exist_ok=True)
-  overrides = (DEFAULT_OVERRIDES + (SLOW_OVERRIDES if args.slow else [])
-               + [f"--config.data.tfds_dir={args.workdir / 'tfds'}"] + extra)
-  ok = run(args.kills, args.workdir, overrides, args.seed, sigterms=args.sigterms,
-           save_allowance_s=args.save_allowance_s)
+  overrides = (
+      DEFAULT_OVERRIDES
+      + (SLOW_OVERRIDES if args.slow else [])
+      + [f"--config.data.tfds_dir={args.workdir / 'tfds'}"]
+      + extra
+  )
+  ok = run(
+      args.kills,
+      args.workdir,
+      overrides,
+      args.seed,
+      sigterms=args.sigterms,
+      save_allowance_s=args.save_allowance_s,
+  )
   return 0 if ok else 1
 
 

@@ -9,6 +9,7 @@ KL at the end of each phase from the training logs. With ``--examples ROW``, als
 reconstructions, samples and an interpolation from that row's phase-2 model. Nothing here is
 typed in by hand except the paper's numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,14 +56,17 @@ def _read_json(path: pathlib.Path):
 def _last_val(phase_dir: pathlib.Path) -> dict:
   """The last validation row (val/*) of a phase's metrics.jsonl, or {}."""
   from t5vae_jax import train_lib
+
   rows = [r for r in train_lib.read_metrics(phase_dir / "metrics.jsonl") if "val/mi" in r]
   return rows[-1] if rows else {}
 
 
 def results_table(runs: pathlib.Path, env: str) -> str:
-  lines = ["| row | configuration | PPL | KL | -ELBO | MI | AU | MI (batch) | rec | K | "
-           "examples | paper PTB (PPL / KL / -ELBO / MI / AU) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+      "| row | configuration | PPL | KL | -ELBO | MI | AU | MI (batch) | rec | K | "
+      "examples | paper PTB (PPL / KL / -ELBO / MI / AU) |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for row, (what, paper_row) in ROWS.items():
     result = _read_json(runs / row / "phase2" / "eval.json")
     paper = "-"
@@ -76,21 +80,30 @@ def results_table(runs: pathlib.Path, env: str) -> str:
         f"{_fmt(result.get('neg_elbo'))} | {_fmt(result.get('mi'))} | "
         f"{_fmt(result.get('au'))} | {_fmt(result.get('mi_batch'))} | "
         f"{_fmt(result.get('rec'))} | {result.get('num_samples', '-')} | "
-        f"{result.get('num_examples', '-')} | {paper} |")
+        f"{result.get('num_examples', '-')} | {paper} |"
+    )
   lines.append("")
   lines.append("Each row: `" + env + " bash scripts/ptb_study.sh ROW T5_DIR`.")
   return "\n".join(lines)
 
 
 def phase_table(runs: pathlib.Path) -> str:
-  lines = ["| row | phase 1 end: MI / AU / KL / rec | phase 2 end: MI / AU / KL / rec |",
-           "|---|---|---|"]
+  lines = [
+      "| row | phase 1 end: MI / AU / KL / rec | phase 2 end: MI / AU / KL / rec |",
+      "|---|---|---|",
+  ]
   for row in ROWS:
     cells = []
     for phase in (1, 2):
       v = _last_val(runs / row / f"phase{phase}")
-      cells.append(" / ".join(_fmt(v.get(k), "{:.0f}" if k == "val/au" else "{:.2f}")
-                              for k in ("val/mi", "val/au", "val/kl", "val/rec")) if v else "-")
+      cells.append(
+          " / ".join(
+              _fmt(v.get(k), "{:.0f}" if k == "val/au" else "{:.2f}")
+              for k in ("val/mi", "val/au", "val/kl", "val/rec")
+          )
+          if v
+          else "-"
+      )
     if cells != ["-", "-"]:
       lines.append(f"| {row} | {cells[0]} | {cells[1]} |")
   return "\n".join(lines)
@@ -106,15 +119,18 @@ TEST_SENTENCES = (
 
 def examples(phase_dir: pathlib.Path) -> str:
   from t5vae_jax import T5VAE
+
   vae = T5VAE.load(str(phase_dir))
   out = ["Reconstructions (greedy from z = mu):", ""]
   for src, rec in zip(TEST_SENTENCES, vae.reconstruct(list(TEST_SENTENCES))):
     out += [f"- in:  {src}", f"  out: {rec}"]
   out += ["", "Samples (z ~ N(0, I), temperature 1.0, top-p 0.9, seed 0):", ""]
   out += [f"- {s}" for s in vae.sample(5, temperature=1.0, seed=0, top_p=0.9)]
-  out += ["", f"Interpolation (greedy), from the first to the third sentence:", ""]
-  out += [f"{i}. {s}" for i, s in enumerate(vae.interpolate(TEST_SENTENCES[0],
-                                                             TEST_SENTENCES[2], steps=5))]
+  out += ["", "Interpolation (greedy), from the first to the third sentence:", ""]
+  out += [
+      f"{i}. {s}"
+      for i, s in enumerate(vae.interpolate(TEST_SENTENCES[0], TEST_SENTENCES[2], steps=5))
+  ]
   return "\n".join(out)
 
 

@@ -12,6 +12,7 @@ __all__ = ["T5VAE"]
 def __getattr__(name):
   if name == "T5VAE":
     from t5vae_jax.api import T5VAE
+
     return T5VAE
   raise AttributeError(f"module 't5vae_jax' has no attribute {name!r}")
 

@@ -17,6 +17,7 @@ program compiled ahead of time for TPU devices on a CPU host sees "cpu" there.
 bfloat16 on a TPU computes in float32 when loaded on a notebook's CPU; an explicit "float32" or
 "bfloat16" is kept everywhere.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -53,8 +54,11 @@ def _module_importable(name: str) -> bool:
 
 def installed_plugins() -> list[str]:
   """The accelerator plugins installed in this environment (distribution names)."""
-  return [dist for dist, module in ACCELERATOR_PLUGINS
-          if _distribution_installed(dist) or _module_importable(module)]
+  return [
+      dist
+      for dist, module in ACCELERATOR_PLUGINS
+      if _distribution_installed(dist) or _module_importable(module)
+  ]
 
 
 def platform_of(devices: Iterable) -> str:
@@ -79,8 +83,10 @@ def startup_line(devices: Iterable, process_count: int, dtype: str) -> str:
   devices = list(devices)
   kinds = ", ".join(sorted({str(d.device_kind) for d in devices}))
   processes = f"{process_count} process" + ("" if process_count == 1 else "es")
-  return (f"startup: backend {platform_of(devices)}, {len(devices)} x {kinds}, {processes}, "
-          f"compute dtype {dtype}")
+  return (
+      f"startup: backend {platform_of(devices)}, {len(devices)} x {kinds}, {processes}, "
+      f"compute dtype {dtype}"
+  )
 
 
 def cpu_fallback_warning(devices: Iterable, plugins: Iterable[str]) -> str | None:
@@ -89,16 +95,22 @@ def cpu_fallback_warning(devices: Iterable, plugins: Iterable[str]) -> str | Non
   if not plugins or platform_of(devices) != "cpu":
     return None
   forced = os.environ.get("JAX_PLATFORMS", "")
-  cause = (f"JAX_PLATFORMS={forced} is set" if forced else
-           "JAX found no accelerator: none on this machine, another process holds it, or its "
-           "driver is missing")
-  return (f"warning: running on the CPU although {' and '.join(plugins)} "
-          f"{'is' if len(plugins) == 1 else 'are'} installed ({cause})")
+  cause = (
+      f"JAX_PLATFORMS={forced} is set"
+      if forced
+      else "JAX found no accelerator: none on this machine, another process holds it, or its "
+      "driver is missing"
+  )
+  return (
+      f"warning: running on the CPU although {' and '.join(plugins)} "
+      f"{'is' if len(plugins) == 1 else 'are'} installed ({cause})"
+  )
 
 
 def announce(devices: Iterable, dtype: str, file=None) -> list[str]:
   """Prints the start-up line (and the CPU warning) on the lead process; returns the lines."""
   import jax
+
   devices = list(devices)
   lines = [startup_line(devices, jax.process_count(), dtype)]
   warning = cpu_fallback_warning(devices, installed_plugins())

@@ -30,6 +30,7 @@ of the bucket a real token, the largest capacity ``packing.capacity`` can pick);
 ``config.mesh_devices`` is ignored (the mesh spans the topology). Chip facts (HBM, peak bf16,
 published specs) are in ``CHIPS``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,10 +48,8 @@ from absl import flags
 from t5vae_jax import cli
 from t5vae_jax import errors
 from t5vae_jax import runtime
-from t5vae_jax import errors
-from t5vae_jax import runtime
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +80,10 @@ class AotError(errors.UserError, ValueError):
 def chip_of(topology: str) -> Chip:
   match = _TOPOLOGY.match(topology)
   if not match:
-    raise AotError(f"--topology={topology!r} is not <chip>:<bounds> with chip one of "
-                   f"{', '.join(CHIPS)} (e.g. v5e:4x4, v4:2x2x4, v5p:2x4x4)")
+    raise AotError(
+        f"--topology={topology!r} is not <chip>:<bounds> with chip one of "
+        f"{', '.join(CHIPS)} (e.g. v5e:4x4, v4:2x2x4, v5p:2x4x4)"
+    )
   return CHIPS[match.group(1)]
 
 
@@ -100,15 +101,19 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
   try:
     import libtpu  # noqa: F401
   except ImportError:
-    raise AotError("libtpu is not installed: pip install \"jax[tpu]\" (the compile-only TPU "
-                   "client runs on any Linux x86-64 host, no TPU needed)") from None
+    raise AotError(
+        'libtpu is not installed: pip install "jax[tpu]" (the compile-only TPU '
+        "client runs on any Linux x86-64 host, no TPU needed)"
+    ) from None
   from jax.experimental import topologies
+
   kwargs = {"chip_config_name": "megacore"} if chip.megacore else {}
   if num_slices > 1:
     kwargs["num_slices"] = num_slices
   try:
-    return list(topologies.get_topology_desc(topology_name=topology, platform="tpu",
-                                             **kwargs).devices)
+    return list(
+        topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs).devices
+    )
   except Exception as e:  # JaxRuntimeError INVALID_ARGUMENT: bounds the chip does not have
     raise AotError(f"--topology={topology}: libtpu refuses it ({errors.one_line(e)})") from None
 
@@ -119,12 +124,14 @@ def hub_config_dir(name: str):
   from etils import epath
   from t5vae_jax import hub
   from t5vae_jax import pretrained
+
   if not hub.is_hub_id(name):
     path = epath.Path(hub.local_path(name))
     if not (path / "config.json").exists():
       raise pretrained.CheckpointError(f"{name}: no config.json there ({path})")
     return path
   import huggingface_hub
+
   try:
     file = huggingface_hub.hf_hub_download(name, "config.json", etag_timeout=hub.HUB_TIMEOUT_S)
   except Exception as e:
@@ -140,11 +147,13 @@ def t5_config_of(config):
   import dataclasses as dc
   from t5vae_jax import pretrained
   from t5vae_jax import t5 as t5_lib
+
   if config.model.pretrained:
     t5_config = pretrained.load_config(hub_config_dir(config.model.pretrained))
   else:
-    t5_config = t5_lib.T5Config(**config.model.t5.to_dict(),
-                                scale_decoder_outputs=config.model.t5.tie_word_embeddings)
+    t5_config = t5_lib.T5Config(
+        **config.model.t5.to_dict(), scale_decoder_outputs=config.model.t5.tie_word_embeddings
+    )
   return dc.replace(t5_config, dropout_rate=config.model.dropout_rate)
 
 
@@ -154,36 +163,50 @@ def build_model(config, devices):
   from t5vae_jax import accelerator
   from t5vae_jax import model as model_lib
   from t5vae_jax import train_lib
+
   dtype = accelerator.compute_dtype(config.model.dtype, devices)
-  return model_lib.T5VAEModel(t5_config_of(config), vae=train_lib.vae_config_from(config),
-                              dtype=jnp.dtype(dtype), remat=config.model.get("remat", "none"))
+  return model_lib.T5VAEModel(
+      t5_config_of(config),
+      vae=train_lib.vae_config_from(config),
+      dtype=jnp.dtype(dtype),
+      remat=config.model.get("remat", "none"),
+  )
 
 
 def abstract_params(model):
   import jax
   from t5vae_jax import model as model_lib
+
   return jax.eval_shape(functools.partial(model_lib.init_params, model), jax.random.key(0))
 
 
 def with_shardings(tree, shardings):
   """ShapeDtypeStructs of ``tree`` (arrays or structs) carrying ``shardings``."""
   import jax
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
-                      shardings)
+
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
 
 
 def bytes_per_device(tree) -> int:
   """Bytes of one device's shard of every leaf (ShapeDtypeStructs with shardings)."""
   import jax
   import numpy as np
-  return int(sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
-                 for x in jax.tree.leaves(tree)))
+
+  return int(
+      sum(
+          math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+          for x in jax.tree.leaves(tree)
+      )
+  )
 
 
 def leaf_bytes(tree, prefix: str) -> list[tuple[int, str]]:
   """(bytes per device, path) of each leaf."""
   import jax
   import numpy as np
+
   out = []
   for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
     size = math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
@@ -222,8 +245,9 @@ def analytic_train_flops(t5_config, latent_injection: str, batch: int, length: i
   return float(batch * (6 * length * (encoder + decoder) + attention))
 
 
-def analytic_eval_flops(t5_config, latent_injection: str, batch: int, length: int,
-                        num_samples: int) -> float:
+def analytic_eval_flops(
+    t5_config, latent_injection: str, batch: int, length: int, num_samples: int
+) -> float:
   """Forward-only FLOPs of one IW-NLL batch: the encoder once, the decoder 1 + K times."""
   encoder, decoder = matmul_params(t5_config, latent_injection)
   c = t5_config
@@ -239,6 +263,7 @@ def analytic_eval_flops(t5_config, latent_injection: str, batch: int, length: in
 @dataclasses.dataclass
 class Report:
   """What one compiled program needs per device, and its compute floor."""
+
   program: str  # "train phase 2" | "eval IW-NLL"
   batch: int
   length: int
@@ -263,8 +288,13 @@ class Report:
   @property
   def total_bytes(self) -> int:
     """Arguments + outputs not aliased to (donated) arguments + temporaries + code."""
-    return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
-            + self.code_bytes)
+    return (
+        self.argument_bytes
+        + self.output_bytes
+        - self.alias_bytes
+        + self.temp_bytes
+        + self.code_bytes
+    )
 
   @property
   def flops_per_device(self) -> float:
@@ -283,15 +313,19 @@ class Report:
   def as_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d["chip"] = self.chip.name
-    d.update(total_bytes=self.total_bytes, hbm_bytes=self.chip.hbm_bytes,
-             flops_per_device=self.flops_per_device, floor_s=self.floor_s,
-             tokens_per_s=self.tokens_per_s)
+    d.update(
+        total_bytes=self.total_bytes,
+        hbm_bytes=self.chip.hbm_bytes,
+        flops_per_device=self.flops_per_device,
+        floor_s=self.floor_s,
+        tokens_per_s=self.tokens_per_s,
+    )
     return d
 
 
 def _largest_from_error(message: str) -> list[tuple[int, str]]:
   """XLA's 'Largest program allocations in hbm' lines -> (bytes, what)."""
-  units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+  units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
   out = []
   for block in re.split(r"\n\s*\d+\. ", message)[1:]:
     size = re.search(r"Size: ([\d.]+)([KMGT])?", block)
@@ -299,8 +333,11 @@ def _largest_from_error(message: str) -> list[tuple[int, str]]:
     shape = re.search(r"Shape: (\S+)", block)
     if size:
       n = float(size.group(1)) * units.get(size.group(2) or "", 1)
-      label = " ".join(x for x in ((what.group(1).strip() if what else ""),
-                                   (shape.group(1) if shape else "")) if x)
+      label = " ".join(
+          x
+          for x in ((what.group(1).strip() if what else ""), (shape.group(1) if shape else ""))
+          if x
+      )
       out.append((int(n), label or block.splitlines()[0]))
   return out
 
@@ -308,6 +345,7 @@ def _largest_from_error(message: str) -> list[tuple[int, str]]:
 def compile_program(jitted, args, *, report: Report, argument_leaves) -> Report:
   """Lowers ``jitted`` on ``args`` (ShapeDtypeStructs), compiles for the TPU, fills ``report``."""
   from t5vae_jax import t5 as t5_lib
+
   token = t5_lib.target_platform.set("tpu")  # the TPU program's matmul, not the CPU one
   start = time.perf_counter()
   try:
@@ -336,20 +374,26 @@ def compile_program(jitted, args, *, report: Report, argument_leaves) -> Report:
   report.compiler_flops = float((cost or {}).get("flops", 0.0))
   report.fits = report.total_bytes <= report.chip.hbm_bytes
   if not report.fits:
-    report.error = (f"{report.total_bytes / GIB:.2f} GiB per device exceeds the chip's "
-                    f"{report.chip.hbm_bytes / GIB:.2f} GiB of HBM")
-    report.largest = sorted([(report.temp_bytes, "temporaries (activations, gradients)")]
-                            + argument_leaves, reverse=True)[:8]
+    report.error = (
+        f"{report.total_bytes / GIB:.2f} GiB per device exceeds the chip's "
+        f"{report.chip.hbm_bytes / GIB:.2f} GiB of HBM"
+    )
+    report.largest = sorted(
+        [(report.temp_bytes, "temporaries (activations, gradients)")] + argument_leaves,
+        reverse=True,
+    )[:8]
   return report
 
 
-def compile_train(config, phase: int, devices, chip: Chip, length: int, model=None,
-                  params=None) -> Report:
+def compile_train(
+    config, phase: int, devices, chip: Chip, length: int, model=None, params=None
+) -> Report:
   """The phase's real train step (train_lib.jit_train_step) for batches of ``length``."""
   import jax
   import jax.numpy as jnp
   from t5vae_jax import sharding
   from t5vae_jax import train_lib
+
   mesh = sharding.make_mesh(devices)
   model = build_model(config, devices) if model is None else model
   params = abstract_params(model) if params is None else params
@@ -357,41 +401,64 @@ def compile_train(config, phase: int, devices, chip: Chip, length: int, model=No
   state_shardings = train_lib.train_state_shardings(params, tx, mesh, config.fsdp)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   state = with_shardings(
-      train_lib.TrainState(step=scalar, params=params, opt_state=jax.eval_shape(tx.init, params),
-                           num_skipped=scalar), state_shardings)
+      train_lib.TrainState(
+          step=scalar, params=params, opt_state=jax.eval_shape(tx.init, params), num_skipped=scalar
+      ),
+      state_shardings,
+  )
   batch_size = config.batch_size
   batch_sharding = sharding.batch_sharding(mesh)
   batch = {
       "input_ids": jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=batch_sharding),
-      "attention_mask": jax.ShapeDtypeStruct((batch_size, length), jnp.int32,
-                                             sharding=batch_sharding),
-      "example_weights": jax.ShapeDtypeStruct((batch_size,), jnp.float32,
-                                              sharding=batch_sharding)}
+      "attention_mask": jax.ShapeDtypeStruct(
+          (batch_size, length), jnp.int32, sharding=batch_sharding
+      ),
+      "example_weights": jax.ShapeDtypeStruct((batch_size,), jnp.float32, sharding=batch_sharding),
+  }
   num_shards = mesh.shape[sharding.DATA_AXIS]
   # Worst case of packing.capacity: every position of a shard's rows is a real token.
   capacity = batch_size // num_shards * length if config.get("pack_tokens", False) else None
   beta_fn = train_lib.make_beta_fn(config, phase, steps_per_epoch=1000, total_steps=1000)
-  jitted = train_lib.jit_train_step(model, tx, beta_fn, jax.random.key(config.seed), config,
-                                    mesh, state_shardings, capacity)
-  report = Report(program=f"train phase {phase}", batch=batch_size, length=length,
-                  num_devices=len(devices), chip=chip, compile_s=0.0, fits=False,
-                  params_bytes=bytes_per_device(state.params),
-                  opt_state_bytes=bytes_per_device(state.opt_state),
-                  batch_bytes=bytes_per_device(batch),
-                  analytic_flops=analytic_train_flops(model.config, model.vae.latent_injection,
-                                                      batch_size, length),
-                  tokens=batch_size * length)
+  jitted = train_lib.jit_train_step(
+      model, tx, beta_fn, jax.random.key(config.seed), config, mesh, state_shardings, capacity
+  )
+  report = Report(
+      program=f"train phase {phase}",
+      batch=batch_size,
+      length=length,
+      num_devices=len(devices),
+      chip=chip,
+      compile_s=0.0,
+      fits=False,
+      params_bytes=bytes_per_device(state.params),
+      opt_state_bytes=bytes_per_device(state.opt_state),
+      batch_bytes=bytes_per_device(batch),
+      analytic_flops=analytic_train_flops(
+          model.config, model.vae.latent_injection, batch_size, length
+      ),
+      tokens=batch_size * length,
+  )
   leaves = leaf_bytes(state.params, "params") + leaf_bytes(state.opt_state, "opt_state")
   return compile_program(jitted, (state, batch), report=report, argument_leaves=leaves)
 
 
-def compile_eval(config, devices, chip: Chip, length: int, batch_size: int, num_samples: int,
-                 iw_chunk: int, model=None, params=None) -> Report:
+def compile_eval(
+    config,
+    devices,
+    chip: Chip,
+    length: int,
+    batch_size: int,
+    num_samples: int,
+    iw_chunk: int,
+    model=None,
+    params=None,
+) -> Report:
   """evaluation.batch_statistics (eval.py's IW-NLL pass) for batches of ``length``."""
   import jax
   import jax.numpy as jnp
   from t5vae_jax import evaluation
   from t5vae_jax import sharding
+
   mesh = sharding.make_mesh(devices)
   model = build_model(config, devices) if model is None else model
   params = abstract_params(model) if params is None else params
@@ -399,34 +466,56 @@ def compile_eval(config, devices, chip: Chip, length: int, batch_size: int, num_
   batch_sharding = sharding.batch_sharding(mesh)
   batch = {
       "input_ids": jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=batch_sharding),
-      "attention_mask": jax.ShapeDtypeStruct((batch_size, length), jnp.int32,
-                                             sharding=batch_sharding),
-      "example_ids": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batch_sharding)}
+      "attention_mask": jax.ShapeDtypeStruct(
+          (batch_size, length), jnp.int32, sharding=batch_sharding
+      ),
+      "example_ids": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batch_sharding),
+  }
   replicated = sharding.replicated(mesh)
   rng = jax.eval_shape(lambda: jax.random.key(0))
   rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated)
   num_chunks = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
   # As eval.py on an accelerator: large decoder passes (evaluation.default_max_rows off CPU).
-  chunk = evaluation.chunk_size_for(num_samples, iw_chunk, batch_size, length,
-                                    model.config.vocab_size, max_rows=1 << 16)
+  chunk = evaluation.chunk_size_for(
+      num_samples, iw_chunk, batch_size, length, model.config.vocab_size, max_rows=1 << 16
+  )
   num_shards = mesh.shape[sharding.DATA_AXIS]
   capacity = batch_size // num_shards * length if config.get("pack_tokens", False) else None
-  jitted = jax.jit(functools.partial(evaluation.batch_statistics, model=model,
-                                     chunk_size=chunk, capacity=capacity,
-                                     num_shards=num_shards))
-  report = Report(program=f"eval IW-NLL (K={num_samples}, {chunk} per pass)", batch=batch_size,
-                  length=length, num_devices=len(devices), chip=chip, compile_s=0.0,
-                  fits=False, params_bytes=bytes_per_device(params),
-                  batch_bytes=bytes_per_device(batch),
-                  analytic_flops=analytic_eval_flops(model.config, model.vae.latent_injection,
-                                                     batch_size, length, num_samples),
-                  tokens=batch_size * length)
-  return compile_program(jitted, (params, batch, rng, num_chunks), report=report,
-                         argument_leaves=leaf_bytes(params, "params"))
+  jitted = jax.jit(
+      functools.partial(
+          evaluation.batch_statistics,
+          model=model,
+          chunk_size=chunk,
+          capacity=capacity,
+          num_shards=num_shards,
+      )
+  )
+  report = Report(
+      program=f"eval IW-NLL (K={num_samples}, {chunk} per pass)",
+      batch=batch_size,
+      length=length,
+      num_devices=len(devices),
+      chip=chip,
+      compile_s=0.0,
+      fits=False,
+      params_bytes=bytes_per_device(params),
+      batch_bytes=bytes_per_device(batch),
+      analytic_flops=analytic_eval_flops(
+          model.config, model.vae.latent_injection, batch_size, length, num_samples
+      ),
+      tokens=batch_size * length,
+  )
+  return compile_program(
+      jitted,
+      (params, batch, rng, num_chunks),
+      report=report,
+      argument_leaves=leaf_bytes(params, "params"),
+  )
 
 
 def param_count(params) -> int:
   import jax
+
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
@@ -450,13 +539,21 @@ def _duration(s: float) -> str:
 
 
 def format_report(r: Report) -> list[str]:
-  shape = f"{r.batch} x ({r.length} + {r.length})" if r.program.startswith("train") else \
-      f"{r.batch} x {r.length}"
+  shape = (
+      f"{r.batch} x ({r.length} + {r.length})"
+      if r.program.startswith("train")
+      else f"{r.batch} x {r.length}"
+  )
   head = f"{r.program}, global batch {shape}: compiled in {r.compile_s:.1f} s"
   if r.error and not r.total_bytes:
-    lines = [head, (f"  per device: params {_gib(r.params_bytes)}, optimizer state "
-                    f"{_gib(r.opt_state_bytes)}, batch {_gib(r.batch_bytes)}; the compiler "
-                    "refuses the program")]
+    lines = [
+        head,
+        (
+            f"  per device: params {_gib(r.params_bytes)}, optimizer state "
+            f"{_gib(r.opt_state_bytes)}, batch {_gib(r.batch_bytes)}; the compiler "
+            "refuses the program"
+        ),
+    ]
   else:
     other = r.argument_bytes - r.params_bytes - r.opt_state_bytes - r.batch_bytes
     lines = [
@@ -467,52 +564,71 @@ def format_report(r: Report) -> list[str]:
         f"{_gib(r.code_bytes)}: total {_gib(r.total_bytes)} of {_gib(r.chip.hbm_bytes)} HBM "
         f"({100 * r.total_bytes / r.chip.hbm_bytes:.0f}%): "
         + ("fits" if r.fits else "DOES NOT FIT"),
-        (f"  FLOPs per step per device: {_flops(r.compiler_flops)} (compiler), "
-         f"{_flops(r.analytic_flops / r.num_devices)} (analytic matmul count); floor "
-         f"{_duration(r.floor_s)} at {r.chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 "
-         f"(a compute bound: no communication, no memory traffic), "
-         f"{r.tokens_per_s:,.0f} tokens/s at the floor")]
+        (
+            f"  FLOPs per step per device: {_flops(r.compiler_flops)} (compiler), "
+            f"{_flops(r.analytic_flops / r.num_devices)} (analytic matmul count); floor "
+            f"{_duration(r.floor_s)} at {r.chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 "
+            f"(a compute bound: no communication, no memory traffic), "
+            f"{r.tokens_per_s:,.0f} tokens/s at the floor"
+        ),
+    ]
   if not r.fits:
     lines.append("  DOES NOT FIT: " + r.error)
     lines += [f"    {_gib(size)}  {what}" for size, what in r.largest]
   return lines
 
 
-def run(config, topology: str, phases: Sequence[int] = (1, 2), num_slices: int = 1,
-        lengths: Optional[Sequence[int]] = None, eval_pass: bool = True,
-        eval_batch_size: int = 64, num_samples: int = 500, iw_chunk: int = 50,
-        out=sys.stdout) -> list[Report]:
+def run(
+    config,
+    topology: str,
+    phases: Sequence[int] = (1, 2),
+    num_slices: int = 1,
+    lengths: Optional[Sequence[int]] = None,
+    eval_pass: bool = True,
+    eval_batch_size: int = 64,
+    num_samples: int = 500,
+    iw_chunk: int = 50,
+    out=sys.stdout,
+) -> list[Report]:
   """Compiles every (phase, bucket length) train step and each length's IW-NLL pass."""
   from t5vae_jax import config_validation
   from t5vae_jax import data as data_lib
+
   for phase in phases:
     config_validation.validate(config, phase, check_paths=False)
   chip = chip_of(topology)
   devices = topology_devices(topology, num_slices)
   config_validation.check_devices(_without_mesh_devices(config), len(devices))
   if eval_pass and eval_batch_size % len(devices):
-    raise AotError(f"--eval_batch_size={eval_batch_size} must be a multiple of the number of "
-                   f"devices ({len(devices)})")
+    raise AotError(
+        f"--eval_batch_size={eval_batch_size} must be a multiple of the number of "
+        f"devices ({len(devices)})"
+    )
   model = build_model(config, devices)
   params = abstract_params(model)
-  lengths = (data_lib.bucket_lengths_from_config(config.data) if lengths is None
-             else tuple(lengths))
+  lengths = data_lib.bucket_lengths_from_config(config.data) if lengths is None else tuple(lengths)
   n = param_count(params)
-  print(f"aot: {topology} x {num_slices} slice(s): {len(devices)} x {chip.name} devices "
-        f"({'megacore, ' if chip.megacore else ''}one per chip, {_gib(chip.hbm_bytes)} HBM, "
-        f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 each); model "
-        f"{config.model.pretrained or 'config.model.t5'}: {n / 1e6:,.1f}M params as a VAE, "
-        f"compute {model.dtype.name}, fsdp {'on' if config.fsdp else 'off'}, packing "
-        f"{'on (worst case: every position a real token)' if config.get('pack_tokens') else 'off'}",
-        file=out, flush=True)
+  print(
+      f"aot: {topology} x {num_slices} slice(s): {len(devices)} x {chip.name} devices "
+      f"({'megacore, ' if chip.megacore else ''}one per chip, {_gib(chip.hbm_bytes)} HBM, "
+      f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 each); model "
+      f"{config.model.pretrained or 'config.model.t5'}: {n / 1e6:,.1f}M params as a VAE, "
+      f"compute {model.dtype.name}, fsdp {'on' if config.fsdp else 'off'}, packing "
+      f"{'on (worst case: every position a real token)' if config.get('pack_tokens') else 'off'}",
+      file=out,
+      flush=True,
+  )
   reports = []
   for length in lengths:
     for phase in phases:
       reports.append(compile_train(config, phase, devices, chip, length, model, params))
       print("\n".join(format_report(reports[-1])), file=out, flush=True)
     if eval_pass:
-      reports.append(compile_eval(config, devices, chip, length, eval_batch_size, num_samples,
-                                  iw_chunk, model, params))
+      reports.append(
+          compile_eval(
+              config, devices, chip, length, eval_batch_size, num_samples, iw_chunk, model, params
+          )
+      )
       print("\n".join(format_report(reports[-1])), file=out, flush=True)
   return reports
 
@@ -520,6 +636,7 @@ def run(config, topology: str, phases: Sequence[int] = (1, 2), num_slices: int =
 def _without_mesh_devices(config):
   """A copy of the config with mesh_devices 0: the compile spans the whole topology."""
   import copy
+
   config = copy.deepcopy(config)
   config.mesh_devices = 0
   return config
@@ -533,24 +650,43 @@ FLAGS = flags.FLAGS
 
 def define_flags(flag_values=None) -> None:
   from ml_collections import config_flags
+
   flag_values = flags.FLAGS if flag_values is None else flag_values
-  config_flags.DEFINE_config_file("config", None, "Training config (a configs/*.py file).",
-                                  flag_values=flag_values, lock_config=True)
-  flags.DEFINE_string("topology", None, "TPU topology, <chip>:<bounds>: v5e:2x4 (v5e-8), "
-                      "v5e:4x4 (v5e-16), v4:2x2x4 (v4-32), v4:2x4x4 (v4-64), v5p:2x4x4 "
-                      "(v5p-64), v6e:2x2 ...", flag_values=flag_values)
-  flags.DEFINE_integer("num_slices", 1, "Slices of that topology (multi-slice, data parallel "
-                       "across them).", flag_values=flag_values)
+  config_flags.DEFINE_config_file(
+      "config",
+      None,
+      "Training config (a configs/*.py file).",
+      flag_values=flag_values,
+      lock_config=True,
+  )
+  flags.DEFINE_string(
+      "topology",
+      None,
+      "TPU topology, <chip>:<bounds>: v5e:2x4 (v5e-8), "
+      "v5e:4x4 (v5e-16), v4:2x2x4 (v4-32), v4:2x4x4 (v4-64), v5p:2x4x4 "
+      "(v5p-64), v6e:2x2 ...",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+      "num_slices",
+      1,
+      "Slices of that topology (multi-slice, data parallel " "across them).",
+      flag_values=flag_values,
+  )
   flags.DEFINE_integer("phase", None, "1 or 2; default: both.", flag_values=flag_values)
-  flags.DEFINE_list("lengths", None, "Padded lengths to compile; default: every bucket of "
-                    "config.data.", flag_values=flag_values)
+  flags.DEFINE_list(
+      "lengths",
+      None,
+      "Padded lengths to compile; default: every bucket of " "config.data.",
+      flag_values=flag_values,
+  )
   flags.DEFINE_bool("eval", True, "Also compile eval.py's IW-NLL pass.", flag_values=flag_values)
   flags.DEFINE_integer("eval_batch_size", 64, "eval.py's --batch_size.", flag_values=flag_values)
-  flags.DEFINE_integer("num_samples", 500, "eval.py's --num_samples (K).",
-                       flag_values=flag_values)
+  flags.DEFINE_integer("num_samples", 500, "eval.py's --num_samples (K).", flag_values=flag_values)
   flags.DEFINE_integer("iw_chunk", 50, "eval.py's --iw_chunk.", flag_values=flag_values)
-  flags.DEFINE_string("json", None, "Also write the reports to this JSON file.",
-                      flag_values=flag_values)
+  flags.DEFINE_string(
+      "json", None, "Also write the reports to this JSON file.", flag_values=flag_values
+  )
   flags.mark_flags_as_required(["config", "topology"], flag_values=flag_values)
 
 
@@ -565,11 +701,17 @@ def main(argv):
     errors.fail(f"--lengths={','.join(FLAGS.lengths)} must be integers")
   runtime.quiet_known_noise()
   try:
-    reports = run(FLAGS.config, FLAGS.topology,
-                  phases=(1, 2) if FLAGS.phase is None else (FLAGS.phase,),
-                  num_slices=FLAGS.num_slices, lengths=lengths, eval_pass=FLAGS.eval,
-                  eval_batch_size=FLAGS.eval_batch_size, num_samples=FLAGS.num_samples,
-                  iw_chunk=FLAGS.iw_chunk)
+    reports = run(
+        FLAGS.config,
+        FLAGS.topology,
+        phases=(1, 2) if FLAGS.phase is None else (FLAGS.phase,),
+        num_slices=FLAGS.num_slices,
+        lengths=lengths,
+        eval_pass=FLAGS.eval,
+        eval_batch_size=FLAGS.eval_batch_size,
+        num_samples=FLAGS.num_samples,
+        iw_chunk=FLAGS.iw_chunk,
+    )
   except AotError as e:
     errors.fail(str(e))
   if FLAGS.json:
@@ -577,8 +719,11 @@ def main(argv):
       json.dump([r.as_dict() for r in reports], f, indent=2)
   failed = [r for r in reports if not r.fits]
   if failed:
-    print(f"does not fit: {', '.join(f'{r.program} at length {r.length}' for r in failed)}",
-          file=sys.stderr, flush=True)
+    print(
+        f"does not fit: {', '.join(f'{r.program} at length {r.length}' for r in failed)}",
+        file=sys.stderr,
+        flush=True,
+    )
     sys.exit(1)
 
 
@@ -586,6 +731,19 @@ if __name__ == "__main__":
   # The host computes nothing: without this JAX would try (and fail) to start a TPU backend.
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   define_flags()
-  cli.show_in_help(["config", "topology", "num_slices", "phase", "lengths", "eval",
-                    "eval_batch_size", "num_samples", "iw_chunk", "json"], __doc__)
+  cli.show_in_help(
+      [
+          "config",
+          "topology",
+          "num_slices",
+          "phase",
+          "lengths",
+          "eval",
+          "eval_batch_size",
+          "num_samples",
+          "iw_chunk",
+          "json",
+      ],
+      __doc__,
+  )
   cli.run_main(main)

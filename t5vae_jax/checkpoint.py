@@ -23,6 +23,7 @@ A save that fails (disk full, permission denied, bucket unreachable) raises Chec
 from the save, the next ``check_for_errors`` or ``wait``: one line naming step and path, exit
 status 1 (tests/test_checkpoint_damage.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -105,21 +106,31 @@ def absolute(path) -> epath.Path:
   return epath.Path(os.path.abspath(os.fspath(path)))
 
 
-def _manager(directory: epath.Path, keep: Optional[int], *, name: str, read_only: bool = False,
-             asynchronous: bool = True) -> ocp.CheckpointManager:
+def _manager(
+    directory: epath.Path,
+    keep: Optional[int],
+    *,
+    name: str,
+    read_only: bool = False,
+    asynchronous: bool = True,
+) -> ocp.CheckpointManager:
   # The step directory is made in the caller's thread: made in orbax's (the default), a
   # failure (a read-only directory) leaves its other threads waiting 300 s for a signal.
   # ``name`` prefixes the manager's cross-process barriers: "latest" and "best" both saving
   # step N at once would otherwise meet at one barrier name ("async_write_complete.N") and,
   # as the threads interleave, time out on one host while the others hang.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=asynchronous, cleanup_tmp_directories=not read_only,
+      max_to_keep=keep,
+      create=not read_only,
+      read_only=read_only,
+      enable_async_checkpointing=asynchronous,
+      cleanup_tmp_directories=not read_only,
       async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
-      multiprocessing_options=ocp.options.MultiprocessingOptions(
-          barrier_sync_key_prefix=name))
-  return ocp.CheckpointManager(directory, options=options,
-                               item_names=("params", "opt_state", "meta"))
+      multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
+  )
+  return ocp.CheckpointManager(
+      directory, options=options, item_names=("params", "opt_state", "meta")
+  )
 
 
 class PhaseCheckpoints:
@@ -127,8 +138,9 @@ class PhaseCheckpoints:
 
   def __init__(self, phase_dir, keep: int = 3, asynchronous: bool = True):
     self.phase_dir = absolute(phase_dir)
-    self.latest = _manager(self.phase_dir / "checkpoints", keep, name="latest",
-                           asynchronous=asynchronous)
+    self.latest = _manager(
+        self.phase_dir / "checkpoints", keep, name="latest", asynchronous=asynchronous
+    )
     self.best = _manager(self.phase_dir / "best", 1, name="best", asynchronous=asynchronous)
     self._best_value = self._read_best_value()
     self._saving: dict[str, int] = {}  # manager name -> step of its last save (for errors)
@@ -147,9 +159,15 @@ class PhaseCheckpoints:
     self.check_for_errors()
     self._saving["latest"] = step
     with self._save_errors("latest", self.latest):
-      self.latest.save(step, args=ocp.args.Composite(
-          params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-          meta=ocp.args.JsonSave(meta)), force=True)
+      self.latest.save(
+          step,
+          args=ocp.args.Composite(
+              params=ocp.args.StandardSave(params),
+              opt_state=ocp.args.StandardSave(opt_state),
+              meta=ocp.args.JsonSave(meta),
+          ),
+          force=True,
+      )
 
   def check_for_errors(self) -> None:
     """Raises CheckpointSaveError if a background save has failed (cheap: call every step)."""
@@ -167,33 +185,48 @@ class PhaseCheckpoints:
       step = self._saving.get(name)
       raise CheckpointSaveError(manager.directory / str(step), e, step=step) from e
 
-  def maybe_save_best(self, step: int, params, value: float, metric: str,
-                      mode: str = "min") -> bool:
+  def maybe_save_best(
+      self, step: int, params, value: float, metric: str, mode: str = "min"
+  ) -> bool:
     """Saves ``params`` as best if ``value`` beats the best so far."""
-    better = (self._best_value is None or
-              (value < self._best_value if mode == "min" else value > self._best_value))
+    better = self._best_value is None or (
+        value < self._best_value if mode == "min" else value > self._best_value
+    )
     if not better:
       return False
     self._best_value = value
     self.check_for_errors()
     self._saving["best"] = step
     with self._save_errors("best", self.best):
-      self.best.save(step, args=ocp.args.Composite(
-          params=ocp.args.StandardSave(params),
-          meta=ocp.args.JsonSave({"step": step, "metric": metric, "value": value})), force=True)
+      self.best.save(
+          step,
+          args=ocp.args.Composite(
+              params=ocp.args.StandardSave(params),
+              meta=ocp.args.JsonSave({"step": step, "metric": metric, "value": value}),
+          ),
+          force=True,
+      )
     return True
 
   def restore(self, step: int, abstract_params, abstract_opt_state):
     """(params, opt_state, meta) of ``step``, placed as the abstract trees' shardings say."""
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params),
-        opt_state=ocp.args.StandardRestore(abstract_opt_state),
-        meta=ocp.args.JsonRestore()))
+    restored = self.latest.restore(
+        step,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_params),
+            opt_state=ocp.args.StandardRestore(abstract_opt_state),
+            meta=ocp.args.JsonRestore(),
+        ),
+    )
     return restored["params"], restored["opt_state"], restored["meta"]
 
-  def restore_newest(self, abstract_params, abstract_opt_state,
-                     check_meta: Optional[Callable[[int, dict], None]] = None,
-                     warn: Callable[[str], None] = print):
+  def restore_newest(
+      self,
+      abstract_params,
+      abstract_opt_state,
+      check_meta: Optional[Callable[[int, dict], None]] = None,
+      warn: Callable[[str], None] = print,
+  ):
     """(step, params, opt_state, meta) of the newest checkpoint that restores; None if the
     phase has no checkpoint at all (a fresh start).
 
@@ -215,8 +248,10 @@ class PhaseCheckpoints:
           check_meta(step, meta)
       except Exception as e:  # orbax and TensorStore raise plain Exceptions
         failures.append((step, errors.describe(e)))
-        warn(f"warning: checkpoint step {step} in {directory} does not restore, skipping it: "
-             f"{failures[-1][1]}")
+        warn(
+            f"warning: checkpoint step {step} in {directory} does not restore, skipping it: "
+            f"{failures[-1][1]}"
+        )
         continue
       for bad_step, _ in failures:
         self._move_aside(bad_step)
@@ -225,7 +260,8 @@ class PhaseCheckpoints:
       tried = "; ".join(f"step {s}: {why}" for s, why in failures)
       raise CheckpointDamagedError(
           f"no checkpoint in {directory} restores (tried {tried}); move the damaged step "
-          f"directories away to start this phase from step 0")
+          f"directories away to start this phase from step 0"
+      )
     return None
 
   def _check_tree_metadata(self, step: int) -> None:
@@ -283,10 +319,14 @@ def restore_params(phase_dir, abstract_params=None, which: str = "latest", step=
   if not directory.exists():
     raise CheckpointNotFoundError(f"no checkpoint in {directory}")
   manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_handlers={"params": ocp.StandardCheckpointHandler(),
-                     "opt_state": ocp.StandardCheckpointHandler(),
-                     "meta": ocp.JsonCheckpointHandler()})
+      directory,
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_handlers={
+          "params": ocp.StandardCheckpointHandler(),
+          "opt_state": ocp.StandardCheckpointHandler(),
+          "meta": ocp.JsonCheckpointHandler(),
+      },
+  )
   try:
     step = manager.latest_step() if step is None else step
     if step is None:
@@ -297,8 +337,9 @@ def restore_params(phase_dir, abstract_params=None, which: str = "latest", step=
     # T5's cross-attention k/v (unused: z's memory replaces them), which a freshly initialised
     # model has no leaf for. ``abstract_params`` gives the shardings; its leaves must exist.
     target = _restore_target(on_disk, abstract_params, default_sharding(), ())
-    restored = manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(target)))
+    restored = manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
+    )
     return restored["params"], step
   finally:
     manager.close()
@@ -311,16 +352,20 @@ def _restore_target(on_disk, abstract, placement, path: tuple):
     if isinstance(abstract, dict):
       missing = sorted(set(abstract) - set(on_disk))
       if missing:
-        raise ValueError(f"the checkpoint has no parameter {'/'.join(path + (missing[0],))!r}"
-                         f" ({len(missing)} missing): it was written by another model")
+        raise ValueError(
+            f"the checkpoint has no parameter {'/'.join(path + (missing[0],))!r}"
+            f" ({len(missing)} missing): it was written by another model"
+        )
     sub = abstract if isinstance(abstract, dict) else {}
     return {k: _restore_target(v, sub.get(k), placement, path + (k,)) for k, v in on_disk.items()}
   sharding = getattr(abstract, "sharding", None)
   if not isinstance(abstract, jax.ShapeDtypeStruct) or sharding is None:
     sharding = placement
   if abstract is not None and tuple(abstract.shape) != tuple(on_disk.shape):
-    raise ValueError(f"parameter {'/'.join(path)!r} has shape {tuple(on_disk.shape)} in the "
-                     f"checkpoint but {tuple(abstract.shape)} in the model")
+    raise ValueError(
+        f"parameter {'/'.join(path)!r} has shape {tuple(on_disk.shape)} in the "
+        f"checkpoint but {tuple(abstract.shape)} in the model"
+    )
   return jax.ShapeDtypeStruct(on_disk.shape, on_disk.dtype, sharding=sharding)
 
 
@@ -329,14 +374,16 @@ def default_sharding() -> jax.sharding.Sharding:
   if jax.process_count() == 1:
     return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   from t5vae_jax import sharding as sharding_lib
+
   return sharding_lib.replicated(sharding_lib.make_mesh())
 
 
 # --------------------------------------------------------------------------------------------
 # What makes a phase directory self-contained: the network's config and the tokenizer.
 # --------------------------------------------------------------------------------------------
-def write_model_spec(phase_dir, t5_config: t5_lib.T5Config, vae_config: model_lib.VAEConfig,
-                     dtype: str) -> None:
+def write_model_spec(
+    phase_dir, t5_config: t5_lib.T5Config, vae_config: model_lib.VAEConfig, dtype: str
+) -> None:
   spec = {"t5": t5_config.to_hf_dict(), "vae": dataclasses.asdict(vae_config), "dtype": dtype}
   path = epath.Path(phase_dir)
   path.mkdir(parents=True, exist_ok=True)
@@ -348,8 +395,11 @@ def read_model_spec(phase_dir) -> tuple[t5_lib.T5Config, model_lib.VAEConfig, st
   if not path.exists():
     raise CheckpointNotFoundError(f"{path} is missing: not a t5vae-jax phase directory")
   spec = json.loads(path.read_text())
-  return (t5_lib.T5Config.from_hf_dict(spec["t5"]), model_lib.VAEConfig(**spec["vae"]),
-          spec.get("dtype", "float32"))
+  return (
+      t5_lib.T5Config.from_hf_dict(spec["t5"]),
+      model_lib.VAEConfig(**spec["vae"]),
+      spec.get("dtype", "float32"),
+  )
 
 
 def write_config(phase_dir, config) -> None:
@@ -362,5 +412,6 @@ def abstract_tree(tree: Any, shardings: Any = None) -> Any:
   """ShapeDtypeStructs (with shardings when given) for an orbax restore target."""
   if shardings is None:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
-                      shardings)
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )

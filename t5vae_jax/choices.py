@@ -29,6 +29,14 @@ KL_THRESHOLD_MODES = ("batch", "example")
 REC_NORMALIZERS = ("sum", "max_len")
 DENOISE_MODES = ("bernoulli", "uniform_count")
 NONFINITE_POLICIES = ("skip", "stop")
-FEED_FORWARD_PROJ = ("relu", "gelu", "gelu_new", "silu", "gated-relu", "gated-gelu",
-                     "gated-gelu_new", "gated-silu")
+FEED_FORWARD_PROJ = (
+    "relu",
+    "gelu",
+    "gelu_new",
+    "silu",
+    "gated-relu",
+    "gated-gelu",
+    "gated-gelu_new",
+    "gated-silu",
+)
 BEST_METRICS = ("val/neg_elbo", "val/rec", "val/kl", "val/rec_per_token", "val/ppl_elbo")

@@ -13,6 +13,7 @@ which works from any working directory, with ``python train.py``, with the ``t5v
 entry point of an installed package, and for a config file kept outside the checkout that
 names the checkout's ``configs/default.py`` with ``load_module``.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -11,6 +11,7 @@ allowed::
 This module imports nothing heavy (no JAX), so train.py and eval.py can run it first. The
 allowed values are choices.py's, which the modules acting on them import too.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,21 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 from t5vae_jax import hub
 from t5vae_jax.errors import UserError
 from t5vae_jax.choices import (
-    BAD_LINE_POLICIES, BEST_METRICS, DATASETS, DENOISE_MODES, DTYPES, FEED_FORWARD_PROJ,
-    INJECTIONS, KL_THRESHOLD_MODES, NONFINITE_POLICIES, POOL_LAYERS, POOLINGS, REC_NORMALIZERS,
-    TOKENIZER_MODEL_TYPES, BETA_SCHEDULES)
+    BAD_LINE_POLICIES,
+    BEST_METRICS,
+    DATASETS,
+    DENOISE_MODES,
+    DTYPES,
+    FEED_FORWARD_PROJ,
+    INJECTIONS,
+    KL_THRESHOLD_MODES,
+    NONFINITE_POLICIES,
+    POOL_LAYERS,
+    POOLINGS,
+    REC_NORMALIZERS,
+    TOKENIZER_MODEL_TYPES,
+    BETA_SCHEDULES,
+)
 
 
 class ConfigError(UserError, ValueError):
@@ -56,6 +69,7 @@ DEFAULT_MAX_LINE_CHARS = 20_000
 class Rule:
   """What a key may hold. ``check(value)`` runs after the type check; ``allowed`` says, in
   words, what passes both."""
+
   kind: str  # int | float | bool | str | ints (a tuple of ints)
   allowed: str
   check: Optional[Callable[[Any], bool]] = None
@@ -77,34 +91,49 @@ _TYPE_CHECKS = {
     "float": (lambda v: _is_number(v) and math.isfinite(v), "a finite number"),
     "bool": (lambda v: isinstance(v, bool), "True or False"),
     "str": (lambda v: isinstance(v, str), "a string"),
-    "ints": (lambda v: isinstance(v, (tuple, list)) and all(_is_int(x) for x in v),
-             "a tuple of integers"),
+    "ints": (
+        lambda v: isinstance(v, (tuple, list)) and all(_is_int(x) for x in v),
+        "a tuple of integers",
+    ),
 }
 
 
 def choice(values: Sequence[str], description: str = "", **kw) -> Rule:
-  return Rule("str", "one of " + ", ".join(repr(v) for v in values), lambda v: v in values,
-              description, **kw)
+  return Rule(
+      "str",
+      "one of " + ", ".join(repr(v) for v in values),
+      lambda v: v in values,
+      description,
+      **kw,
+  )
 
 
 def integer(low: int, high: Optional[int] = None, description: str = "", **kw) -> Rule:
   allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-  return Rule("int", allowed, lambda v: v >= low and (high is None or v <= high), description,
-              **kw)
+  return Rule("int", allowed, lambda v: v >= low and (high is None or v <= high), description, **kw)
 
 
-def number(low: float, high: Optional[float] = None, *, low_open=False, high_open=False,
-           description: str = "", **kw) -> Rule:
+def number(
+    low: float,
+    high: Optional[float] = None,
+    *,
+    low_open=False,
+    high_open=False,
+    description: str = "",
+    **kw,
+) -> Rule:
   if high is None:
     allowed = f"a number {'>' if low_open else '>='} {low:g}"
   else:
-    allowed = (f"a number in {'(' if low_open else '['}{low:g}, {high:g}"
-               f"{')' if high_open else ']'}")
+    allowed = (
+        f"a number in {'(' if low_open else '['}{low:g}, {high:g}" f"{')' if high_open else ']'}"
+    )
 
   def check(v):
     above = v > low if low_open else v >= low
     below = high is None or (v < high if high_open else v <= high)
     return above and below
+
   return Rule("float", allowed, check, description, **kw)
 
 
@@ -119,8 +148,9 @@ def string(description: str = "", **kw) -> Rule:
 RULES: dict[str, Rule] = {
     "seed": integer(0, description="random seed"),
     # model
-    "model.pretrained": string("a Hugging Face T5 checkpoint: local directory or hub id; "
-                               "'' = from scratch"),
+    "model.pretrained": string(
+        "a Hugging Face T5 checkpoint: local directory or hub id; " "'' = from scratch"
+    ),
     "model.t5.vocab_size": integer(3, description="vocabulary size of a scratch T5"),
     "model.t5.d_model": integer(1),
     "model.t5.d_kv": integer(1),
@@ -144,20 +174,32 @@ RULES: dict[str, Rule] = {
     "model.pool_dropout": boolean("pool the encoder output after its final dropout (ablation)"),
     "model.latent_injection": choice(INJECTIONS, "how z reaches the decoder"),
     "model.dtype": choice(DTYPES, "compute dtype (auto: bfloat16 on TPU/GPU, float32 on CPU)"),
-    "model.remat": choice(("none", "full", "dots"), "activation rematerialisation per block",
-                          optional=True),
+    "model.remat": choice(
+        ("none", "full", "dots"), "activation rematerialisation per block", optional=True
+    ),
     # data
     "data.name": choice(DATASETS, "the dataset"),
     "data.dir": string("local directory with train.txt / valid.txt / test.txt; '' = download"),
     "data.tfds_dir": string("where TFDS prepares datasets; '' = ~/tensorflow_datasets"),
     "data.tokenizer": string("tokenizer directory or hub id; '' = the checkpoint's"),
     "data.max_len": integer(2, description="tokens per sentence incl. EOS"),
-    "data.bucket_lengths": Rule("ints", "increasing integers >= 1, the last one max_len, or () "
-                                "for the defaults", None, "padded lengths", none_ok=True),
-    "data.train_split": Rule("str", "train, validation or test, optionally sliced (train[:50%])",
-                             lambda v: bool(SPLIT_PATTERN.match(v))),
-    "data.eval_split": Rule("str", "train, validation or test, optionally sliced (test[:1000])",
-                            lambda v: bool(SPLIT_PATTERN.match(v))),
+    "data.bucket_lengths": Rule(
+        "ints",
+        "increasing integers >= 1, the last one max_len, or () " "for the defaults",
+        None,
+        "padded lengths",
+        none_ok=True,
+    ),
+    "data.train_split": Rule(
+        "str",
+        "train, validation or test, optionally sliced (train[:50%])",
+        lambda v: bool(SPLIT_PATTERN.match(v)),
+    ),
+    "data.eval_split": Rule(
+        "str",
+        "train, validation or test, optionally sliced (test[:1000])",
+        lambda v: bool(SPLIT_PATTERN.match(v)),
+    ),
     "data.on_bad_line": choice(BAD_LINE_POLICIES, "what to do with an unusable line"),
     "data.max_line_chars": integer(1, description="longer lines are bad lines", optional=True),
     "data.extra_ids": integer(0, description="sentinel tokens of a scratch tokenizer"),
@@ -186,9 +228,12 @@ RULES: dict[str, Rule] = {
     "beta.ratio": number(0, 1, low_open=True),
     "kl_floor": number(0, description="free bits per dimension; 0 = off"),
     "kl_threshold_mode": choice(KL_THRESHOLD_MODES),
-    "rec_normalizer": choice(REC_NORMALIZERS, "reconstruction term of the training loss: sum "
-                             "over real tokens (paper) or sum / data.max_len (released code)",
-                             optional=True),
+    "rec_normalizer": choice(
+        REC_NORMALIZERS,
+        "reconstruction term of the training loss: sum "
+        "over real tokens (paper) or sum / data.max_len (released code)",
+        optional=True,
+    ),
     "denoise_rate": number(0, 1, high_open=True, description="token deletion probability"),
     "denoise_mode": choice(DENOISE_MODES),
     # loop
@@ -212,8 +257,9 @@ RULES: dict[str, Rule] = {
 # Walking a config
 # --------------------------------------------------------------------------------------------
 def _is_mapping(value) -> bool:
-  return isinstance(value, Mapping) or (hasattr(value, "items") and hasattr(value, "keys")
-                                        and not isinstance(value, (str, bytes)))
+  return isinstance(value, Mapping) or (
+      hasattr(value, "items") and hasattr(value, "keys") and not isinstance(value, (str, bytes))
+  )
 
 
 def flatten(config, prefix: str = "") -> dict[str, Any]:
@@ -246,8 +292,9 @@ def suggest(key: str, candidates: Iterable[str]) -> str:
   if close:
     match = [siblings[close[0]]]
   else:  # a typo in a parent: candidates whose last part is close, by closeness of the path
-    leaves = [c for c in candidates
-              if difflib.get_close_matches(leaf, [c.rpartition(".")[2]], cutoff=0.6)]
+    leaves = [
+        c for c in candidates if difflib.get_close_matches(leaf, [c.rpartition(".")[2]], cutoff=0.6)
+    ]
     match = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6)
   return f" (did you mean '{match[0]}'?)" if match else ""
 
@@ -263,8 +310,10 @@ def check_value(key: str, value: Any, rule: Rule) -> Optional[str]:
     return None if rule.none_ok else f"config.{key} is None; allowed: {rule.allowed}{about}"
   type_ok, type_name = _TYPE_CHECKS[rule.kind]
   if not type_ok(value):
-    return (f"config.{key}={_fmt(value)} is {_kind_of(value)}, not {type_name}; allowed: "
-            f"{rule.allowed}{about}")
+    return (
+        f"config.{key}={_fmt(value)} is {_kind_of(value)}, not {type_name}; allowed: "
+        f"{rule.allowed}{about}"
+    )
   if rule.check is not None and not rule.check(value):
     return f"config.{key}={_fmt(value)} is not allowed; allowed: {rule.allowed}{about}"
   return None
@@ -290,6 +339,7 @@ def parse_override(key: str, text: str, current: Any) -> Any:
   (bool as absl's flags parse it: true/false, t/f, 1/0), else like ``current``'s type; a
   value that does not parse is a ConfigError naming the key and what is allowed."""
   import ast
+
   rule = RULES.get(key)
   kind = rule.kind if rule is not None else _kind_name(current)
   allowed = f"; allowed: {rule.allowed}" if rule is not None else ""
@@ -373,26 +423,43 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
   errors = []
   max_len = values.get("data.max_len")
   buckets = values.get("data.bucket_lengths")
-  if _is_int(max_len) and max_len >= 2 and buckets and isinstance(buckets, (tuple, list)) and \
-      all(_is_int(b) for b in buckets):
+  if (
+      _is_int(max_len)
+      and max_len >= 2
+      and buckets
+      and isinstance(buckets, (tuple, list))
+      and all(_is_int(b) for b in buckets)
+  ):
     buckets = tuple(buckets)
     if any(b < 1 for b in buckets) or any(b >= c for b, c in zip(buckets, buckets[1:])):
-      errors.append(f"config.data.bucket_lengths={buckets} is not allowed; allowed: strictly "
-                    f"increasing integers >= 1")
+      errors.append(
+          f"config.data.bucket_lengths={buckets} is not allowed; allowed: strictly "
+          f"increasing integers >= 1"
+      )
     elif buckets[-1] > max_len:
-      errors.append(f"config.data.bucket_lengths={buckets} has lengths above "
-                    f"config.data.max_len={max_len}; allowed: buckets up to max_len, the last "
-                    f"one max_len (set both, or --config.data.bucket_lengths='()' for the "
-                    f"defaults)")
+      errors.append(
+          f"config.data.bucket_lengths={buckets} has lengths above "
+          f"config.data.max_len={max_len}; allowed: buckets up to max_len, the last "
+          f"one max_len (set both, or --config.data.bucket_lengths='()' for the "
+          f"defaults)"
+      )
     elif buckets[-1] < max_len:
-      errors.append(f"config.data.bucket_lengths={buckets} ends below config.data.max_len="
-                    f"{max_len}, so a sentence of max_len tokens fits no bucket; allowed: the "
-                    f"last bucket equal to max_len")
+      errors.append(
+          f"config.data.bucket_lengths={buckets} ends below config.data.max_len="
+          f"{max_len}, so a sentence of max_len tokens fits no bucket; allowed: the "
+          f"last bucket equal to max_len"
+      )
   extra, vocab = values.get("data.extra_ids"), values.get("model.t5.vocab_size")
-  if (_is_int(extra) and _is_int(vocab) and not values.get("model.pretrained")
-      and extra >= vocab - 3):
-    errors.append(f"config.data.extra_ids={extra} leaves no room in config.model.t5.vocab_size="
-                  f"{vocab}; allowed: fewer than vocab_size - 3")
+  if (
+      _is_int(extra)
+      and _is_int(vocab)
+      and not values.get("model.pretrained")
+      and extra >= vocab - 3
+  ):
+    errors.append(
+        f"config.data.extra_ids={extra} leaves no room in config.model.t5.vocab_size="
+        f"{vocab}; allowed: fewer than vocab_size - 3"
+    )
   return errors
 
 
@@ -404,33 +471,51 @@ def _path_checks(values: dict[str, Any]) -> list[str]:
     if not os.path.exists(path):
       errors.append(f"config.data.dir={data_dir!r}: no such directory ({os.path.abspath(path)})")
     elif not os.path.isdir(path):
-      errors.append(f"config.data.dir={data_dir!r} is a file, not a directory with train.txt, "
-                    "valid.txt and test.txt")
+      errors.append(
+          f"config.data.dir={data_dir!r} is a file, not a directory with train.txt, "
+          "valid.txt and test.txt"
+      )
   tfds_dir = values.get("data.tfds_dir")
-  if isinstance(tfds_dir, str) and tfds_dir and not hub.is_remote(tfds_dir) and \
-      os.path.isfile(os.path.expanduser(tfds_dir)):
+  if (
+      isinstance(tfds_dir, str)
+      and tfds_dir
+      and not hub.is_remote(tfds_dir)
+      and os.path.isfile(os.path.expanduser(tfds_dir))
+  ):
     errors.append(f"config.data.tfds_dir={tfds_dir!r} is a file, not a directory")
-  for key, what in (("model.pretrained", "checkpoint directory"),
-                    ("data.tokenizer", "tokenizer directory")):
+  for key, what in (
+      ("model.pretrained", "checkpoint directory"),
+      ("data.tokenizer", "tokenizer directory"),
+  ):
     name = values.get(key)
     # Hub ids and gs:// paths are left to the loaders (hub.is_hub_id: the program's one rule).
     if isinstance(name, str) and name and not hub.is_remote(name) and not hub.is_hub_id(name):
       path = hub.local_path(name)
       if not os.path.exists(path):
-        errors.append(f"config.{key}={name!r}: no such {what} ({os.path.abspath(path)}); give an "
-                      "existing directory or a Hugging Face hub id")
+        errors.append(
+            f"config.{key}={name!r}: no such {what} ({os.path.abspath(path)}); give an "
+            "existing directory or a Hugging Face hub id"
+        )
       elif not os.path.isdir(path):
         errors.append(f"config.{key}={name!r} is a file; expected a {what}")
   return errors
 
 
-def collect_errors(config, phase: Optional[int] = None, *, check_paths: bool = True,
-                   require_all: bool = True, allow_unknown: bool = False) -> list[str]:
+def collect_errors(
+    config,
+    phase: Optional[int] = None,
+    *,
+    check_paths: bool = True,
+    require_all: bool = True,
+    allow_unknown: bool = False,
+) -> list[str]:
   """Every problem of ``config`` (and of ``phase`` when given), one line each."""
   errors = []
   if phase is not None and (not _is_int(phase) or phase not in PHASES):
-    errors.append(f"--phase={phase} is not allowed; allowed: 1 (encoder warm-up) or 2 "
-                  "(full VAE, from phase 1)")
+    errors.append(
+        f"--phase={phase} is not allowed; allowed: 1 (encoder warm-up) or 2 "
+        "(full VAE, from phase 1)"
+    )
   try:
     values = flatten(config)
   except Exception as e:  # not a ConfigDict at all
@@ -448,8 +533,10 @@ def collect_errors(config, phase: Optional[int] = None, *, check_paths: bool = T
     # A whole group replaced by a scalar (config.model=3) shows up here as missing keys.
     for key, rule in RULES.items():
       if not rule.optional and key not in values:
-        errors.append(f"config.{key} is missing; allowed: {rule.allowed} (configs start from "
-                      "configs/default.py's get_config())")
+        errors.append(
+            f"config.{key} is missing; allowed: {rule.allowed} (configs start from "
+            "configs/default.py's get_config())"
+        )
   errors += _cross_checks(values)
   if check_paths:
     errors += _path_checks(values)
@@ -471,29 +558,38 @@ def check_devices(config, device_count: int, process_count: int = 1) -> None:
   errors = []
   mesh_devices = config.get("mesh_devices") or 0
   if mesh_devices > device_count:
-    errors.append(f"config.mesh_devices={mesh_devices} is not allowed; allowed: 0 (all) to "
-                  f"{device_count}, the number of devices here")
+    errors.append(
+        f"config.mesh_devices={mesh_devices} is not allowed; allowed: 0 (all) to "
+        f"{device_count}, the number of devices here"
+    )
     mesh_devices = device_count
   n = mesh_devices or device_count
   if config.batch_size % n:
-    errors.append(f"config.batch_size={config.batch_size} is not allowed; allowed: a multiple "
-                  f"of the number of devices ({n})")
+    errors.append(
+        f"config.batch_size={config.batch_size} is not allowed; allowed: a multiple "
+        f"of the number of devices ({n})"
+    )
   elif config.batch_size % process_count:
-    errors.append(f"config.batch_size={config.batch_size} is not allowed; allowed: a multiple "
-                  f"of the number of processes ({process_count})")
+    errors.append(
+        f"config.batch_size={config.batch_size} is not allowed; allowed: a multiple "
+        f"of the number of processes ({process_count})"
+    )
   if errors:
     raise ConfigError(errors)
 
 
 def no_phase1_checkpoint_message(checkpoints_dir) -> str:
-  return (f"phase 2 starts from phase 1's params, but there is no phase 1 checkpoint in "
-          f"{checkpoints_dir}; run --phase 1 with the same --workdir first, or set "
-          "--config.phase2.from_phase1=False")
+  return (
+      f"phase 2 starts from phase 1's params, but there is no phase 1 checkpoint in "
+      f"{checkpoints_dir}; run --phase 1 with the same --workdir first, or set "
+      "--config.phase2.from_phase1=False"
+  )
 
 
 def check_workdir(config, workdir, phase: int) -> None:
   """Phase 2 needs phase 1's checkpoint in the same workdir (unless from_phase1=False)."""
   from etils import epath
+
   if phase != 2 or not config.phase2.from_phase1:
     return
   checkpoints = epath.Path(workdir) / "phase1" / "checkpoints"
@@ -504,16 +600,26 @@ def check_workdir(config, workdir, phase: int) -> None:
 
 # Fields of a phase directory's model.json that must equal the config's: those that set param
 # shapes always; the others too when a run resumes (the directory describes one network).
-SHAPE_KEYS_T5 = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers",
-                 "num_heads", "relative_attention_num_buckets", "feed_forward_proj",
-                 "tie_word_embeddings")
+SHAPE_KEYS_T5 = (
+    "vocab_size",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_layers",
+    "num_decoder_layers",
+    "num_heads",
+    "relative_attention_num_buckets",
+    "feed_forward_proj",
+    "tie_word_embeddings",
+)
 OTHER_KEYS_T5 = ("relative_attention_max_distance",)
 SHAPE_KEYS_VAE = ("latent_dim",)
 OTHER_KEYS_VAE = ("pooling", "pool_layers", "pool_padding", "latent_injection")
 
 
-def check_model_matches(phase_dir, t5_config, vae_config, *, pretrained: str = "",
-                        strict: bool = True) -> None:
+def check_model_matches(
+    phase_dir, t5_config, vae_config, *, pretrained: str = "", strict: bool = True
+) -> None:
   """Compares ``<phase_dir>/model.json`` with the network the config builds.
 
   Raises ConfigError naming the file, each differing key and both values. ``strict`` (a
@@ -521,31 +627,48 @@ def check_model_matches(phase_dir, t5_config, vae_config, *, pretrained: str = "
   that set parameter shapes. No model.json: nothing to compare.
   """
   from etils import epath
+
   path = epath.Path(phase_dir) / "model.json"
   if not path.exists():
     return
   spec = json.loads(path.read_text())
   saved_t5, saved_vae = spec.get("t5", {}), spec.get("vae", {})
   current_t5 = t5_config.to_hf_dict() if hasattr(t5_config, "to_hf_dict") else dict(t5_config)
-  current_vae = (dataclasses.asdict(vae_config) if dataclasses.is_dataclass(vae_config)
-                 else dict(vae_config))
+  current_vae = (
+      dataclasses.asdict(vae_config) if dataclasses.is_dataclass(vae_config) else dict(vae_config)
+  )
   t5_keys = SHAPE_KEYS_T5 + (OTHER_KEYS_T5 if strict else ())
   vae_keys = SHAPE_KEYS_VAE + (OTHER_KEYS_VAE if strict else ())
   diffs = []
   for key in t5_keys:
     if key in saved_t5 and saved_t5[key] != current_t5.get(key):
-      name = (f"{key} of model.pretrained={pretrained!r}" if pretrained
-              else f"config.model.t5.{key}")
+      name = f"{key} of model.pretrained={pretrained!r}" if pretrained else f"config.model.t5.{key}"
       diffs.append(f"{name}={current_t5.get(key)!r} but {saved_t5[key]!r} there")
   for key in vae_keys:
     if key in saved_vae and saved_vae[key] != current_vae.get(key):
       diffs.append(f"config.model.{key}={current_vae.get(key)!r} but {saved_vae[key]!r} there")
   if diffs:
-    action = ("resume with the settings that run was started with, or use a new --workdir"
-              if strict else "train phase 2 with phase 1's model settings")
-    raise ConfigError(f"the checkpoint in {epath.Path(phase_dir)} is of another model than the "
-                      f"config ({path}): " + "; ".join(diffs) + f"; {action}")
+    action = (
+        "resume with the settings that run was started with, or use a new --workdir"
+        if strict
+        else "train phase 2 with phase 1's model settings"
+    )
+    raise ConfigError(
+        f"the checkpoint in {epath.Path(phase_dir)} is of another model than the "
+        f"config ({path}): " + "; ".join(diffs) + f"; {action}"
+    )
 
 
-__all__ = ["ConfigError", "RULES", "Rule", "check_devices", "check_model_matches",
-           "check_workdir", "collect_errors", "describe_key", "flatten", "suggest", "validate"]
+__all__ = [
+    "ConfigError",
+    "RULES",
+    "Rule",
+    "check_devices",
+    "check_model_matches",
+    "check_workdir",
+    "collect_errors",
+    "describe_key",
+    "flatten",
+    "suggest",
+    "validate",
+]

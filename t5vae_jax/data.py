@@ -49,7 +49,9 @@ def get_builder(config_data) -> datasets_lib.TextLinesBuilder:
   data_dir = _get(config_data, "tfds_dir") or None  # "" would be the current directory
   policy = {
       "on_bad_line": _get(config_data, "on_bad_line", "skip"),
-      "max_line_chars": int(_get(config_data, "max_line_chars", datasets_lib.DEFAULT_MAX_LINE_CHARS)),
+      "max_line_chars": int(
+          _get(config_data, "max_line_chars", datasets_lib.DEFAULT_MAX_LINE_CHARS)
+      ),
   }
   if name == "synthetic":
     sizes = _get(config_data, "synthetic", {})
@@ -60,9 +62,14 @@ def get_builder(config_data) -> datasets_lib.TextLinesBuilder:
         seed=_get(sizes, "seed", 0),
         **policy,
     )
-    return datasets_lib.get_builder(name, data_dir=data_dir, raw_dir=_get(config_data, "dir") or None, config=config)
+    return datasets_lib.get_builder(
+        name, data_dir=data_dir, raw_dir=_get(config_data, "dir") or None, config=config
+    )
   return datasets_lib.get_builder(
-      name, data_dir=data_dir, raw_dir=_get(config_data, "dir") or None, config=datasets_lib.TextLinesConfig(**policy)
+      name,
+      data_dir=data_dir,
+      raw_dir=_get(config_data, "dir") or None,
+      config=datasets_lib.TextLinesConfig(**policy),
   )
 
 
@@ -229,7 +236,9 @@ def _lengths(examples_or_lengths) -> np.ndarray:
 
 
 def _token_ids(example) -> np.ndarray:
-  return np.asarray(example["input_ids"] if isinstance(example, Mapping) else example, dtype=np.int32)
+  return np.asarray(
+      example["input_ids"] if isinstance(example, Mapping) else example, dtype=np.int32
+  )
 
 
 # ----------------------------------------------------------------------------- iteration
@@ -279,7 +288,9 @@ class BatchIterator:
     self.process_count = jax.process_count() if process_count is None else process_count
     self.batch_size = int(batch_size)
     if self.batch_size % self.process_count:
-      raise ValueError(f"Batch size {self.batch_size} must divide among {self.process_count} processes.")
+      raise ValueError(
+          f"Batch size {self.batch_size} must divide among {self.process_count} processes."
+      )
     self.seed, self.shuffle, self.drop_remainder = seed, shuffle, drop_remainder
     self.num_epochs, self.pad_id, self.eos_id = num_epochs, pad_id, eos_id
     self.num_batches_per_epoch = steps_per_epoch(
@@ -308,7 +319,9 @@ class BatchIterator:
       self._epoch, self._batch_in_epoch = self._epoch + 1, 0
     rows_per_process = len(indices) // self.process_count
     first_row = self.process_index * rows_per_process
-    return self._make_batch(indices[first_row : first_row + rows_per_process], self.bucket_lengths[bucket])
+    return self._make_batch(
+        indices[first_row : first_row + rows_per_process], self.bucket_lengths[bucket]
+    )
 
   def _epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
     if self._planned_epoch != epoch:

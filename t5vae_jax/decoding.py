@@ -23,6 +23,7 @@ token count (EOS included), so alpha = 0 ranks by log-probability alone and a la
 favours longer sentences. With ``beam`` at least the number of prefixes the search is
 exhaustive (tests/test_decoding.py checks it against enumerating every sequence).
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,8 +38,9 @@ from t5vae_jax import model as model_lib
 METHODS = ("greedy", "sample")
 
 
-def filter_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> jax.Array:
+def filter_logits(
+    logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> jax.Array:
   """(B, V) logits -> scaled logits with the tokens outside top-k / top-p set to -inf.
 
   top_k = 0 and top_p = 1.0 disable the filters. Top-p keeps the smallest set of most likely
@@ -75,20 +77,33 @@ def _check(method, max_len):
     raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
 
 
-def init_cache(model: model_lib.T5VAEModel, batch_size: int, max_len: int,
-               latent_dim: int) -> Any:
+def init_cache(model: model_lib.T5VAEModel, batch_size: int, max_len: int, latent_dim: int) -> Any:
   """An empty decoding cache (zeros, index 0) for ``batch_size`` rows of ``max_len`` tokens."""
   dmodel = model.clone(decode=True)
   shapes = jax.eval_shape(
-      lambda: dmodel.init(jax.random.key(0), jnp.zeros((batch_size, latent_dim), jnp.float32),
-                          jnp.zeros((batch_size, max_len), jnp.int32),
-                          method=model_lib.T5VAEModel.decode_latent))["cache"]
+      lambda: dmodel.init(
+          jax.random.key(0),
+          jnp.zeros((batch_size, latent_dim), jnp.float32),
+          jnp.zeros((batch_size, max_len), jnp.int32),
+          method=model_lib.T5VAEModel.decode_latent,
+      )
+  )["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_len", "method", "top_k", "top_p"))
-def decode(model: model_lib.T5VAEModel, params, z, *, max_len: int, method: str = "greedy",
-           temperature=1.0, top_k: int = 0, top_p: float = 1.0, rng=None) -> jax.Array:
+def decode(
+    model: model_lib.T5VAEModel,
+    params,
+    z,
+    *,
+    max_len: int,
+    method: str = "greedy",
+    temperature=1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    rng=None,
+) -> jax.Array:
   """Tokens (B, max_len) int32 decoded from latents z (B, L) with the key/value cache."""
   _check(method, max_len)
   cfg = model.config
@@ -104,24 +119,42 @@ def decode(model: model_lib.T5VAEModel, params, z, *, max_len: int, method: str 
 
   def body(state):
     step, tokens, previous, done, cache = state
-    logits, mutated = dmodel.apply({"params": params, "cache": cache}, z, previous[:, None],
-                                   method=model_lib.T5VAEModel.decode_latent, mutable=("cache",))
+    logits, mutated = dmodel.apply(
+        {"params": params, "cache": cache},
+        z,
+        previous[:, None],
+        method=model_lib.T5VAEModel.decode_latent,
+        mutable=("cache",),
+    )
     nxt = _choose(logits[:, 0], rng, step, method, temperature, top_k, top_p)
     nxt = jnp.where(done, cfg.pad_token_id, nxt)
     tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, step))
     done = done | (nxt == cfg.eos_token_id)
     return step + 1, tokens, nxt, done, mutated["cache"]
 
-  state = (jnp.asarray(0, jnp.int32), jnp.full((batch, max_len), cfg.pad_token_id, jnp.int32),
-           jnp.full((batch,), cfg.decoder_start_token_id, jnp.int32),
-           jnp.zeros((batch,), bool), cache)
+  state = (
+      jnp.asarray(0, jnp.int32),
+      jnp.full((batch, max_len), cfg.pad_token_id, jnp.int32),
+      jnp.full((batch,), cfg.decoder_start_token_id, jnp.int32),
+      jnp.zeros((batch,), bool),
+      cache,
+  )
   return jax.lax.while_loop(cond, body, state)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_len", "method", "top_k", "top_p"))
-def decode_uncached(model: model_lib.T5VAEModel, params, z, *, max_len: int,
-                    method: str = "greedy", temperature=1.0, top_k: int = 0, top_p: float = 1.0,
-                    rng=None) -> jax.Array:
+def decode_uncached(
+    model: model_lib.T5VAEModel,
+    params,
+    z,
+    *,
+    max_len: int,
+    method: str = "greedy",
+    temperature=1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    rng=None,
+) -> jax.Array:
   """The reference decoder: a full decoder forward over the whole prefix at every step."""
   _check(method, max_len)
   cfg = model.config
@@ -135,22 +168,28 @@ def decode_uncached(model: model_lib.T5VAEModel, params, z, *, max_len: int,
 
   def body(state):
     step, tokens, inputs, done = state
-    logits = model.apply({"params": params}, z, inputs,
-                         method=model_lib.T5VAEModel.decode_latent)  # (B, max_len, V)
+    logits = model.apply(
+        {"params": params}, z, inputs, method=model_lib.T5VAEModel.decode_latent
+    )  # (B, max_len, V)
     current = jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False)
     nxt = _choose(current, rng, step, method, temperature, top_k, top_p)
     nxt = jnp.where(done, cfg.pad_token_id, nxt)
     tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, step))
     # The decoder input at position step + 1 is the token chosen at step (shift right).
-    inputs = jax.lax.dynamic_update_slice(inputs, nxt[:, None],
-                                          (0, jnp.minimum(step + 1, max_len - 1)))
+    inputs = jax.lax.dynamic_update_slice(
+        inputs, nxt[:, None], (0, jnp.minimum(step + 1, max_len - 1))
+    )
     done = done | (nxt == cfg.eos_token_id)
     return step + 1, tokens, inputs, done
 
   inputs = jnp.full((batch, max_len), cfg.pad_token_id, jnp.int32)
   inputs = inputs.at[:, 0].set(cfg.decoder_start_token_id)
-  state = (jnp.asarray(0, jnp.int32), jnp.full((batch, max_len), cfg.pad_token_id, jnp.int32),
-           inputs, jnp.zeros((batch,), bool))
+  state = (
+      jnp.asarray(0, jnp.int32),
+      jnp.full((batch, max_len), cfg.pad_token_id, jnp.int32),
+      inputs,
+      jnp.zeros((batch,), bool),
+  )
   return jax.lax.while_loop(cond, body, state)[1]
 
 
@@ -165,18 +204,21 @@ _NEG = -1e9  # the score of an empty beam slot: below any real log-probability, 
 def _gather_beams(tree, beam_index, batch, beam):
   """Reorders the cached keys/values (B * beam, ...) so that row (b, i) holds the cache of
   beam ``beam_index[b, i]`` of row b; the cache's position counters are shared, kept."""
+
   def gather(path, leaf):
     if getattr(path[-1], "key", None) not in ("cached_key", "cached_value"):
       return leaf
     leaf = leaf.reshape((batch, beam) + leaf.shape[1:])
     index = beam_index.reshape((batch, beam) + (1,) * (leaf.ndim - 2))
     return jnp.take_along_axis(leaf, index, axis=1).reshape((batch * beam,) + leaf.shape[2:])
+
   return jax.tree_util.tree_map_with_path(gather, tree)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_len", "beam"))
-def beam_search(model: model_lib.T5VAEModel, params, z, *, max_len: int, beam: int,
-                alpha=0.6) -> tuple[jax.Array, jax.Array]:
+def beam_search(
+    model: model_lib.T5VAEModel, params, z, *, max_len: int, beam: int, alpha=0.6
+) -> tuple[jax.Array, jax.Array]:
   """Beam search from latents z (B, L) with the key/value cache.
 
   Returns tokens (B, beam, max_len) int32 (each hypothesis up to and including its EOS, then
@@ -206,15 +248,22 @@ def beam_search(model: model_lib.T5VAEModel, params, z, *, max_len: int, beam: i
 
   def body(state):
     step, alive_tokens, alive_logp, finished_tokens, finished_scores, cache = state
-    previous = jnp.where(step == 0, cfg.decoder_start_token_id,
-                         jax.lax.dynamic_index_in_dim(alive_tokens.reshape(rows, max_len),
-                                                      jnp.maximum(step - 1, 0), axis=1,
-                                                      keepdims=False))
+    previous = jnp.where(
+        step == 0,
+        cfg.decoder_start_token_id,
+        jax.lax.dynamic_index_in_dim(
+            alive_tokens.reshape(rows, max_len), jnp.maximum(step - 1, 0), axis=1, keepdims=False
+        ),
+    )
     previous = jnp.broadcast_to(previous, (rows,))
-    logits, mutated = dmodel.apply({"params": params, "cache": cache}, z_rows, previous[:, None],
-                                   method=model_lib.T5VAEModel.decode_latent, mutable=("cache",))
-    logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1).reshape(batch, beam,
-                                                                                 vocab)
+    logits, mutated = dmodel.apply(
+        {"params": params, "cache": cache},
+        z_rows,
+        previous[:, None],
+        method=model_lib.T5VAEModel.decode_latent,
+        mutable=("cache",),
+    )
+    logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1).reshape(batch, beam, vocab)
     total = alive_logp[:, :, None] + logp  # (B, beam, V)
     last = step == max_len - 1
     # Hypotheses finished at this step: ending in EOS, or any token at the last step.
@@ -227,11 +276,12 @@ def beam_search(model: model_lib.T5VAEModel, params, z, *, max_len: int, beam: i
     new_beam, new_token = (top_index - beam) // vocab, (top_index - beam) % vocab
     from_new = top_index >= beam
     extended = jnp.take_along_axis(alive_tokens, jnp.maximum(new_beam, 0)[:, :, None], axis=1)
-    extended = jax.vmap(jax.vmap(
-        lambda seq, tok: jax.lax.dynamic_update_slice(seq, tok[None], (step,))))(
-            extended, new_token.astype(jnp.int32))
-    kept = jnp.take_along_axis(finished_tokens, jnp.minimum(top_index, beam - 1)[:, :, None],
-                               axis=1)
+    extended = jax.vmap(
+        jax.vmap(lambda seq, tok: jax.lax.dynamic_update_slice(seq, tok[None], (step,)))
+    )(extended, new_token.astype(jnp.int32))
+    kept = jnp.take_along_axis(
+        finished_tokens, jnp.minimum(top_index, beam - 1)[:, :, None], axis=1
+    )
     finished_tokens = jnp.where(from_new[:, :, None], extended, kept)
     finished_scores = top_scores
     # The unfinished prefixes: the beam most probable continuations other than EOS.
@@ -239,18 +289,23 @@ def beam_search(model: model_lib.T5VAEModel, params, z, *, max_len: int, beam: i
     alive_logp, grow_index = jax.lax.top_k(grow, beam)
     parent, token = grow_index // vocab, (grow_index % vocab).astype(jnp.int32)
     alive_tokens = jnp.take_along_axis(alive_tokens, parent[:, :, None], axis=1)
-    alive_tokens = jax.vmap(jax.vmap(
-        lambda seq, tok: jax.lax.dynamic_update_slice(seq, tok[None], (step,))))(
-            alive_tokens, token)
+    alive_tokens = jax.vmap(
+        jax.vmap(lambda seq, tok: jax.lax.dynamic_update_slice(seq, tok[None], (step,)))
+    )(alive_tokens, token)
     alive_logp = jnp.maximum(alive_logp, _NEG)  # empty slots stay empty, never -inf
     cache = _gather_beams(mutated["cache"], parent, batch, beam)
     return step + 1, alive_tokens, alive_logp, finished_tokens, finished_scores, cache
 
   # One live beam per row at the start (the others empty), so no hypothesis appears twice.
   alive_logp = jnp.tile(jnp.where(jnp.arange(beam) == 0, 0.0, _NEG)[None], (batch, 1))
-  state = (jnp.asarray(0, jnp.int32), jnp.full((batch, beam, max_len), pad, jnp.int32),
-           alive_logp.astype(jnp.float32), jnp.full((batch, beam, max_len), pad, jnp.int32),
-           jnp.full((batch, beam), 2 * _NEG, jnp.float32), cache)
+  state = (
+      jnp.asarray(0, jnp.int32),
+      jnp.full((batch, beam, max_len), pad, jnp.int32),
+      alive_logp.astype(jnp.float32),
+      jnp.full((batch, beam, max_len), pad, jnp.int32),
+      jnp.full((batch, beam), 2 * _NEG, jnp.float32),
+      cache,
+  )
   _, _, _, tokens, scores, _ = jax.lax.while_loop(cond, body, state)
   return tokens, scores
 

@@ -6,6 +6,7 @@ A mistake of the user (a config value, a flag, a path, a missing checkpoint, bad
 and keeps its traceback. Plain Python: nothing heavy is imported here, so a command reports a
 flag or config mistake in well under a second.
 """
+
 from __future__ import annotations
 
 import functools
@@ -68,6 +69,7 @@ def fail(*lines: str) -> NoReturn:
 
 def user_errors(fn: Callable) -> Callable:
   """Decorator: a user error out of ``fn`` becomes ``error: ...`` lines and exit status 2."""
+
   @functools.wraps(fn)
   def wrapped(*args, **kwargs):
     try:
@@ -76,4 +78,5 @@ def user_errors(fn: Callable) -> Callable:
       if not is_user_error(e):
         raise
       fail(*error_lines(e))
+
   return wrapped

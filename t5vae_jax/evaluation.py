@@ -31,6 +31,7 @@ Reported (``eval.json``), in nats:
   probes                                with probe_labels: linear probes on mu, t5vae_jax.probe
 The -ELBO is rec + KL (the released code prints |rec - KL|, a sign error).
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,9 +65,25 @@ DEFAULT_MI_BATCH_SIZE = 256
 DEFAULT_MAX_LOGITS_BYTES = 1 << 30
 _ELBO_STREAM, _IW_STREAM, _MI_STREAM = 0, 1, 2
 # The figures of :func:`evaluate` (training's validation rows log each as val/<key>).
-METRICS = ("rec", "kl", "neg_elbo", "nll", "rec_per_token", "kl_per_token",
-           "neg_elbo_per_token", "nll_per_token", "ppl", "ppl_elbo", "ppl_word",
-           "ppl_word_elbo", "mi", "mi_batch", "au", "num_examples", "num_tokens")
+METRICS = (
+    "rec",
+    "kl",
+    "neg_elbo",
+    "nll",
+    "rec_per_token",
+    "kl_per_token",
+    "neg_elbo_per_token",
+    "nll_per_token",
+    "ppl",
+    "ppl_elbo",
+    "ppl_word",
+    "ppl_word_elbo",
+    "mi",
+    "mi_batch",
+    "au",
+    "num_examples",
+    "num_tokens",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,7 +104,9 @@ def draw_latents(rng, example_ids, sample_ids, mu, logvar):
   def per_example(example_id):
     key = jax.random.fold_in(rng, example_id)
     return jax.vmap(lambda s: jax.random.normal(jax.random.fold_in(key, s), (latent_dim,)))(
-        sample_ids)
+        sample_ids
+    )
+
   eps = jax.vmap(per_example)(jnp.maximum(example_ids, 0))
   return mu[:, None, :] + jnp.exp(0.5 * logvar)[:, None, :] * eps
 
@@ -100,12 +119,21 @@ def iw_latents(rng, example_ids, mu, logvar, chunk_index, chunk_size: int):
 
 def elbo_latents(rng, example_ids, mu, logvar):
   """The single draw (B, L) at which evaluation measures rec (the Monte Carlo -ELBO)."""
-  return draw_latents(jax.random.fold_in(rng, _ELBO_STREAM), example_ids, jnp.arange(1), mu,
-                      logvar)[:, 0]
+  return draw_latents(
+      jax.random.fold_in(rng, _ELBO_STREAM), example_ids, jnp.arange(1), mu, logvar
+  )[:, 0]
 
 
-def reconstruction_at(params, ids, mask, z, *, model: model_lib.T5VAEModel,
-                      capacity: Optional[int] = None, num_shards: int = 1):
+def reconstruction_at(
+    params,
+    ids,
+    mask,
+    z,
+    *,
+    model: model_lib.T5VAEModel,
+    capacity: Optional[int] = None,
+    num_shards: int = 1,
+):
   """-log p(x|z_k) for each example and sample: ids, mask (B, T), z (B, k, L) -> (B, k).
 
   ``capacity`` (static, slots per data shard for the (B, T) batch; ``packing.capacity``)
@@ -116,17 +144,31 @@ def reconstruction_at(params, ids, mask, z, *, model: model_lib.T5VAEModel,
   tiled_ids = jnp.repeat(ids, k, axis=0)  # rows b*k .. b*k+k-1 are example b
   tiled_mask = jnp.repeat(mask, k, axis=0)
   # A shard's B/S examples become its B*k/S tiled rows: packing stays within the shard.
-  packing = (None if capacity is None else
-             packing_lib.make_packing(tiled_mask, k * capacity, num_shards))
+  packing = (
+      None if capacity is None else packing_lib.make_packing(tiled_mask, k * capacity, num_shards)
+  )
   decoder_inputs = t5_lib.shift_right(tiled_ids, model.config.decoder_start_token_id)
-  logits = model.apply({"params": params}, z.reshape(batch * k, latent_dim), decoder_inputs,
-                       packing=packing, method=model_lib.T5VAEModel.decode_latent)
+  logits = model.apply(
+      {"params": params},
+      z.reshape(batch * k, latent_dim),
+      decoder_inputs,
+      packing=packing,
+      method=model_lib.T5VAEModel.decode_latent,
+  )
   return losses.reconstruction_loss(logits, tiled_ids, tiled_mask, packing).reshape(batch, k)
 
 
-def batch_statistics(params, batch, rng, num_chunks, *, model: model_lib.T5VAEModel,
-                     chunk_size: int, capacity: Optional[int] = None,
-                     num_shards: int = 1) -> dict[str, jax.Array]:
+def batch_statistics(
+    params,
+    batch,
+    rng,
+    num_chunks,
+    *,
+    model: model_lib.T5VAEModel,
+    chunk_size: int,
+    capacity: Optional[int] = None,
+    num_shards: int = 1,
+) -> dict[str, jax.Array]:
   """Per example: rec, kl, nll, num_tokens, mu, logvar (and example_ids, passed through).
 
   ``batch``: input_ids, attention_mask (B, T), example_ids (B,). The importance-weighted nll
@@ -137,13 +179,16 @@ def batch_statistics(params, batch, rng, num_chunks, *, model: model_lib.T5VAEMo
   """
   ids, mask = batch["input_ids"], batch["attention_mask"]
   example_ids = batch["example_ids"]
-  encoder_packing = (None if capacity is None else
-                     packing_lib.make_packing(mask, capacity, num_shards))
-  mu, logvar = model.apply({"params": params}, ids, mask, packing=encoder_packing,
-                           method=model_lib.T5VAEModel.posterior)
+  encoder_packing = (
+      None if capacity is None else packing_lib.make_packing(mask, capacity, num_shards)
+  )
+  mu, logvar = model.apply(
+      {"params": params}, ids, mask, packing=encoder_packing, method=model_lib.T5VAEModel.posterior
+  )
   mu, logvar = mu.astype(jnp.float32), logvar.astype(jnp.float32)
-  rec_fn = functools.partial(reconstruction_at, params, ids, mask, model=model,
-                             capacity=capacity, num_shards=num_shards)
+  rec_fn = functools.partial(
+      reconstruction_at, params, ids, mask, model=model, capacity=capacity, num_shards=num_shards
+  )
   z = elbo_latents(rng, example_ids, mu, logvar)
   rec = rec_fn(z[:, None])[:, 0]
   kl = jnp.sum(losses.kl_per_dim(mu, logvar), axis=-1)
@@ -153,21 +198,38 @@ def batch_statistics(params, batch, rng, num_chunks, *, model: model_lib.T5VAEMo
     log_weights = metrics_lib.iw_log_weights(-rec_fn(zk), zk, mu, logvar)
     return metrics_lib.logsumexp_merge(acc, log_weights)
 
-  acc = jax.lax.fori_loop(0, num_chunks, one_chunk,
-                          jnp.full(mu.shape[:1], -jnp.inf, jnp.float32))
+  acc = jax.lax.fori_loop(0, num_chunks, one_chunk, jnp.full(mu.shape[:1], -jnp.inf, jnp.float32))
   num_samples = (num_chunks * chunk_size).astype(jnp.float32)
   nll = jnp.where(num_samples > 0, -(acc - jnp.log(jnp.maximum(num_samples, 1.0))), jnp.nan)
-  return dict(rec=rec, kl=kl, nll=nll, mu=mu, logvar=logvar, example_ids=example_ids,
-              num_tokens=jnp.sum(mask, axis=-1).astype(jnp.float32))
+  return dict(
+      rec=rec,
+      kl=kl,
+      nll=nll,
+      mu=mu,
+      logvar=logvar,
+      example_ids=example_ids,
+      num_tokens=jnp.sum(mask, axis=-1).astype(jnp.float32),
+  )
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_batch_statistics(model: model_lib.T5VAEModel, chunk_size: int,
-                              capacity: Optional[int] = None, num_shards: int = 1):
+def compiled_batch_statistics(
+    model: model_lib.T5VAEModel,
+    chunk_size: int,
+    capacity: Optional[int] = None,
+    num_shards: int = 1,
+):
   """``batch_statistics`` jitted, one per (model, chunk size, packing capacity and shards):
   (params, batch, rng, num_chunks)."""
-  return jax.jit(functools.partial(batch_statistics, model=model, chunk_size=chunk_size,
-                                   capacity=capacity, num_shards=num_shards))
+  return jax.jit(
+      functools.partial(
+          batch_statistics,
+          model=model,
+          chunk_size=chunk_size,
+          capacity=capacity,
+          num_shards=num_shards,
+      )
+  )
 
 
 def default_max_rows() -> int:
@@ -176,9 +238,15 @@ def default_max_rows() -> int:
   return 512 if jax.default_backend() == "cpu" else 1 << 16
 
 
-def chunk_size_for(num_samples: int, requested: int, rows: int, length: int, vocab: int,
-                   max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
-                   max_rows: Optional[int] = None) -> int:
+def chunk_size_for(
+    num_samples: int,
+    requested: int,
+    rows: int,
+    length: int,
+    vocab: int,
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
+    max_rows: Optional[int] = None,
+) -> int:
   """k, the samples per decoder pass: the largest divisor of num_samples that is at most
   ``requested``, keeps one pass's logits (rows * k * length * vocab float32) under
   ``max_logits_bytes`` and its rows (rows * k) under ``max_rows`` (default: by backend).
@@ -187,8 +255,9 @@ def chunk_size_for(num_samples: int, requested: int, rows: int, length: int, voc
     return 1
   max_rows = default_max_rows() if max_rows is None else max_rows
   per_sample = max(1, rows * length * vocab * 4)
-  limit = max(1, min(requested, num_samples, max_logits_bytes // per_sample,
-                     max_rows // max(rows, 1)))
+  limit = max(
+      1, min(requested, num_samples, max_logits_bytes // per_sample, max_rows // max(rows, 1))
+  )
   return max(k for k in range(1, limit + 1) if num_samples % k == 0)
 
 
@@ -199,17 +268,29 @@ def _gather(tree):
   """Global (sharded) arrays -> numpy on every host."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     return multihost_utils.process_allgather(tree, tiled=True)
   return jax.device_get(tree)
 
 
-def evaluate(params, examples: Sequence, *, model: model_lib.T5VAEModel, mesh,
-             batch_size: int = 64, bucket_lengths: Sequence[int] = (16, 32, 48, 64),
-             num_samples: int = DEFAULT_NUM_SAMPLES, iw_chunk: int = DEFAULT_IW_CHUNK,
-             mi_batch_size: int = DEFAULT_MI_BATCH_SIZE, seed: int = 0,
-             max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, max_rows: Optional[int] = None,
-             pack_tokens: bool = True, progress: bool = True,
-             return_arrays: bool = False) -> dict[str, Any]:
+def evaluate(
+    params,
+    examples: Sequence,
+    *,
+    model: model_lib.T5VAEModel,
+    mesh,
+    batch_size: int = 64,
+    bucket_lengths: Sequence[int] = (16, 32, 48, 64),
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    iw_chunk: int = DEFAULT_IW_CHUNK,
+    mi_batch_size: int = DEFAULT_MI_BATCH_SIZE,
+    seed: int = 0,
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
+    max_rows: Optional[int] = None,
+    pack_tokens: bool = True,
+    progress: bool = True,
+    return_arrays: bool = False,
+) -> dict[str, Any]:
   """All metrics of ``examples`` (dicts with "input_ids", as data.load_split gives).
 
   ``batch_size`` is global (a multiple of the mesh's devices); params should already be placed
@@ -221,9 +302,16 @@ def evaluate(params, examples: Sequence, *, model: model_lib.T5VAEModel, mesh,
   sharding.check_batch_size(batch_size, mesh)
   cfg = model.config
   iterator = data_lib.BatchIterator(
-      examples, bucket_lengths=bucket_lengths, batch_size=batch_size, shuffle=False,
-      drop_remainder=False, num_epochs=1, seed=0, pad_id=cfg.pad_token_id,
-      eos_id=cfg.eos_token_id)
+      examples,
+      bucket_lengths=bucket_lengths,
+      batch_size=batch_size,
+      shuffle=False,
+      drop_remainder=False,
+      num_epochs=1,
+      seed=0,
+      pad_id=cfg.pad_token_id,
+      eos_id=cfg.eos_token_id,
+  )
   rng = jax.random.key(seed)
   chunks_used: set[int] = set()
   num = len(examples)
@@ -235,21 +323,29 @@ def evaluate(params, examples: Sequence, *, model: model_lib.T5VAEModel, mesh,
   bar = None
   if progress and jax.process_index() == 0:
     from tqdm import tqdm
-    bar = tqdm(total=iterator.num_batches_per_epoch, desc="eval", unit="batch",
-               dynamic_ncols=True, file=sys.stderr)
+
+    bar = tqdm(
+        total=iterator.num_batches_per_epoch,
+        desc="eval",
+        unit="batch",
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
   start = time.perf_counter()
   for batch in iterator:
     length = batch["input_ids"].shape[1]
-    chunk = chunk_size_for(num_samples, iw_chunk, batch_size, length, cfg.vocab_size,
-                           max_logits_bytes, max_rows)
+    chunk = chunk_size_for(
+        num_samples, iw_chunk, batch_size, length, cfg.vocab_size, max_logits_bytes, max_rows
+    )
     chunks_used.add(chunk)
     device_batch = sharding.global_batch(
-        {k: batch[k] for k in ("input_ids", "attention_mask", "example_ids")}, mesh)
+        {k: batch[k] for k in ("input_ids", "attention_mask", "example_ids")}, mesh
+    )
     num_chunks = jnp.asarray(num_samples // chunk if num_samples else 0, jnp.int32)
-    capacity = (packing_lib.capacity_on_mesh(batch["attention_mask"], mesh) if pack_tokens
-                else None)
-    statistics_fn = compiled_batch_statistics(model, chunk, capacity,
-                                              mesh.shape[sharding.DATA_AXIS])
+    capacity = packing_lib.capacity_on_mesh(batch["attention_mask"], mesh) if pack_tokens else None
+    statistics_fn = compiled_batch_statistics(
+        model, chunk, capacity, mesh.shape[sharding.DATA_AXIS]
+    )
     out = _gather(statistics_fn(params, device_batch, rng, num_chunks))
     ids = np.asarray(out["example_ids"])
     real = ids >= 0
@@ -260,7 +356,9 @@ def evaluate(params, examples: Sequence, *, model: model_lib.T5VAEModel, mesh,
     seen[ids[real]] = True
     if bar is not None:
       bar.update(1)
-      bar.set_postfix(nll=f"{np.mean(out['nll'][real]):.3f}", rec=f"{np.mean(out['rec'][real]):.3f}")
+      bar.set_postfix(
+          nll=f"{np.mean(out['nll'][real]):.3f}", rec=f"{np.mean(out['rec'][real]):.3f}"
+      )
   if bar is not None:
     bar.close()
   if not seen.all():
@@ -282,32 +380,48 @@ def evaluate(params, examples: Sequence, *, model: model_lib.T5VAEModel, mesh,
       "ppl_elbo": _safe_exp(neg_elbo_sum / tokens),
   }
   # Per word (Li et al.'s baselines): the raw lines' whitespace words plus one EOS each.
-  words = (float(sum(metrics_lib.word_count(e["text"]) for e in examples))
-           if all(isinstance(e, dict) and "text" in e for e in examples) else None)
-  result.update(num_words=words, ppl_word_elbo=None if words is None else
-                metrics_lib.word_perplexity(neg_elbo_sum, words, num))
+  words = (
+      float(sum(metrics_lib.word_count(e["text"]) for e in examples))
+      if all(isinstance(e, dict) and "text" in e for e in examples)
+      else None
+  )
+  result.update(
+      num_words=words,
+      ppl_word_elbo=None
+      if words is None
+      else metrics_lib.word_perplexity(neg_elbo_sum, words, num),
+  )
   if num_samples:
     nll_sum = float(per_example["nll"].sum())
-    result.update(nll=nll_sum / num, nll_per_token=nll_sum / tokens,
-                  ppl=_safe_exp(nll_sum / tokens),
-                  ppl_word=None if words is None else
-                  metrics_lib.word_perplexity(nll_sum, words, num))
+    result.update(
+        nll=nll_sum / num,
+        nll_per_token=nll_sum / tokens,
+        ppl=_safe_exp(nll_sum / tokens),
+        ppl_word=None if words is None else metrics_lib.word_perplexity(nll_sum, words, num),
+    )
   else:
     result.update(nll=None, nll_per_token=None, ppl=None, ppl_word=None)
   mi_rng = mi_key(seed)
   result["mi"] = float(metrics_lib.mutual_information(mu_all, logvar_all, mi_rng))
   if num >= 2:
-    result["mi_batch"] = float(metrics_lib.batch_mutual_information(
-        mu_all, logvar_all, mi_rng, batch_size=mi_batch_size))
+    result["mi_batch"] = float(
+        metrics_lib.batch_mutual_information(mu_all, logvar_all, mi_rng, batch_size=mi_batch_size)
+    )
     variances = np.asarray(metrics_lib.active_unit_variances(mu_all))
     result["au"] = int(metrics_lib.active_units(mu_all))
     result["au_variances"] = [float(v) for v in variances]
   else:
     result.update(mi_batch=None, au=None, au_variances=None)
-  result.update(num_samples=int(num_samples), iw_chunks=sorted(chunks_used),
-                mi_batch_size=int(mi_batch_size), batch_size=int(batch_size), seed=int(seed),
-                pack_tokens=bool(pack_tokens),
-                num_devices=int(mesh.devices.size), seconds=elapsed)
+  result.update(
+      num_samples=int(num_samples),
+      iw_chunks=sorted(chunks_used),
+      mi_batch_size=int(mi_batch_size),
+      batch_size=int(batch_size),
+      seed=int(seed),
+      pack_tokens=bool(pack_tokens),
+      num_devices=int(mesh.devices.size),
+      seconds=elapsed,
+  )
   if return_arrays:
     result["arrays"] = dict(per_example, mu=mu_all, logvar=logvar_all)
   return result
@@ -337,14 +451,26 @@ def parse_checkpoint(checkpoint) -> tuple[str, Optional[int]]:
 
 def markdown_header(probes: bool = False) -> str:
   """The table's header; ``probes`` adds the linear-probe column (eval.py --probe_labels)."""
-  names = ["run", "PPL", "KL", "-ELBO", "MI", "AU", "rec", "MI (batch)", "PPL (ELBO)", "K",
-           "PPL (word)"] + (["probe acc. (majority)"] if probes else [])
+  names = [
+      "run",
+      "PPL",
+      "KL",
+      "-ELBO",
+      "MI",
+      "AU",
+      "rec",
+      "MI (batch)",
+      "PPL (ELBO)",
+      "K",
+      "PPL (word)",
+  ] + (["probe acc. (majority)"] if probes else [])
   return f"| {' | '.join(names)} |\n|{'---|' * len(names)}"
 
 
 def markdown_row(name: str, result: dict) -> str:
   """The paper's columns (PPL, KL, -ELBO, MI, AU), then rec, per-batch MI, PPL from the ELBO,
   K and the per-word PPL (the baselines' unit). Per-sentence nats, as the paper's tables."""
+
   def f(key, fmt="{:.2f}"):
     value = result.get(key)
     if value is None:
@@ -352,22 +478,37 @@ def markdown_row(name: str, result: dict) -> str:
     if isinstance(value, float) and abs(value) >= 1e5:
       return f"{value:.3g}"
     return fmt.format(value)
-  return (f"| {name} | {f('ppl')} | {f('kl')} | {f('neg_elbo')} | {f('mi')} | "
-          f"{f('au', '{:d}')} | {f('rec')} | {f('mi_batch')} | {f('ppl_elbo')} | "
-          f"{result.get('num_samples', '-')} | {f('ppl_word')} |"
-          + (f" {probe_lib.markdown_cell(result['probes'])} |" if result.get("probes") else ""))
+
+  return (
+      f"| {name} | {f('ppl')} | {f('kl')} | {f('neg_elbo')} | {f('mi')} | "
+      f"{f('au', '{:d}')} | {f('rec')} | {f('mi_batch')} | {f('ppl_elbo')} | "
+      f"{result.get('num_samples', '-')} | {f('ppl_word')} |"
+      + (f" {probe_lib.markdown_cell(result['probes'])} |" if result.get("probes") else "")
+  )
 
 
-def evaluate_phase(phase_dir, *, checkpoint="latest", split: str = "test",
-                   num_samples: int = DEFAULT_NUM_SAMPLES, iw_chunk: int = DEFAULT_IW_CHUNK,
-                   batch_size: int = 64, mi_batch_size: int = DEFAULT_MI_BATCH_SIZE,
-                   seed: int = 0, max_examples: int = 0, data_dir: Optional[str] = None,
-                   tfds_dir: Optional[str] = None, config_overrides: Sequence[str] = (),
-                   mesh=None, max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
-                   max_rows: Optional[int] = None,
-                   output: Optional[str] = "eval.json", progress: bool = True,
-                   run_name: Optional[str] = None,
-                   probe_labels: Union[str, Sequence[str]] = ()) -> dict[str, Any]:
+def evaluate_phase(
+    phase_dir,
+    *,
+    checkpoint="latest",
+    split: str = "test",
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    iw_chunk: int = DEFAULT_IW_CHUNK,
+    batch_size: int = 64,
+    mi_batch_size: int = DEFAULT_MI_BATCH_SIZE,
+    seed: int = 0,
+    max_examples: int = 0,
+    data_dir: Optional[str] = None,
+    tfds_dir: Optional[str] = None,
+    config_overrides: Sequence[str] = (),
+    mesh=None,
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
+    max_rows: Optional[int] = None,
+    output: Optional[str] = "eval.json",
+    progress: bool = True,
+    run_name: Optional[str] = None,
+    probe_labels: Union[str, Sequence[str]] = (),
+) -> dict[str, Any]:
   """Evaluates one phase directory (config.json, model.json, tokenizer/, checkpoints) on a split;
   writes ``<phase_dir>/<output>`` (unless output is None) and returns the result, whose
   "row" is the Markdown table row. ``probe_labels`` ("auto", "label", "tense,number", ...):
@@ -387,29 +528,51 @@ def evaluate_phase(phase_dir, *, checkpoint="latest", split: str = "test",
   model = api.build_model(phase_dir, config.model.get("dtype"), devices=mesh.devices.flat)
   abstract = jax.eval_shape(functools.partial(model_lib.init_params, model), jax.random.key(0))
   shardings = sharding.tree_shardings(abstract, mesh, bool(config.get("fsdp", False)))
-  params, restored_step = api.restore_params(phase_dir, model, which=which, step=step,
-                                             shardings=shardings)
+  params, restored_step = api.restore_params(
+      phase_dir, model, which=which, step=step, shardings=shardings
+  )
   from t5vae_jax import tokenizer as tokenizer_lib
+
   tokenizer = tokenizer_lib.load_tokenizer(phase_dir / "tokenizer")
   examples, stats = data_lib.load_split(config.data, split, tokenizer)
   if max_examples:
     examples = examples[:max_examples]
-  probe_columns = (probe_lib.targets(examples, probe_labels,
-                                     f"the {config.data.get('name')} {split} split")
-                   if probe_labels else None)
-  result = evaluate(params, examples, model=model, mesh=mesh, batch_size=batch_size,
-                    bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
-                    num_samples=num_samples, iw_chunk=iw_chunk, mi_batch_size=mi_batch_size,
-                    seed=seed, max_logits_bytes=max_logits_bytes, max_rows=max_rows,
-                    pack_tokens=bool(config.pack_tokens), progress=progress,
-                    return_arrays=probe_columns is not None)
+  probe_columns = (
+      probe_lib.targets(examples, probe_labels, f"the {config.data.get('name')} {split} split")
+      if probe_labels
+      else None
+  )
+  result = evaluate(
+      params,
+      examples,
+      model=model,
+      mesh=mesh,
+      batch_size=batch_size,
+      bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
+      num_samples=num_samples,
+      iw_chunk=iw_chunk,
+      mi_batch_size=mi_batch_size,
+      seed=seed,
+      max_logits_bytes=max_logits_bytes,
+      max_rows=max_rows,
+      pack_tokens=bool(config.pack_tokens),
+      progress=progress,
+      return_arrays=probe_columns is not None,
+  )
   arrays = result.pop("arrays", None)
   if probe_columns is not None:
     result["probes"] = probe_lib.run_probes(arrays["mu"], probe_columns)
   name = run_name or f"{phase_dir.parent.name}/{phase_dir.name}"
-  result = {"run": name, "phase_dir": str(phase_dir), "checkpoint": which,
-            "step": int(restored_step), "split": split,
-            "data": config.data.get("name"), "num_truncated": stats["num_truncated"], **result}
+  result = {
+      "run": name,
+      "phase_dir": str(phase_dir),
+      "checkpoint": which,
+      "step": int(restored_step),
+      "split": split,
+      "data": config.data.get("name"),
+      "num_truncated": stats["num_truncated"],
+      **result,
+  }
   result["row"] = markdown_row(f"{name}@{restored_step}", result)
   if output and jax.process_index() == 0:
     ckpt_lib.write_text_atomically(phase_dir / output, json.dumps(result, indent=2) + "\n")
@@ -420,8 +583,9 @@ def phase_dirs(workdir, phases: Optional[Sequence[int]] = None) -> list[epath.Pa
   """The phase directories of a workdir to evaluate: the given phases, else each present."""
   workdir = epath.Path(workdir)
   candidates = [1, 2] if phases is None else list(phases)
-  found = [workdir / f"phase{p}" for p in candidates
-           if (workdir / f"phase{p}" / "model.json").exists()]
+  found = [
+      workdir / f"phase{p}" for p in candidates if (workdir / f"phase{p}" / "model.json").exists()
+  ]
   if phases is not None and len(found) != len(candidates):
     missing = [p for p in candidates if not (workdir / f"phase{p}" / "model.json").exists()]
     raise FileNotFoundError(f"no phase {missing} in {workdir} (expected phase<N>/model.json)")

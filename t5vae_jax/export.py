@@ -28,6 +28,7 @@ pretrained.resolve (config.json, the tokenizer files and model.safetensors; offl
 Hugging Face cache). The upload is huggingface_hub's HfApi.create_repo + upload_folder, with
 the token from the usual places (``token=``, HF_TOKEN, ``hf auth login``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,15 +54,19 @@ FORMAT_VERSION = 1
 # The VAE's own parameters (Flax module name -> safetensors key); the kernel (in, out) is stored
 # transposed, as torch.nn.Linear's weight (out, in): mu/logvar (L, d_model), memory_proj
 # (decoder layers * heads * d_kv, L), reshaped per example to (layers, heads, 1, d_kv).
-VAE_KEYS = {"mu": "t5vae.mu.weight", "logvar": "t5vae.logvar.weight",
-            "memory_proj": "t5vae.memory_proj.weight"}
+VAE_KEYS = {
+    "mu": "t5vae.mu.weight",
+    "logvar": "t5vae.logvar.weight",
+    "memory_proj": "t5vae.memory_proj.weight",
+}
 LIBRARY_NAME = "t5vae-jax"
 # What of Hugging Face's T5 the model card says the VAE does not have, per latent injection.
 _UNUSED = {
     "cross_attention": "The decoder's cross-attention keys and values are not part of the "
-                       "model: the projected latent is the one key and value it attends to.",
+    "model: the projected latent is the one key and value it attends to.",
     "self_prefix": "The decoder's cross-attention is not part of the model: the projected "
-                   "latent is a one-slot prefix of each decoder layer's self-attention."}
+    "latent is a one-slot prefix of each decoder layer's self-attention.",
+}
 PROJECT_URL = "https://github.com/t5vae-jax/t5vae-jax"
 
 
@@ -83,6 +88,7 @@ def save_pretrained(vae, directory) -> epath.Path:
   replaced) and returns it. Local or any epath (gs://...)."""
   import jax
   from t5vae_jax import tokenizer as tokenizer_lib
+
   directory = epath.Path(hub.local_path(os.fspath(directory)))
   directory.mkdir(parents=True, exist_ok=True)
   config = _hf_config(vae)
@@ -90,6 +96,7 @@ def save_pretrained(vae, directory) -> epath.Path:
   state = state_dict(jax.device_get(vae.params))
   metadata = {"format": "pt"}  # transformers' from_pretrained asks for it
   from safetensors import numpy as safetensors_numpy
+
   if hub.is_remote(directory):
     (directory / WEIGHTS_FILE).write_bytes(safetensors_numpy.save(state, metadata=metadata))
   else:
@@ -169,73 +176,121 @@ def model_card(config: dict) -> str:
   load it."""
   from huggingface_hub import ModelCardData
   from t5vae_jax import evaluation
+
   section = config[SECTION]
   training = section["training_config"]
   data_name = _get(training, "data", "name")
   base_model = _get(training, "model", "pretrained")
   metadata = ModelCardData(
-      library_name=LIBRARY_NAME, tags=[LIBRARY_NAME, "t5", "vae", "text-vae", "jax", "flax"],
+      library_name=LIBRARY_NAME,
+      tags=[LIBRARY_NAME, "t5", "vae", "text-vae", "jax", "flax"],
       datasets=[str(data_name)] if data_name else None,
-      base_model=base_model if base_model and hub.is_hub_id(base_model) else None)
+      base_model=base_model if base_model and hub.is_hub_id(base_model) else None,
+  )
   vae_settings = section["vae"]
   lines = [
-      "---", metadata.to_yaml(), "---", "",
-      "# T5-VAE" + (f" on {data_name}" if data_name else ""), "",
+      "---",
+      metadata.to_yaml(),
+      "---",
+      "",
+      "# T5-VAE" + (f" on {data_name}" if data_name else ""),
+      "",
       f"A text VAE built on T5 (Park & Lee 2021), trained with [t5vae-jax]: latent dimension "
       f"{vae_settings['latent_dim']}, {vae_settings['pooling']} pooling, latent injection "
       f"`{vae_settings['latent_injection']}`; T5 of d_model {config['d_model']}, "
       f"{config['num_layers']}+{config['num_decoder_layers']} layers, vocabulary "
       f"{config['vocab_size']}"
-      + (f", finetuned from `{base_model}`" if base_model else
-         ", trained from scratch" if training else "")
-      + (f"; step {section['step']}." if section["step"] is not None else "."), "",
+      + (
+          f", finetuned from `{base_model}`"
+          if base_model
+          else ", trained from scratch"
+          if training
+          else ""
+      )
+      + (f"; step {section['step']}." if section["step"] is not None else "."),
+      "",
   ]
   result = section["eval"]
   if result:
-    lines += [f"Evaluation (`eval.py`, {result.get('split', 'test')} split, per-sentence nats):",
-              "", evaluation.markdown_header(), result["row"], ""]
+    lines += [
+        f"Evaluation (`eval.py`, {result.get('split', 'test')} split, per-sentence nats):",
+        "",
+        evaluation.markdown_header(),
+        result["row"],
+        "",
+    ]
   lines += [
-      "## Use", "", "```python", "from t5vae_jax import T5VAE",
+      "## Use",
+      "",
+      "```python",
+      "from t5vae_jax import T5VAE",
       'vae = T5VAE.load("<this repo id or directory>")',
-      'mu, logvar = vae.encode(["a sentence ."])', 'vae.reconstruct(["a sentence ."])',
-      "vae.sample(4, temperature=0.8)", "```", "",
-      ("or from the command line: `python -m t5vae_jax.latent sample --phase_dir <repo id> "
-       "--n 4`."), "",
+      'mu, logvar = vae.encode(["a sentence ."])',
+      'vae.reconstruct(["a sentence ."])',
+      "vae.sample(4, temperature=0.8)",
+      "```",
+      "",
+      (
+          "or from the command line: `python -m t5vae_jax.latent sample --phase_dir <repo id> "
+          "--n 4`."
+      ),
+      "",
       f"`{WEIGHTS_FILE}` holds the T5 part under Hugging Face's T5 names (transformers' "
       "`T5EncoderModel` loads the encoder as is) and the VAE's "
       + ", ".join(f"`{key}`" for key in VAE_KEYS.values())
-      + " as torch Linear weights (out, in). " + _UNUSED[vae_settings["latent_injection"]],
+      + " as torch Linear weights (out, in). "
+      + _UNUSED[vae_settings["latent_injection"]],
       "",
   ]
   if training:
-    lines += ["## Training config", "", "<details>", "", "```json",
-              json.dumps(training, indent=2), "```", "", "</details>", ""]
+    lines += [
+        "## Training config",
+        "",
+        "<details>",
+        "",
+        "```json",
+        json.dumps(training, indent=2),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
   lines += [f"[t5vae-jax]: {PROJECT_URL}", ""]
   return "\n".join(lines)
 
 
-def push_to_hub(vae, repo_id: str, *, private: Optional[bool] = None,
-                token: Optional[str] = None, commit_message: Optional[str] = None):
+def push_to_hub(
+    vae,
+    repo_id: str,
+    *,
+    private: Optional[bool] = None,
+    token: Optional[str] = None,
+    commit_message: Optional[str] = None,
+):
   """save_pretrained into a temporary directory, then HfApi.create_repo (an existing repo is
   fine) and upload_folder; returns huggingface_hub's CommitInfo. Hub refusals (no token, no
   write access) raise CheckpointError, one line naming the repo."""
   import huggingface_hub
   from huggingface_hub import errors as hf_errors
+
   api = huggingface_hub.HfApi(token=token)
   with tempfile.TemporaryDirectory(prefix="t5vae_push_") as folder:
     save_pretrained(vae, folder)
     try:
       api.create_repo(repo_id, private=private, exist_ok=True)
       return api.upload_folder(
-          repo_id=repo_id, folder_path=folder,
-          commit_message=commit_message or f"Upload T5-VAE (step {vae.step})")
+          repo_id=repo_id,
+          folder_path=folder,
+          commit_message=commit_message or f"Upload T5-VAE (step {vae.step})",
+      )
     except hf_errors.HfHubHTTPError as e:
       response = getattr(e, "response", None)
       status = getattr(response, "status_code", None)
       raise CheckpointError(
           f"{repo_id}: the hub ({api.endpoint}) refused the upload (HTTP {status}: "
           f"{errors.first_line(e)}); log in with a write token (`hf auth login` or "
-          "HF_TOKEN)") from None
+          "HF_TOKEN)"
+      ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,8 +306,13 @@ def is_saved_vae(name_or_path) -> bool:
   return (path / CONFIG_FILE).exists() and not (path / "model.json").exists()
 
 
-def load(cls, name_or_path, which: str = "latest", step: Optional[int] = None,
-         dtype: Optional[str] = None):
+def load(
+    cls,
+    name_or_path,
+    which: str = "latest",
+    step: Optional[int] = None,
+    dtype: Optional[str] = None,
+):
   """A ``cls`` (api.T5VAE) from a directory or hub repo written by save_pretrained /
   push_to_hub; params on the first device, compute ``dtype`` as in T5VAE.load."""
   import jax
@@ -261,6 +321,7 @@ def load(cls, name_or_path, which: str = "latest", step: Optional[int] = None,
   from t5vae_jax import accelerator
   from t5vae_jax import model as model_lib
   from t5vae_jax import tokenizer as tokenizer_lib
+
   directory = pretrained.resolve(os.fspath(name_or_path))
   config_file = directory / CONFIG_FILE
   try:
@@ -269,18 +330,23 @@ def load(cls, name_or_path, which: str = "latest", step: Optional[int] = None,
     raise CheckpointError(f"{config_file}: not valid JSON ({e})") from None
   section = raw.get(SECTION)
   if not isinstance(section, dict):
-    raise CheckpointError(f"{config_file}: no \"{SECTION}\" section: not a saved T5-VAE (nor a "
-                          "phase directory: no model.json)")
+    raise CheckpointError(
+        f'{config_file}: no "{SECTION}" section: not a saved T5-VAE (nor a '
+        "phase directory: no model.json)"
+    )
   if which != "latest" or step is not None:
-    raise CheckpointError(f"{name_or_path}: a saved T5-VAE holds one checkpoint (step "
-                          f"{section.get('step')}); which= and step= choose among a phase "
-                          "directory's checkpoints")
+    raise CheckpointError(
+        f"{name_or_path}: a saved T5-VAE holds one checkpoint (step "
+        f"{section.get('step')}); which= and step= choose among a phase "
+        "directory's checkpoints"
+    )
   try:
     t5_config = dataclasses.replace(t5_lib.T5Config.from_hf_dict(raw), dropout_rate=0.0)
     vae_config = model_lib.VAEConfig(**section["vae"])
   except (KeyError, TypeError, ValueError) as e:
-    raise CheckpointError(f"{config_file}: bad model settings ({type(e).__name__}: "
-                          f"{errors.first_line(e)})") from None
+    raise CheckpointError(
+        f"{config_file}: bad model settings ({type(e).__name__}: " f"{errors.first_line(e)})"
+    ) from None
   devices = jax.devices()[:1]
   compute = accelerator.compute_dtype(dtype or section.get("dtype", "float32"), devices)
   model = model_lib.T5VAEModel(t5_config, vae=vae_config, dtype=jnp.dtype(compute))
@@ -288,10 +354,16 @@ def load(cls, name_or_path, which: str = "latest", step: Optional[int] = None,
   params = jax.device_put(params, jax.sharding.SingleDeviceSharding(devices[0]))
   tokenizer = tokenizer_lib.load_tokenizer(directory)
   training = section.get("training_config")
-  return cls(model, params, tokenizer, max_len=int(section.get("max_len", 64)),
-             bucket_lengths=section.get("bucket_lengths", ()), path=str(directory),
-             step=section.get("step"),
-             config=ml_collections.ConfigDict(training) if training else None)
+  return cls(
+      model,
+      params,
+      tokenizer,
+      max_len=int(section.get("max_len", 64)),
+      bucket_lengths=section.get("bucket_lengths", ()),
+      path=str(directory),
+      step=section.get("step"),
+      config=ml_collections.ConfigDict(training) if training else None,
+  )
 
 
 def _read_params(file: epath.Path, model) -> dict:
@@ -302,6 +374,7 @@ def _read_params(file: epath.Path, model) -> dict:
   import functools
   import jax
   from t5vae_jax import model as model_lib
+
   if not file.exists():
     raise CheckpointError(f"{file}: missing (a saved T5-VAE holds its weights there)")
   state = pretrained.read_safetensors(file)
@@ -316,24 +389,33 @@ def _read_params(file: epath.Path, model) -> dict:
     state.pop("lm_head.weight", None)
   ids = np.zeros((1, 2), np.int32)
   t5_tree = jax.eval_shape(lambda: t5_lib.T5(model.config).init(jax.random.key(0), ids, ids, ids))
-  t5_keys = {t5_lib.path_to_hf_key(tuple(k.key for k in path))[0]
-             for path, _ in jax.tree_util.tree_flatten_with_path(t5_tree["params"])[0]}
+  t5_keys = {
+      t5_lib.path_to_hf_key(tuple(k.key for k in path))[0]
+      for path, _ in jax.tree_util.tree_flatten_with_path(t5_tree["params"])[0]
+  }
   unexpected = sorted(set(state) - t5_keys)
   if unexpected:
-    raise CheckpointError(f"{file}: unexpected tensor {unexpected[0]}" + (
-        f" ({len(unexpected)} in all)" if len(unexpected) > 1 else ""))
+    raise CheckpointError(
+        f"{file}: unexpected tensor {unexpected[0]}"
+        + (f" ({len(unexpected)} in all)" if len(unexpected) > 1 else "")
+    )
   params.update(t5_lib.params_from_hf_state_dict(state, model.config))
   expected = jax.eval_shape(functools.partial(model_lib.init_params, model), jax.random.key(0))
-  got = {tuple(k.key for k in path): value.shape
-         for path, value in jax.tree_util.tree_flatten_with_path(params)[0]}
+  got = {
+      tuple(k.key for k in path): value.shape
+      for path, value in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]:
     names = tuple(k.key for k in path)
-    key, transposed = ((VAE_KEYS[names[0]], True) if names[0] in VAE_KEYS else
-                       t5_lib.path_to_hf_key(names))
+    key, transposed = (
+        (VAE_KEYS[names[0]], True) if names[0] in VAE_KEYS else t5_lib.path_to_hf_key(names)
+    )
     if names not in got:
       raise CheckpointError(f"{file}: no tensor {key}, which config.json's model needs")
     if tuple(got[names]) != tuple(leaf.shape):
       step = -1 if transposed else 1  # as in the file: torch Linear weights are (out, in)
-      raise CheckpointError(f"{file}: tensor {key} has shape {list(got[names][::step])}, "
-                            f"config.json implies {list(leaf.shape[::step])}")
+      raise CheckpointError(
+          f"{file}: tensor {key} has shape {list(got[names][::step])}, "
+          f"config.json implies {list(leaf.shape[::step])}"
+      )
   return params

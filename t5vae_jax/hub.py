@@ -6,6 +6,7 @@ then loads the checkpoint (pretrained.resolve). All three read ``model.pretraine
 directory everywhere instead of becoming a hub lookup in one place. Only the standard library is
 imported: config_validation and cli run this before JAX or huggingface_hub start.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,13 @@ def is_hub_id(name) -> bool:
     return False
   if name in (".", "..") or name.startswith(("/", "./", "../")) or os.path.exists(name):
     return False
-  return (len(name) <= _REPO_ID_MAX_LEN and _REPO_ID.fullmatch(name) is not None
-          and "--" not in name and ".." not in name and not name.endswith(".git"))
+  return (
+      len(name) <= _REPO_ID_MAX_LEN
+      and _REPO_ID.fullmatch(name) is not None
+      and "--" not in name
+      and ".." not in name
+      and not name.endswith(".git")
+  )
 
 
 def is_remote(path) -> bool:

@@ -17,6 +17,7 @@ exit status 2; the flags are parsed, and the input files read, before JAX is imp
 argparse rather than absl: each tool has flags of its own, which absl's one global flag
 registry cannot give several subcommands in one process (the tests call ``main`` in-process).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,60 +73,103 @@ def _probability(text):
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--phase_dir", required=True,
-                      help="A trained phase directory (e.g. runs/demo/phase2), or a directory "
-                           "or hub repo id of T5VAE.save_pretrained / push_to_hub.")
+  parser.add_argument(
+      "--phase_dir",
+      required=True,
+      help="A trained phase directory (e.g. runs/demo/phase2), or a directory "
+      "or hub repo id of T5VAE.save_pretrained / push_to_hub.",
+  )
   parser.add_argument("--checkpoint", default="latest", help="latest | best | <step>.")
-  parser.add_argument("--output", default="-",
-                      help="Where the lines go (default -: stdout).")
-  parser.add_argument("--batch_size", type=_positive_int, default=256,
-                      help="Sentences per encoder pass.")
+  parser.add_argument("--output", default="-", help="Where the lines go (default -: stdout).")
+  parser.add_argument(
+      "--batch_size", type=_positive_int, default=256, help="Sentences per encoder pass."
+  )
 
 
 def _add_inputs(parser: argparse.ArgumentParser, what: str) -> None:
   parser.add_argument("--input", help=f"A UTF-8 file of {what}, one a line (-: stdin).")
-  parser.add_argument("--text", action="append", default=[],
-                      help=f"One of the {what} (repeatable; after those of --input).")
+  parser.add_argument(
+      "--text",
+      action="append",
+      default=[],
+      help=f"One of the {what} (repeatable; after those of --input).",
+  )
 
 
 def _add_decoding(parser: argparse.ArgumentParser, method: str = "greedy") -> None:
-  parser.add_argument("--method", choices=("greedy", "sample"), default=method,
-                      help=f"Token choice (default {method}).")
-  parser.add_argument("--temperature", type=_non_negative_float, default=1.0,
-                      help="Sampling temperature (0: greedy).")
-  parser.add_argument("--top_k", type=_non_negative_int, default=0,
-                      help="Sample among the k most likely tokens (0: all).")
-  parser.add_argument("--top_p", type=_probability, default=1.0,
-                      help="Sample within the nucleus of this probability mass.")
-  parser.add_argument("--beam", type=_non_negative_int, default=0,
-                      help="Beam search of this width instead of --method (0: off).")
-  parser.add_argument("--length_penalty", type=float, default=0.6,
-                      help="Beam search ranks by log p / ((5 + length) / 6) ** this.")
-  parser.add_argument("--max_len", type=_positive_int, default=None,
-                      help="Most tokens per sentence, EOS included (default: training's).")
+  parser.add_argument(
+      "--method",
+      choices=("greedy", "sample"),
+      default=method,
+      help=f"Token choice (default {method}).",
+  )
+  parser.add_argument(
+      "--temperature",
+      type=_non_negative_float,
+      default=1.0,
+      help="Sampling temperature (0: greedy).",
+  )
+  parser.add_argument(
+      "--top_k",
+      type=_non_negative_int,
+      default=0,
+      help="Sample among the k most likely tokens (0: all).",
+  )
+  parser.add_argument(
+      "--top_p",
+      type=_probability,
+      default=1.0,
+      help="Sample within the nucleus of this probability mass.",
+  )
+  parser.add_argument(
+      "--beam",
+      type=_non_negative_int,
+      default=0,
+      help="Beam search of this width instead of --method (0: off).",
+  )
+  parser.add_argument(
+      "--length_penalty",
+      type=float,
+      default=0.6,
+      help="Beam search ranks by log p / ((5 + length) / 6) ** this.",
+  )
+  parser.add_argument(
+      "--max_len",
+      type=_positive_int,
+      default=None,
+      help="Most tokens per sentence, EOS included (default: training's).",
+  )
   parser.add_argument("--seed", type=int, default=0, help="Seed of the latent and token draws.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="python -m t5vae_jax.latent",
-                   description=__doc__.split("\n\n")[0],
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = _Parser(
+      prog="python -m t5vae_jax.latent",
+      description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   tools = parser.add_subparsers(dest="tool", metavar="TOOL", parser_class=_Parser)
   tools.required = True
 
   encode = tools.add_parser("encode", help="sentences -> mu, logvar (.npz or JSONL)")
   _add_common(encode)
   _add_inputs(encode, "sentences")
-  encode.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                      help="Show a progress bar on stderr.")
-  encode.add_argument("--noprogress", dest="progress", action="store_false",
-                      help=argparse.SUPPRESS)  # absl's spelling, as eval.py's --noprogress
+  encode.add_argument(
+      "--progress",
+      action=argparse.BooleanOptionalAction,
+      default=True,
+      help="Show a progress bar on stderr.",
+  )
+  encode.add_argument(
+      "--noprogress", dest="progress", action="store_false", help=argparse.SUPPRESS
+  )  # absl's spelling, as eval.py's --noprogress
 
   reconstruct = tools.add_parser("reconstruct", help="sentences -> encode -> decode")
   _add_common(reconstruct)
   _add_inputs(reconstruct, "sentences")
-  reconstruct.add_argument("--sample_z", action="store_true",
-                           help="Decode z ~ q(z|x) instead of z = mu.")
+  reconstruct.add_argument(
+      "--sample_z", action="store_true", help="Decode z ~ q(z|x) instead of z = mu."
+  )
   _add_decoding(reconstruct)
 
   sample = tools.add_parser("sample", help="sentences from the prior")
@@ -138,26 +182,38 @@ def build_parser() -> argparse.ArgumentParser:
   interpolate.add_argument("--a", help="The first sentence.")
   interpolate.add_argument("--b", help="The second sentence.")
   interpolate.add_argument("--input", help="A file whose --lines are the two sentences.")
-  interpolate.add_argument("--lines", default="1,2",
-                           help="The two (1-based) line numbers of --input (default 1,2).")
-  interpolate.add_argument("--steps", type=int, default=5,
-                           help="Points on the path, both ends included (at least 2).")
-  interpolate.add_argument("--mode", choices=("linear", "spherical"), default="linear",
-                           help="A straight line or slerp between the two posterior means.")
+  interpolate.add_argument(
+      "--lines", default="1,2", help="The two (1-based) line numbers of --input (default 1,2)."
+  )
+  interpolate.add_argument(
+      "--steps", type=int, default=5, help="Points on the path, both ends included (at least 2)."
+  )
+  interpolate.add_argument(
+      "--mode",
+      choices=("linear", "spherical"),
+      default="linear",
+      help="A straight line or slerp between the two posterior means.",
+  )
   _add_decoding(interpolate)
 
   transfer = tools.add_parser("transfer", help="add an attribute direction to sentences")
   _add_common(transfer)
   _add_inputs(transfer, "sentences to change")
-  transfer.add_argument("--labelled",
-                        help="A file of label<TAB>text lines (Yelp's format) holding both "
-                             "groups; with --from_label and --to_label.")
+  transfer.add_argument(
+      "--labelled",
+      help="A file of label<TAB>text lines (Yelp's format) holding both "
+      "groups; with --from_label and --to_label.",
+  )
   transfer.add_argument("--from_label", help="The label of the group to move away from.")
   transfer.add_argument("--to_label", help="The label of the group to move towards.")
   transfer.add_argument("--from_file", help="The group to move away from, one a line.")
   transfer.add_argument("--to_file", help="The group to move towards, one a line.")
-  transfer.add_argument("--strength", type=float, default=1.0,
-                        help="z = mu(x) + strength * (mean mu(to) - mean mu(from)).")
+  transfer.add_argument(
+      "--strength",
+      type=float,
+      default=1.0,
+      help="z = mu(x) + strength * (mean mu(to) - mean mu(from)).",
+  )
   _add_decoding(transfer)
   return parser
 
@@ -241,6 +297,7 @@ class _Output:
 def _load(args):
   runtime.setup_runtime()  # imports JAX: only once the flags and inputs are known to be good
   from t5vae_jax import api
+
   checkpoint = args.checkpoint
   if checkpoint in ("latest", "best"):
     return api.T5VAE.load(args.phase_dir, which=checkpoint)
@@ -250,9 +307,16 @@ def _load(args):
 
 
 def decode_kwargs(args) -> dict:
-  return dict(method=args.method, temperature=args.temperature, top_k=args.top_k,
-              top_p=args.top_p, beam=args.beam, length_penalty=args.length_penalty,
-              max_len=args.max_len, seed=args.seed)
+  return dict(
+      method=args.method,
+      temperature=args.temperature,
+      top_k=args.top_k,
+      top_p=args.top_p,
+      beam=args.beam,
+      length_penalty=args.length_penalty,
+      max_len=args.max_len,
+      seed=args.seed,
+  )
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,13 +329,15 @@ def encode(args) -> None:
     raise DataError(f"--output={args.output}: name a .npz or .jsonl file (or - for stdout)")
   vae = _load(args)
   import numpy as np
+
   bar = None
   if args.progress:
     from tqdm import tqdm
+
     bar = tqdm(total=len(texts), desc="encode", unit="sentence", file=sys.stderr)
   mus, logvars = [], []
   for start in range(0, len(texts), args.batch_size):
-    mu, logvar = vae.encode(texts[start:start + args.batch_size], batch_size=args.batch_size)
+    mu, logvar = vae.encode(texts[start : start + args.batch_size], batch_size=args.batch_size)
     mus.append(mu)
     logvars.append(logvar)
     if bar is not None:
@@ -285,8 +351,10 @@ def encode(args) -> None:
     print(f"wrote {args.output}: mu and logvar ({len(texts)}, {mu.shape[1]})", file=sys.stderr)
     return
   with _Output(args.output) as out:
-    out.write_lines(json.dumps({"text": t, "mu": m.tolist(), "logvar": v.tolist()},
-                               ensure_ascii=False) for t, m, v in zip(texts, mu, logvar))
+    out.write_lines(
+        json.dumps({"text": t, "mu": m.tolist(), "logvar": v.tolist()}, ensure_ascii=False)
+        for t, m, v in zip(texts, mu, logvar)
+    )
 
 
 def reconstruct(args) -> None:
@@ -341,8 +409,10 @@ def transfer(args) -> None:
   by_label = args.labelled is not None
   by_file = args.from_file is not None or args.to_file is not None
   if by_label == by_file:
-    raise DataError("name the two groups: --labelled FILE --from_label A --to_label B, "
-                    "or --from_file A.txt --to_file B.txt")
+    raise DataError(
+        "name the two groups: --labelled FILE --from_label A --to_label B, "
+        "or --from_file A.txt --to_file B.txt"
+    )
   if by_label:
     if args.from_label is None or args.to_label is None:
       raise DataError("--labelled needs --from_label and --to_label")
@@ -354,16 +424,20 @@ def transfer(args) -> None:
       raise DataError("--from_file and --to_file go together")
     from_texts = [t for t in read_lines(args.from_file, "--from_file") if t.strip()]
     to_texts = [t for t in read_lines(args.to_file, "--to_file") if t.strip()]
-    for flag, path, texts in (("--from_file", args.from_file, from_texts),
-                              ("--to_file", args.to_file, to_texts)):
+    for flag, path, texts in (
+        ("--from_file", args.from_file, from_texts),
+        ("--to_file", args.to_file, to_texts),
+    ):
       if not texts:
         raise DataError(f"{flag}={path} has no sentences")
   texts = input_texts(args)
   vae = _load(args)
   vector = vae.attribute_vector(from_texts, to_texts)
-  print(f"attribute vector: {len(from_texts)} -> {len(to_texts)} sentences, "
-        f"norm {float((vector ** 2).sum()) ** 0.5:.3f}, strength {args.strength:g}",
-        file=sys.stderr)
+  print(
+      f"attribute vector: {len(from_texts)} -> {len(to_texts)} sentences, "
+      f"norm {float((vector ** 2).sum()) ** 0.5:.3f}, strength {args.strength:g}",
+      file=sys.stderr,
+  )
   lines = vae.transfer(texts, vector, strength=args.strength, **decode_kwargs(args))
   with _Output(args.output) as out:
     out.write_lines(lines)
@@ -376,8 +450,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   """Runs one tool; ``argv`` without the program name (default: sys.argv[1:])."""
   args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
   try:
-    if not (os.path.isdir(args.phase_dir) or hub.is_remote(args.phase_dir)
-            or hub.is_hub_id(args.phase_dir)):  # a hub id: a T5VAE.push_to_hub repo
+    if not (
+        os.path.isdir(args.phase_dir)
+        or hub.is_remote(args.phase_dir)
+        or hub.is_hub_id(args.phase_dir)
+    ):  # a hub id: a T5VAE.push_to_hub repo
       raise FileNotFoundError(f"--phase_dir={args.phase_dir}: no such directory")
     globals()[args.tool](args)
   except Exception as e:

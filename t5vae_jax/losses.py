@@ -111,8 +111,7 @@ def target_token_nll(logits: Array, targets: Array, packing=None) -> Array:
   return packing.unpack(token_cross_entropy(logits, packing.pack(targets)))
 
 
-def reconstruction_loss(logits: Array, targets: Array, target_mask: Array,
-                        packing=None) -> Array:
+def reconstruction_loss(logits: Array, targets: Array, target_mask: Array, packing=None) -> Array:
   """-log p(x | z) per example in nats per sentence, (B,) float32.
 
   Summed (not averaged) over the non-pad target positions, EOS included, as the ELBO asks:

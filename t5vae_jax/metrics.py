@@ -32,8 +32,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 def gaussian_log_density(z, mu, logvar):
   """log N(z; mu, diag(exp(logvar))), summed over the last axis (broadcasts)."""
   z, mu, logvar = (jnp.asarray(a, jnp.float32) for a in (z, mu, logvar))
-  return -0.5 * jnp.sum(
-      jnp.square(z - mu) * jnp.exp(-logvar) + logvar + _LOG_2PI, axis=-1)
+  return -0.5 * jnp.sum(jnp.square(z - mu) * jnp.exp(-logvar) + logvar + _LOG_2PI, axis=-1)
 
 
 def standard_normal_log_density(z):
@@ -130,19 +129,23 @@ def _log_aggregate_posterior(z, mu, logvar, log_q_self, valid, block_size):
   logvar = jnp.where(valid[:, None], logvar, 0.0)
   precision = jnp.exp(-logvar)
   log_norm = jnp.where(  # (M,); -inf drops padded keys.
-      valid, -0.5 * (jnp.sum(logvar, -1) + latent_dim * _LOG_2PI), -jnp.inf)
-  error_scale = ((_ERROR_ULPS_PER_DIM * latent_dim + _ERROR_ULPS_EXTRA) *
-                 float(jnp.finfo(jnp.float32).eps))
+      valid, -0.5 * (jnp.sum(logvar, -1) + latent_dim * _LOG_2PI), -jnp.inf
+  )
+  error_scale = (_ERROR_ULPS_PER_DIM * latent_dim + _ERROR_ULPS_EXTRA) * float(
+      jnp.finfo(jnp.float32).eps
+  )
 
   blocks = lambda x: x.reshape((num_blocks, block_size) + x.shape[1:])
   key_sq_norm = jnp.sum(mu * mu * precision, -1)  # (M,)
   key_blocks = (
       jnp.arange(num_blocks),
       blocks(jnp.concatenate([precision, -2.0 * mu * precision], -1)),  # (nb, b, 2L)
-      blocks(key_sq_norm), blocks(log_norm),
+      blocks(key_sq_norm),
+      blocks(log_norm),
       # Per key block, for the error bound: max_m |1/v_m|_2 and max_m S_m.
       jnp.max(blocks(jnp.sqrt(jnp.sum(precision * precision, -1))), 1),
-      jnp.max(blocks(key_sq_norm), 1))
+      jnp.max(blocks(key_sq_norm), 1),
+  )
   is_diagonal = jnp.eye(block_size, dtype=bool)  # (b, b)
 
   def fast_query_block(args):
@@ -152,8 +155,7 @@ def _log_aggregate_posterior(z, mu, logvar, log_q_self, valid, block_size):
     query_sq_norm = jnp.sqrt(jnp.sum(jnp.square(query_z * query_z), -1))  # (b,)
 
     def key_block(carry, args):
-      (key_index, key, key_sq, key_log_norm, key_precision_norm,
-       key_sq_max) = args
+      key_index, key, key_sq, key_log_norm, key_precision_norm, key_sq_max = args
       distance = jnp.matmul(query, key.T, precision=lax.Precision.HIGHEST)
       distance = jnp.maximum(distance + key_sq, 0.0)  # (b, b)
       on_diagonal = query_index == key_index
@@ -163,25 +165,35 @@ def _log_aggregate_posterior(z, mu, logvar, log_q_self, valid, block_size):
       # The bound on this block's distance errors, per query row (b,).
       error = error_scale * (query_sq_norm * key_precision_norm + key_sq_max)
       running_max, running_sum, running_error, risky = carry
-      new_max, new_sum, block_sum, shift = _logsumexp_update(
-          running_max, running_sum, log_q)
-      others_sum = jnp.maximum(block_sum - jnp.where(
-          on_diagonal, jnp.exp(self_term - shift), 0.0), 0.0)
+      new_max, new_sum, block_sum, shift = _logsumexp_update(running_max, running_sum, log_q)
+      others_sum = jnp.maximum(
+          block_sum - jnp.where(on_diagonal, jnp.exp(self_term - shift), 0.0), 0.0
+      )
       # |w - w~| <= w~ (e^(beta/2) - 1) <= w~ beta for beta <= 1; a pair with
       # a larger error that might matter flags the row.
-      risky = risky | ((error > 1.0) & (jnp.max(others, axis=1) + 0.5 * error >
-                                        self_term - _NEGLIGIBLE_NATS))
-      return (new_max, new_sum, running_error * jnp.exp(running_max - shift) +
-              others_sum * jnp.minimum(error, 1.0), risky), None
+      risky = risky | (
+          (error > 1.0) & (jnp.max(others, axis=1) + 0.5 * error > self_term - _NEGLIGIBLE_NATS)
+      )
+      return (
+          new_max,
+          new_sum,
+          running_error * jnp.exp(running_max - shift) + others_sum * jnp.minimum(error, 1.0),
+          risky,
+      ), None
 
-    init = (jnp.full((block_size,), -jnp.inf), jnp.zeros((block_size,)),
-            jnp.zeros((block_size,)), jnp.zeros((block_size,), bool))
+    init = (
+        jnp.full((block_size,), -jnp.inf),
+        jnp.zeros((block_size,)),
+        jnp.zeros((block_size,)),
+        jnp.zeros((block_size,), bool),
+    )
     (row_max, row_sum, row_error, risky), _ = lax.scan(key_block, init, key_blocks)
     needs_exact = risky | (row_error > _ROW_LOG_TOLERANCE * row_sum)
     return row_max + jnp.log(row_sum), needs_exact  # (b,), (b,)
 
   log_sum, needs_exact = lax.map(
-      fast_query_block, (jnp.arange(num_blocks), blocks(z), blocks(log_q_self)))
+      fast_query_block, (jnp.arange(num_blocks), blocks(z), blocks(log_q_self))
+  )
   log_sum = log_sum.reshape(num_rows)
   needs_exact = needs_exact.reshape(num_rows) & valid
 
@@ -196,19 +208,27 @@ def _log_aggregate_posterior(z, mu, logvar, log_q_self, valid, block_size):
 
       def add_dim(dim, distance):  # A loop over L: (R, b) at a time, fast.
         return distance + jnp.square(query_z[:, dim, None] - key_mu[dim][None]) * (
-            key_precision[dim][None])
+            key_precision[dim][None]
+        )
 
-      distance = lax.fori_loop(0, latent_dim, add_dim,
-                               jnp.zeros((row_ids.shape[0], block_size)))
+      distance = lax.fori_loop(0, latent_dim, add_dim, jnp.zeros((row_ids.shape[0], block_size)))
       key_ids = key_index * block_size + jnp.arange(block_size)
-      log_q = jnp.where(row_ids[:, None] == key_ids[None], self_term[:, None],
-                        key_log_norm - 0.5 * distance)
+      log_q = jnp.where(
+          row_ids[:, None] == key_ids[None], self_term[:, None], key_log_norm - 0.5 * distance
+      )
       return _logsumexp_update(*carry, log_q)[:2], None
 
     init = (jnp.full(row_ids.shape, -jnp.inf), jnp.zeros(row_ids.shape))
     (row_max, row_sum), _ = lax.scan(
-        key_block, init, (jnp.arange(num_blocks), transposed_blocks(precision),
-                          transposed_blocks(raw_mu), blocks(log_norm)))
+        key_block,
+        init,
+        (
+            jnp.arange(num_blocks),
+            transposed_blocks(precision),
+            transposed_blocks(raw_mu),
+            blocks(log_norm),
+        ),
+    )
     return row_max + jnp.log(row_sum)
 
   # Flagged rows first; a loop over chunks of them (none: no iteration).
@@ -218,13 +238,14 @@ def _log_aggregate_posterior(z, mu, logvar, log_q_self, valid, block_size):
 
   def exact_chunk(chunk, log_sum):
     positions = chunk * _EXACT_ROWS + jnp.arange(_EXACT_ROWS)
-    row_ids = jnp.where(positions < num_exact,
-                        lax.dynamic_slice(order, (chunk * _EXACT_ROWS,),
-                                          (_EXACT_ROWS,)), num_rows)
+    row_ids = jnp.where(
+        positions < num_exact,
+        lax.dynamic_slice(order, (chunk * _EXACT_ROWS,), (_EXACT_ROWS,)),
+        num_rows,
+    )
     return log_sum.at[row_ids].set(exact_rows(row_ids), mode="drop")
 
-  log_sum = lax.fori_loop(0, (num_exact + _EXACT_ROWS - 1) // _EXACT_ROWS,
-                          exact_chunk, log_sum)
+  log_sum = lax.fori_loop(0, (num_exact + _EXACT_ROWS - 1) // _EXACT_ROWS, exact_chunk, log_sum)
   return log_sum - jnp.log(count)
 
 
@@ -233,8 +254,9 @@ def _pad_rows(x, rows):
   return jnp.pad(x, pad)
 
 
-def mutual_information_from_samples(mu, logvar, z, batch_size=None,
-                                    block_size=1024, entropy="sample"):
+def mutual_information_from_samples(
+    mu, logvar, z, batch_size=None, block_size=1024, entropy="sample"
+):
   """`mutual_information` at given samples z_n ~ q(z | x_n) (N, L).
 
   Exposed so the estimate can be checked against other implementations at the
@@ -249,8 +271,7 @@ def _mutual_information(mu, logvar, z, batch_size, block_size, entropy):
   """Jitted body of `mutual_information_from_samples`."""
   mu, logvar, z = (jnp.asarray(a, jnp.float32) for a in (mu, logvar, z))
   if mu.ndim != 2 or logvar.shape != mu.shape or z.shape != mu.shape:
-    raise ValueError(f"expected (N, L) arrays, got {mu.shape}, {logvar.shape}, "
-                     f"{z.shape}")
+    raise ValueError(f"expected (N, L) arrays, got {mu.shape}, {logvar.shape}, " f"{z.shape}")
   if batch_size is not None and batch_size < 1 or block_size < 1:
     raise ValueError(f"bad batch_size={batch_size} or block_size={block_size}")
   num_examples = mu.shape[0]
@@ -265,8 +286,7 @@ def _mutual_information(mu, logvar, z, batch_size, block_size, entropy):
   # One aggregate posterior per group of consecutive examples: the whole set,
   # or batches of batch_size (the last one may be short). Each group is padded
   # to a multiple of the block.
-  group_size = num_examples if batch_size is None else min(batch_size,
-                                                           num_examples)
+  group_size = num_examples if batch_size is None else min(batch_size, num_examples)
   num_groups = -(-num_examples // group_size)
   block = min(block_size, group_size)
   padded_group = -(-group_size // block) * block
@@ -280,7 +300,8 @@ def _mutual_information(mu, logvar, z, batch_size, block_size, entropy):
   valid = grouped(jnp.ones((num_examples,), bool))  # (G, P)
   log_q_z = lax.map(
       lambda args: _log_aggregate_posterior(*args, block_size=block),
-      (grouped(z), grouped(mu), grouped(logvar), grouped(log_q_self), valid))
+      (grouped(z), grouped(mu), grouped(logvar), grouped(log_q_self), valid),
+  )
   log_q_z = log_q_z[:, :group_size].reshape(-1)[:num_examples]  # (N,)
   return jnp.mean(neg_entropy - log_q_z)
 
@@ -291,8 +312,7 @@ def _reparameterize(rng, mu, logvar):
   return mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape)
 
 
-def mutual_information(mu, logvar, rng, batch_size=None, block_size=1024,
-                       entropy="sample"):
+def mutual_information(mu, logvar, rng, batch_size=None, block_size=1024, entropy="sample"):
   """I_q(x; z) = E_x E_q(z|x)[log q(z|x)] - E_x E_q(z|x)[log q(z)].
 
   Hoffman & Johnson (2016), with q(z) = 1/N sum_m q(z|x_m) the aggregate
@@ -327,8 +347,8 @@ def mutual_information(mu, logvar, rng, batch_size=None, block_size=1024,
   logvar = jnp.asarray(logvar, jnp.float32)
   z = _reparameterize(rng, mu, logvar)
   return mutual_information_from_samples(
-      mu, logvar, z, batch_size=batch_size, block_size=block_size,
-      entropy=entropy)
+      mu, logvar, z, batch_size=batch_size, block_size=block_size, entropy=entropy
+  )
 
 
 REFERENCE_MI_BATCH_SIZE = 256
@@ -350,9 +370,9 @@ def batch_mutual_information(mu, logvar, rng, batch_size=REFERENCE_MI_BATCH_SIZE
   Args: mu, logvar: (N, L); rng: the key of the one draw per example.
   Returns: scalar float32, in nats.
   """
-  return mutual_information(mu, logvar, rng,
-                            batch_size=min(batch_size, len(mu)),
-                            entropy="analytic")
+  return mutual_information(
+      mu, logvar, rng, batch_size=min(batch_size, len(mu)), entropy="analytic"
+  )
 
 
 # ----------------------------------------------------------------------------

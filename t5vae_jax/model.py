@@ -10,6 +10,7 @@ examples across the batch; here the batch axis is never touched):
   * ``latent_injection="self_prefix"`` (the released code): the slot is prepended to each
     decoder layer's self-attention at position 0; cross-attention is skipped.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,11 @@ class VAEConfig:
   latent_injection: str = "cross_attention"
 
   def __post_init__(self):
-    for name, allowed in (("pooling", POOLINGS), ("pool_layers", POOL_LAYERS),
-                          ("latent_injection", INJECTIONS)):
+    for name, allowed in (
+        ("pooling", POOLINGS),
+        ("pool_layers", POOL_LAYERS),
+        ("latent_injection", INJECTIONS),
+    ):
       if getattr(self, name) not in allowed:
         raise ValueError(f"model.{name}={getattr(self, name)!r} is not one of {allowed}")
     if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
@@ -64,17 +68,22 @@ class T5VAEModel(t5_lib.T5):
   Parameters ``shared``, ``encoder``, ``decoder`` (and ``lm_head`` when untied) are exactly
   T5's, so a pretrained checkpoint loads into them unchanged.
   """
+
   vae: VAEConfig = VAEConfig()
 
   def setup(self):
     super().setup()
     cfg, L = self.config, self.vae.latent_dim
-    init = nn.initializers.normal(cfg.d_model ** -0.5)
+    init = nn.initializers.normal(cfg.d_model**-0.5)
     self.mu = nn.Dense(L, use_bias=False, kernel_init=init, param_dtype=jnp.float32)
     self.logvar = nn.Dense(L, use_bias=False, kernel_init=init, param_dtype=jnp.float32)
-    self.memory_proj = nn.Dense(cfg.num_decoder_layers * cfg.num_heads * cfg.d_kv, use_bias=False,
-                                kernel_init=nn.initializers.normal(L ** -0.5),
-                                param_dtype=jnp.float32, dtype=self.dtype)
+    self.memory_proj = nn.Dense(
+        cfg.num_decoder_layers * cfg.num_heads * cfg.d_kv,
+        use_bias=False,
+        kernel_init=nn.initializers.normal(L**-0.5),
+        param_dtype=jnp.float32,
+        dtype=self.dtype,
+    )
 
   def posterior(self, input_ids, attention_mask, deterministic=True, packing=None):
     """(B, T) -> mu, logvar: (B, L) float32. ``packing`` (of ``attention_mask``) runs the
@@ -83,14 +92,22 @@ class T5VAEModel(t5_lib.T5):
       packing = None  # this ablation pools the pad positions' states, which packing skips
     all_layers = self.vae.pool_layers != "last"
     ids = input_ids if packing is None else packing.pack(input_ids)
-    states = self.encoder(self.shared(ids), attention_mask=attention_mask,
-                          deterministic=deterministic, return_all_hidden=all_layers,
-                          final_dropout=self.vae.pool_dropout, packing=packing)
+    states = self.encoder(
+        self.shared(ids),
+        attention_mask=attention_mask,
+        deterministic=deterministic,
+        return_all_hidden=all_layers,
+        final_dropout=self.vae.pool_dropout,
+        packing=packing,
+    )
     if self.vae.pool_layers == "all":
       states = self._normalised_layers(states, deterministic)
     if packing is not None:  # back to (B, [layers,] T, D) for pooling; pads are masked there
-      states = (jnp.moveaxis(packing.unpack(jnp.moveaxis(states, 1, 2)), 2, 1) if all_layers
-                else packing.unpack(states))
+      states = (
+          jnp.moveaxis(packing.unpack(jnp.moveaxis(states, 1, 2)), 2, 1)
+          if all_layers
+          else packing.unpack(states)
+      )
     pooled = pool_states(states, attention_mask, self.vae.pooling, self.vae.pool_padding)
     return self.mu(pooled), self.logvar(pooled)
 
@@ -112,14 +129,25 @@ class T5VAEModel(t5_lib.T5):
     """Decoder logits (B, T, vocab) given latents z (B, L); (S, C, vocab) with ``packing``."""
     memory = self.latent_memory(z)
     if self.vae.latent_injection == "cross_attention":
-      return self.decode_logits(decoder_input_ids, memory_kv=memory, deterministic=deterministic,
-                                packing=packing)
-    return self.decode_logits(decoder_input_ids, prefix_kv=memory, deterministic=deterministic,
-                              packing=packing)
+      return self.decode_logits(
+          decoder_input_ids, memory_kv=memory, deterministic=deterministic, packing=packing
+      )
+    return self.decode_logits(
+        decoder_input_ids, prefix_kv=memory, deterministic=deterministic, packing=packing
+    )
 
-  def __call__(self, input_ids, attention_mask, decoder_input_ids, deterministic=True,
-               sample_latent=True, encoder_input_ids=None, encoder_attention_mask=None,
-               packing=None, encoder_packing=None):
+  def __call__(
+      self,
+      input_ids,
+      attention_mask,
+      decoder_input_ids,
+      deterministic=True,
+      sample_latent=True,
+      encoder_input_ids=None,
+      encoder_attention_mask=None,
+      packing=None,
+      encoder_packing=None,
+  ):
     """Autoencodes; returns dict(logits, mu, logvar, z).
 
     ``encoder_input_ids``/``encoder_attention_mask`` (a noised copy of the input) replace what

@@ -12,6 +12,7 @@ shard, is a static shape chosen on the host from the batch's mask (``capacity``)
 a multiple of an eighth of the shard's B/S*T positions, so a few capacities (one compilation
 each) cover all batches of one padded length.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,6 +32,7 @@ CAPACITY_STEPS = 8  # capacities are multiples of 1/CAPACITY_STEPS of a shard's 
 @flax.struct.dataclass
 class Packing:
   """Where each real token of a (B, T) batch sits in the packed (S, C) layout."""
+
   gather_index: Array  # (S, C) int32: position in the shard's flattened (B/S * T) rows per slot
   valid: Array  # (S, C) bool: the slot holds a real token (the rest repeat pad positions)
   scatter_index: Array  # (S, B/S * T) int32: slot of each position; C (a zero row) at padding
@@ -83,8 +85,13 @@ def make_packing(mask: Array, capacity: int, num_shards: int = 1) -> Packing:
   valid = jnp.take_along_axis(real, gather_index, axis=1)
   slot = jnp.cumsum(real, axis=1, dtype=jnp.int32) - 1
   scatter_index = jnp.where(real, slot, capacity).astype(jnp.int32)
-  return Packing(gather_index=gather_index, valid=valid, scatter_index=scatter_index,
-                 batch=batch, length=length)
+  return Packing(
+      gather_index=gather_index,
+      valid=valid,
+      scatter_index=scatter_index,
+      batch=batch,
+      length=length,
+  )
 
 
 def capacity(mask: np.ndarray, num_shards: int = 1) -> int:
@@ -107,5 +114,6 @@ def capacity_on_mesh(local_mask: np.ndarray, mesh) -> int:
   slots = capacity(local_mask, local_shards)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     slots = int(np.max(multihost_utils.process_allgather(np.asarray(slots))))
   return slots

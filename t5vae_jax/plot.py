@@ -5,6 +5,7 @@ Figures 2 and 3) into a PNG.
 
 Each argument is a workdir (its ``phase<N>/metrics.jsonl`` is read) or a phase directory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,13 +14,18 @@ import sys
 
 from etils import epath
 
-PANELS = (("val/mi", "MI (nats)"), ("val/au", "active units"), ("val/kl", "KL (nats)"),
-          ("val/rec", "reconstruction (nats/sentence)"))
+PANELS = (
+    ("val/mi", "MI (nats)"),
+    ("val/au", "active units"),
+    ("val/kl", "KL (nats)"),
+    ("val/rec", "reconstruction (nats/sentence)"),
+)
 
 
 def read_curves(run_dir, phase: int) -> dict[str, list[tuple[int, float]]]:
   """{metric: [(step, value)]}, the last row per step winning (a resumed run logs again)."""
   from t5vae_jax import train_lib
+
   run_dir = epath.Path(run_dir)
   path = run_dir / "metrics.jsonl"
   if not path.exists():
@@ -36,8 +42,10 @@ def read_curves(run_dir, phase: int) -> dict[str, list[tuple[int, float]]]:
 
 def plot(run_dirs, out, phase: int = 1, labels=None) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
   for i, run in enumerate(run_dirs):
     label = labels[i] if labels else epath.Path(run).name
@@ -45,8 +53,9 @@ def plot(run_dirs, out, phase: int = 1, labels=None) -> None:
     for ax, (key, title) in zip(axes, PANELS):
       points = curves.get(key, [])
       if points:
-        ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3,
-                label=label)
+        ax.plot(
+            [s for s, _ in points], [v for _, v in points], marker="o", markersize=3, label=label
+        )
       ax.set_title(title)
       ax.set_xlabel("step")
   axes[0].legend(fontsize=8)

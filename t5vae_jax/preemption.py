@@ -29,6 +29,7 @@ Ctrl-C: the first press is a stop request like SIGTERM (exit status 130 instead 
 second exits at once (the default SIGINT action: killed by SIGINT, the shell reports 130),
 without waiting for the step or the save.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -46,9 +47,11 @@ _runs = itertools.count()  # every process enters its flags in the same order: o
 def _distributed_client():
   """The coordination service client of a multi-process job, or None (one process)."""
   import jax
+
   if jax.process_count() == 1:
     return None
   from jax._src import distributed  # no public accessor; multihost_utils reads it the same way
+
   return distributed.global_state.client
 
 
@@ -104,8 +107,11 @@ class PreemptionFlag:
       os.kill(os.getpid(), signal.SIGINT)
       return
     if name == "SIGINT":
-      print("SIGINT: saving after this step, then exiting (Ctrl-C again to exit at once)",
-            file=sys.stderr, flush=True)
+      print(
+          "SIGINT: saving after this step, then exiting (Ctrl-C again to exit at once)",
+          file=sys.stderr,
+          flush=True,
+      )
     self.signal_name = self.signal_name or name
 
   def should_stop(self, step: int) -> bool:
@@ -128,5 +134,6 @@ class PreemptionFlag:
       raise RuntimeError(
           f"this process is at step {step}, past the stop step {self.stop_step} agreed after a "
           f"signal; the processes' loops are not in step (more than {STEPS_IN_FLIGHT} steps in "
-          "flight?)")
+          "flight?)"
+      )
     return step == self.stop_step

@@ -17,6 +17,7 @@ Output directory ``OUT``: the Hugging Face T5 checkpoint at the end (pretrained.
 layout is not a phase directory's), ``OUT/pretrain_log.jsonl`` (metrics, one JSON object a line)
 and ``OUT/pretrain_run.json`` (the settings, checked on ``--resume``).
 """
+
 from __future__ import annotations
 
 import collections
@@ -52,6 +53,7 @@ from t5vae_jax.pretrain import CKPT_DIR, LOG_FILE, RUN_FILE, PretrainError
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
   """The optimizer and learning-rate schedule (hashable: compiled steps are cached on it)."""
+
   optimizer: str = "adamw"
   lr: float = 1e-3
   schedule: str = "cosine"
@@ -64,8 +66,12 @@ class OptimizerSettings:
 
   @classmethod
   def from_args(cls, args) -> "OptimizerSettings":
-    return cls(**{f.name: getattr(args, "steps" if f.name == "total_steps" else f.name)
-                  for f in dataclasses.fields(cls)})
+    return cls(
+        **{
+            f.name: getattr(args, "steps" if f.name == "total_steps" else f.name)
+            for f in dataclasses.fields(cls)
+        }
+    )
 
 
 def make_schedule(opt: OptimizerSettings):
@@ -90,19 +96,25 @@ def make_schedule(opt: OptimizerSettings):
 def make_optimizer(opt: OptimizerSettings, schedule):
   if opt.optimizer == "adamw":
     decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
-    tx = optax.adamw(schedule, b1=0.9, b2=0.98, eps=1e-6, weight_decay=opt.weight_decay,
-                     mask=decay_mask)
+    tx = optax.adamw(
+        schedule, b1=0.9, b2=0.98, eps=1e-6, weight_decay=opt.weight_decay, mask=decay_mask
+    )
   elif opt.optimizer == "adafactor":
-    tx = optax.adafactor(schedule, decay_rate=0.8, clipping_threshold=1.0,
-                         multiply_by_parameter_scale=True,
-                         weight_decay_rate=opt.weight_decay or None)
+    tx = optax.adafactor(
+        schedule,
+        decay_rate=0.8,
+        clipping_threshold=1.0,
+        multiply_by_parameter_scale=True,
+        weight_decay_rate=opt.weight_decay or None,
+    )
   else:
     raise ValueError(f"unknown optimizer {opt.optimizer!r}")
   if opt.embedding_lr_multiplier != 1.0:
     # T5 initialises the shared embedding at std 1 while Adam moves every entry by about lr per
     # step, so the embedding (and with it the tied output layer) barely moves at lr 1e-3.
     is_embedding = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
-        lambda path, _: any(getattr(k, "key", None) == "shared" for k in path), params)
+        lambda path, _: any(getattr(k, "key", None) == "shared" for k in path), params
+    )
     tx = optax.chain(tx, optax.masked(optax.scale(opt.embedding_lr_multiplier), is_embedding))
   if opt.clip_grad_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt.clip_grad_norm), tx)
@@ -111,9 +123,14 @@ def make_optimizer(opt: OptimizerSettings, schedule):
 
 def _loss_terms(params, batch, *, model, rng, deterministic):
   decoder_input_ids = t5_lib.shift_right(batch["targets"], model.config.decoder_start_token_id)
-  logits = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                       decoder_input_ids, deterministic=deterministic,
-                       rngs=None if deterministic else {"dropout": rng})
+  logits = model.apply(
+      {"params": params},
+      batch["input_ids"],
+      batch["attention_mask"],
+      decoder_input_ids,
+      deterministic=deterministic,
+      rngs=None if deterministic else {"dropout": rng},
+  )
   ce = losses.token_cross_entropy(logits, batch["targets"])
   correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32)
   # All targets, and the span words alone: sentinels and EOS are easy to predict and can
@@ -121,8 +138,13 @@ def _loss_terms(params, batch, *, model, rng, deterministic):
   sums = {}
   for prefix, key in (("", "target_mask"), ("span_", "span_mask")):
     mask = batch[key].astype(jnp.float32)
-    sums.update({prefix + "ce_sum": jnp.sum(ce * mask), prefix + "correct": jnp.sum(correct * mask),
-                 prefix + "count": jnp.sum(mask)})
+    sums.update(
+        {
+            prefix + "ce_sum": jnp.sum(ce * mask),
+            prefix + "correct": jnp.sum(correct * mask),
+            prefix + "count": jnp.sum(mask),
+        }
+    )
   return sums
 
 
@@ -137,10 +159,15 @@ def train_step(state, batch, *, model, tx, schedule, base_rng, dropout: bool):
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   count, span_count = jnp.maximum(sums["count"], 1.0), jnp.maximum(sums["span_count"], 1.0)
-  metrics = {"loss": loss, "accuracy": sums["correct"] / count, "target_tokens": sums["count"],
-             "span_loss": sums["span_ce_sum"] / span_count,
-             "span_accuracy": sums["span_correct"] / span_count,
-             "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
+  metrics = {
+      "loss": loss,
+      "accuracy": sums["correct"] / count,
+      "target_tokens": sums["count"],
+      "span_loss": sums["span_ce_sum"] / span_count,
+      "span_accuracy": sums["span_correct"] / span_count,
+      "grad_norm": optax.tree.norm(grads),
+      "lr": schedule(state["step"]),
+  }
   return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
 
@@ -151,6 +178,7 @@ def eval_step(params, batch, *, model):
 @dataclasses.dataclass(frozen=True)
 class Compiled:
   """The model, optimizer, shardings and jitted functions of one configuration."""
+
   model: Any
   schedule: Any
   tx: Any
@@ -164,8 +192,9 @@ class Compiled:
 
 
 @functools.lru_cache(maxsize=2)
-def compile_functions(config, dtype: str, opt: OptimizerSettings, seed: int, dropout: bool,
-                      mesh, fsdp: bool) -> Compiled:
+def compile_functions(
+    config, dtype: str, opt: OptimizerSettings, seed: int, dropout: bool, mesh, fsdp: bool
+) -> Compiled:
   """Everything jitted, built once per configuration in a process (a resumed run in the same
   process, as in tests, reuses the compiled executables)."""
   model = t5_lib.T5(config, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
@@ -179,18 +208,35 @@ def compile_functions(config, dtype: str, opt: OptimizerSettings, seed: int, dro
   replicated = sharding.replicated(mesh)
   state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings}
   step_fn = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        base_rng=jax.random.key(seed + 1), dropout=dropout),
+      functools.partial(
+          train_step,
+          model=model,
+          tx=tx,
+          schedule=schedule,
+          base_rng=jax.random.key(seed + 1),
+          dropout=dropout,
+      ),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, replicated), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model),
-                    in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-                    out_shardings=replicated)
-  return Compiled(model=model, schedule=schedule, tx=tx,
-                  init_params=jax.jit(init, out_shardings=param_shardings),
-                  init_opt_state=jax.jit(tx.init, out_shardings=opt_shardings),
-                  param_shardings=param_shardings, opt_shardings=opt_shardings,
-                  state_shardings=state_shardings, train_step=step_fn, eval_step=eval_fn)
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=0,
+  )
+  eval_fn = jax.jit(
+      functools.partial(eval_step, model=model),
+      in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=replicated,
+  )
+  return Compiled(
+      model=model,
+      schedule=schedule,
+      tx=tx,
+      init_params=jax.jit(init, out_shardings=param_shardings),
+      init_opt_state=jax.jit(tx.init, out_shardings=opt_shardings),
+      param_shardings=param_shardings,
+      opt_shardings=opt_shardings,
+      state_shardings=state_shardings,
+      train_step=step_fn,
+      eval_step=eval_fn,
+  )
 
 
 def fetch(tree):
@@ -211,6 +257,7 @@ def _info(message: str) -> None:
 def _prepare_tokenizer(args, out):
   """The tokenizer, saved in OUT (trained there, or copied from --tokenizer / a resumed run)."""
   from t5vae_jax import tokenizer as tokenizer_lib
+
   if args.tokenizer:
     tokenizer = tokenizer_lib.load_tokenizer(args.tokenizer)
     if jax.process_index() == 0 and epath.Path(args.tokenizer).resolve() != out.resolve():
@@ -224,13 +271,18 @@ def _prepare_tokenizer(args, out):
   if jax.process_index() == 0:
     t0 = time.perf_counter()
     try:
-      tokenizer_lib.train_sentencepiece_tokenizer(args.text, out, args.vocab_size,
-                                                  extra_ids=args.extra_ids)
+      tokenizer_lib.train_sentencepiece_tokenizer(
+          args.text, out, args.vocab_size, extra_ids=args.extra_ids
+      )
     except RuntimeError as e:  # e.g. "Vocabulary size too high (N). Please set it to <= M."
-      raise PretrainError(f"training the tokenizer on {args.text} failed: "
-                          f"{str(e).splitlines()[-1]} (--vocab_size)") from None
-    _info(f"trained a {args.vocab_size}-piece SentencePiece tokenizer (+{args.extra_ids} "
-          f"sentinels) in {time.perf_counter() - t0:.1f}s")
+      raise PretrainError(
+          f"training the tokenizer on {args.text} failed: "
+          f"{str(e).splitlines()[-1]} (--vocab_size)"
+      ) from None
+    _info(
+        f"trained a {args.vocab_size}-piece SentencePiece tokenizer (+{args.extra_ids} "
+        f"sentinels) in {time.perf_counter() - t0:.1f}s"
+    )
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("pretrain_tokenizer")
   return tokenizer_lib.load_tokenizer(out)
@@ -238,25 +290,43 @@ def _prepare_tokenizer(args, out):
 
 def model_config(args, vocab_size: int, pad_id: int, eos_id: int):
   return t5_lib.T5Config(
-      vocab_size=vocab_size, d_model=args.d_model, d_kv=args.d_kv, d_ff=args.d_ff,
-      num_layers=args.num_layers, num_decoder_layers=args.num_decoder_layers,
+      vocab_size=vocab_size,
+      d_model=args.d_model,
+      d_kv=args.d_kv,
+      d_ff=args.d_ff,
+      num_layers=args.num_layers,
+      num_decoder_layers=args.num_decoder_layers,
       num_heads=args.num_heads,
       relative_attention_num_buckets=args.relative_attention_num_buckets,
       relative_attention_max_distance=args.relative_attention_max_distance,
-      dropout_rate=args.dropout_rate, feed_forward_proj=args.feed_forward_proj,
-      tie_word_embeddings=not args.untied, scale_decoder_outputs=not args.untied,
-      pad_token_id=pad_id, eos_token_id=eos_id, decoder_start_token_id=pad_id)
+      dropout_rate=args.dropout_rate,
+      feed_forward_proj=args.feed_forward_proj,
+      tie_word_embeddings=not args.untied,
+      scale_decoder_outputs=not args.untied,
+      pad_token_id=pad_id,
+      eos_token_id=eos_id,
+      decoder_start_token_id=pad_id,
+  )
 
 
 def _datasets(args, tokenizer, spec):
   """(train, valid or None) span-corruption data of the command's text files."""
-  kw = dict(mode=args.examples, max_len=args.max_len, spec=spec, seed=args.seed,
-            pad_multiple=args.pad_multiple)
+  kw = dict(
+      mode=args.examples,
+      max_len=args.max_len,
+      spec=spec,
+      seed=args.seed,
+      pad_multiple=args.pad_multiple,
+  )
   train = corruption.SpanCorruptionData(corruption.tokenize_lines(tokenizer, args.text), **kw)
   valid = None
   if args.valid:
-    valid = corruption.SpanCorruptionData(corruption.tokenize_lines(tokenizer, args.valid),
-                                          stream=corruption.STREAM_VALID, shuffle=False, **kw)
+    valid = corruption.SpanCorruptionData(
+        corruption.tokenize_lines(tokenizer, args.valid),
+        stream=corruption.STREAM_VALID,
+        shuffle=False,
+        **kw,
+    )
   return train, valid
 
 
@@ -267,35 +337,50 @@ def load_data(args, tokenizer, spec: corruption.CorruptionSpec):
     train, valid = _datasets(args, tokenizer, spec)
   except ValueError as e:  # too little text for one example, max_len too short, ...
     raise PretrainError(str(e)) from None
-  max_spans = max(corruption.noise_counts(n, spec.noise_density, spec.mean_span_length)[1]
-                  for n in range(train.content_len + 1)) + (1 if spec.rotate else 0)
+  max_spans = max(
+      corruption.noise_counts(n, spec.noise_density, spec.mean_span_length)[1]
+      for n in range(train.content_len + 1)
+  ) + (1 if spec.rotate else 0)
   if max_spans > args.extra_ids:
-    raise PretrainError(f"up to {max_spans} noise spans per example but only "
-                        f"{args.extra_ids} sentinels; lower --max_len or --noise_density, or "
-                        "raise --mean_span_length")
-  _info(f"data: {train.num_tokens} tokens in {len(train.lines)} lines -> {train.num_examples} "
-        f"{args.examples} per epoch ({train.content_len} content tokens -> <= {args.max_len} "
-        f"inputs, <= {train.target_len} targets; {train.num_truncated} lines truncated); "
-        f"{train.num_examples / args.batch_size:.1f} steps/epoch; tokenized in "
-        f"{time.perf_counter() - t0:.1f}s" + (f"; valid {valid.num_examples} examples"
-                                                if valid else ""))
+    raise PretrainError(
+        f"up to {max_spans} noise spans per example but only "
+        f"{args.extra_ids} sentinels; lower --max_len or --noise_density, or "
+        "raise --mean_span_length"
+    )
+  _info(
+      f"data: {train.num_tokens} tokens in {len(train.lines)} lines -> {train.num_examples} "
+      f"{args.examples} per epoch ({train.content_len} content tokens -> <= {args.max_len} "
+      f"inputs, <= {train.target_len} targets; {train.num_truncated} lines truncated); "
+      f"{train.num_examples / args.batch_size:.1f} steps/epoch; tokenized in "
+      f"{time.perf_counter() - t0:.1f}s"
+      + (f"; valid {valid.num_examples} examples" if valid else "")
+  )
   return train, valid
 
 
 def check_or_write_run_file(args, out, config) -> None:
   """With --resume, the settings must equal those in OUT/pretrain_run.json; else writes it."""
-  run_info = {"t5": config.to_hf_dict(), "examples": args.examples, "max_len": args.max_len,
-              "noise_density": args.noise_density, "mean_span_length": args.mean_span_length,
-              "rotate": not args.no_rotate, "seed": args.seed, "batch_size": args.batch_size,
-              "optimizer": args.optimizer, "dtype": args.dtype}
+  run_info = {
+      "t5": config.to_hf_dict(),
+      "examples": args.examples,
+      "max_len": args.max_len,
+      "noise_density": args.noise_density,
+      "mean_span_length": args.mean_span_length,
+      "rotate": not args.no_rotate,
+      "seed": args.seed,
+      "batch_size": args.batch_size,
+      "optimizer": args.optimizer,
+      "dtype": args.dtype,
+  }
   run_file = out / RUN_FILE
   if args.resume and run_file.exists():
     stored = json.loads(run_file.read_text())
     diff = sorted(k for k in run_info if stored.get(k) != run_info[k])
     if diff:
-      raise PretrainError(f"--resume with settings that differ from the run in {out}: "
-                          + ", ".join(f"{k} (was {stored.get(k)!r}, now {run_info[k]!r})"
-                                      for k in diff))
+      raise PretrainError(
+          f"--resume with settings that differ from the run in {out}: "
+          + ", ".join(f"{k} (was {stored.get(k)!r}, now {run_info[k]!r})" for k in diff)
+      )
   elif jax.process_index() == 0:
     run_file.write_text(json.dumps({**run_info, "args": vars(args)}, indent=2))
 
@@ -306,44 +391,64 @@ def check_or_write_run_file(args, out, config) -> None:
 def open_checkpoints(ckpt_dir, keep: int) -> ocp.CheckpointManager:
   # Its own barrier names, as checkpoint._manager gives each of its managers.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True,
+      max_to_keep=keep,
+      create=True,
       multiprocessing_options=ocp.options.MultiprocessingOptions(
-          barrier_sync_key_prefix="pretrain"))
-  return ocp.CheckpointManager(ckpt_dir, options=options,
-                               item_names=("params", "opt_state", "meta"))
+          barrier_sync_key_prefix="pretrain"
+      ),
+  )
+  return ocp.CheckpointManager(
+      ckpt_dir, options=options, item_names=("params", "opt_state", "meta")
+  )
 
 
-def restore_or_initialize(manager: ocp.CheckpointManager, fns: Compiled, mesh, seed: int,
-                          resume: bool) -> tuple[int, dict]:
+def restore_or_initialize(
+    manager: ocp.CheckpointManager, fns: Compiled, mesh, seed: int, resume: bool
+) -> tuple[int, dict]:
   """(step, state): the latest checkpoint's with ``resume`` (when there is one), else step 0
   and freshly initialised params and optimizer state."""
   replicated = sharding.replicated(mesh)
   params = fns.init_params(jax.random.key(seed))
-  state = {"step": jax.device_put(jnp.zeros((), jnp.int32), replicated), "params": params,
-           "opt_state": fns.init_opt_state(params)}
+  state = {
+      "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+      "params": params,
+      "opt_state": fns.init_opt_state(params),
+  }
   if not resume:
     return 0, state
   latest = manager.latest_step()
   if latest is None:
     _info(f"--resume: no checkpoint in {manager.directory}; starting from scratch")
     return 0, state
-  restored = manager.restore(latest, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(checkpoint.abstract_tree(params, fns.param_shardings)),
-      opt_state=ocp.args.StandardRestore(
-          checkpoint.abstract_tree(state["opt_state"], fns.opt_shardings)),
-      meta=ocp.args.JsonRestore()))
+  restored = manager.restore(
+      latest,
+      args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(checkpoint.abstract_tree(params, fns.param_shardings)),
+          opt_state=ocp.args.StandardRestore(
+              checkpoint.abstract_tree(state["opt_state"], fns.opt_shardings)
+          ),
+          meta=ocp.args.JsonRestore(),
+      ),
+  )
   step = int(restored["meta"]["step"])
   _info(f"resumed from {manager.directory} at step {step}")
-  return step, {"step": jax.device_put(jnp.asarray(step, jnp.int32), replicated),
-                "params": restored["params"], "opt_state": restored["opt_state"]}
+  return step, {
+      "step": jax.device_put(jnp.asarray(step, jnp.int32), replicated),
+      "params": restored["params"],
+      "opt_state": restored["opt_state"],
+  }
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict, t_start: float) -> None:
-  manager.save(step, args=ocp.args.Composite(
-      params=ocp.args.StandardSave(state["params"]),
-      opt_state=ocp.args.StandardSave(state["opt_state"]),
-      meta=ocp.args.JsonSave({"step": step, "elapsed_s": time.perf_counter() - t_start})),
-      force=True)
+  manager.save(
+      step,
+      args=ocp.args.Composite(
+          params=ocp.args.StandardSave(state["params"]),
+          opt_state=ocp.args.StandardSave(state["opt_state"]),
+          meta=ocp.args.JsonSave({"step": step, "elapsed_s": time.perf_counter() - t_start}),
+      ),
+      force=True,
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,6 +457,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: dict, t_start: float)
 @dataclasses.dataclass(frozen=True)
 class PretrainRun:
   """What stays fixed while the loop runs (the loop's state is passed and returned)."""
+
   args: Any  # the command's flags (argparse.Namespace)
   out: Any  # epath.Path of OUT
   train: corruption.SpanCorruptionData
@@ -366,8 +472,9 @@ class PretrainRun:
   def num_valid_batches(self) -> int:
     if self.valid is None:
       return 0
-    return min(-(-self.valid.num_examples // self.args.batch_size),
-               self.args.valid_max_batches or 10 ** 9)
+    return min(
+        -(-self.valid.num_examples // self.args.batch_size), self.args.valid_max_batches or 10**9
+    )
 
 
 def local_batch(batch: dict, mesh, batch_size: int) -> dict:
@@ -394,28 +501,46 @@ def validate(run: PretrainRun, params, step: int) -> Optional[dict]:
     sums.update({k: float(v) for k, v in res.items()})
   loss = sums["ce_sum"] / max(sums["count"], 1)
   span = max(sums["span_count"], 1)
-  row = {"step": step, "valid_loss": loss, "valid_accuracy": sums["correct"] /
-         max(sums["count"], 1), "valid_span_loss": sums["span_ce_sum"] / span,
-         "valid_span_accuracy": sums["span_correct"] / span, "unigram_span_loss": run.unigram_ce,
-         "valid_seconds": time.perf_counter() - t}
+  row = {
+      "step": step,
+      "valid_loss": loss,
+      "valid_accuracy": sums["correct"] / max(sums["count"], 1),
+      "valid_span_loss": sums["span_ce_sum"] / span,
+      "valid_span_accuracy": sums["span_correct"] / span,
+      "unigram_span_loss": run.unigram_ce,
+      "valid_seconds": time.perf_counter() - t,
+  }
   append_log(run.out, row)
-  _info(f"step {step}: valid loss {loss:.4f} acc {row['valid_accuracy']:.3f}; span words: "
-        f"loss {row['valid_span_loss']:.4f} acc {row['valid_span_accuracy']:.3f} "
-        f"({row['valid_seconds']:.1f}s)")
+  _info(
+      f"step {step}: valid loss {loss:.4f} acc {row['valid_accuracy']:.3f}; span words: "
+      f"loss {row['valid_span_loss']:.4f} acc {row['valid_span_accuracy']:.3f} "
+      f"({row['valid_seconds']:.1f}s)"
+  )
   return row
 
 
 def window_means(window: list[dict], tokens: int, seconds: float) -> dict:
   """Mean training metrics of the steps since the last log line, and their speed."""
   mean = lambda key: float(np.mean([m[key] for m in window]))  # noqa: E731
-  return {"loss": mean("loss"), "accuracy": mean("accuracy"), "span_loss": mean("span_loss"),
-          "span_accuracy": mean("span_accuracy"), "grad_norm": mean("grad_norm"),
-          "lr": float(window[-1]["lr"]), "steps_per_s": len(window) / seconds,
-          "tokens_per_s": tokens / seconds}
+  return {
+      "loss": mean("loss"),
+      "accuracy": mean("accuracy"),
+      "span_loss": mean("span_loss"),
+      "span_accuracy": mean("span_accuracy"),
+      "grad_norm": mean("grad_norm"),
+      "lr": float(window[-1]["lr"]),
+      "steps_per_s": len(window) / seconds,
+      "tokens_per_s": tokens / seconds,
+  }
 
 
-def out_of_time(elapsed_s: float, budget_s: float, step_times: list[float],
-                valid_seconds: float, num_valid_batches: int) -> bool:
+def out_of_time(
+    elapsed_s: float,
+    budget_s: float,
+    step_times: list[float],
+    valid_seconds: float,
+    num_valid_batches: int,
+) -> bool:
   """Whether one more step and the final validation would overrun ``budget_s``. Before a
   validation has run, it is guessed at a forward pass per batch, about a third of a training
   step, say a half."""
@@ -463,16 +588,22 @@ def train_loop(run: PretrainRun, state: dict, step: int) -> LoopResult:
       window.append(metrics)
       window_tokens += tokens
       if step - start_step <= 2 or step % args.log_every == 0 or step == args.steps:
-        row = {"step": step, **window_means(window, window_tokens, now - t_window),
-               "epoch": step * args.batch_size / train.num_examples, "elapsed_s": now - run.t_start}
+        row = {
+            "step": step,
+            **window_means(window, window_tokens, now - t_window),
+            "epoch": step * args.batch_size / train.num_examples,
+            "elapsed_s": now - run.t_start,
+        }
         first_loss = row["loss"] if first_loss is None else first_loss
         last_loss = row["loss"]
         append_log(run.out, row)
-        _info(f"step {step}/{args.steps} loss {row['loss']:.4f} acc {row['accuracy']:.3f} "
-              f"(span words {row['span_loss']:.3f} / {row['span_accuracy']:.3f}) "
-              f"lr {row['lr']:.2e} gnorm {row['grad_norm']:.2f} "
-              f"{row['steps_per_s']:.2f} steps/s {row['tokens_per_s']:.0f} tok/s "
-              f"epoch {row['epoch']:.2f} ({row['elapsed_s']:.0f}s)")
+        _info(
+            f"step {step}/{args.steps} loss {row['loss']:.4f} acc {row['accuracy']:.3f} "
+            f"(span words {row['span_loss']:.3f} / {row['span_accuracy']:.3f}) "
+            f"lr {row['lr']:.2e} gnorm {row['grad_norm']:.2f} "
+            f"{row['steps_per_s']:.2f} steps/s {row['tokens_per_s']:.0f} tok/s "
+            f"epoch {row['epoch']:.2f} ({row['elapsed_s']:.0f}s)"
+        )
         window, window_tokens, t_window = [], 0, time.perf_counter()
       if run.valid is not None and step % args.eval_every == 0 and step != args.steps:
         valid_row = validate(run, state["params"], step)
@@ -482,22 +613,34 @@ def train_loop(run: PretrainRun, state: dict, step: int) -> LoopResult:
         save(run.manager, step, state, run.t_start)
       preempted = stop.should_stop(step)  # the same step on every process
       over_budget = budget_s is not None and out_of_time(
-          time.perf_counter() - run.t_start, budget_s, step_times, last_valid_seconds,
-          run.num_valid_batches)
+          time.perf_counter() - run.t_start,
+          budget_s,
+          step_times,
+          last_valid_seconds,
+          run.num_valid_batches,
+      )
       if jax.process_count() > 1:
         over_budget = bool(multihost_utils.broadcast_one_to_all(np.asarray(over_budget)))
       at_stop_step = args.stop_at_step is not None and step >= args.stop_at_step
       if (over_budget or preempted or at_stop_step) and step < args.steps:
-        stopped_by = (stop.description if preempted else
-                      "max_minutes" if over_budget else "stop_at_step")
+        stopped_by = (
+            stop.description if preempted else "max_minutes" if over_budget else "stop_at_step"
+        )
         _info(f"stopping at step {step} ({stopped_by})")
         break
   if window:  # steps since the last log line
     last_loss = float(np.mean([m["loss"] for m in window]))
     first_loss = last_loss if first_loss is None else first_loss
-  return LoopResult(state=state, step=step, stopped_by=stopped_by, first_loss=first_loss,
-                    last_loss=last_loss, valid_loss=valid_loss, step_times=step_times,
-                    train_seconds=time.perf_counter() - t_loop)
+  return LoopResult(
+      state=state,
+      step=step,
+      stopped_by=stopped_by,
+      first_loss=first_loss,
+      last_loss=last_loss,
+      valid_loss=valid_loss,
+      step_times=step_times,
+      train_seconds=time.perf_counter() - t_loop,
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,11 +653,13 @@ def run_pretraining(args, t_start: Optional[float] = None) -> dict[str, Any]:
   out = checkpoint.absolute(args.out)  # orbax wants absolute paths; `--out runs/t5` is relative
   ckpt_dir = out / CKPT_DIR
   if not args.resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
-    raise PretrainError(f"{ckpt_dir} already holds checkpoints; pass --resume to continue "
-                        "that run, or choose another --out")
+    raise PretrainError(
+        f"{ckpt_dir} already holds checkpoints; pass --resume to continue "
+        "that run, or choose another --out"
+    )
   out.mkdir(parents=True, exist_ok=True)
 
-  mesh = sharding.make_mesh(jax.devices()[:args.num_devices] if args.num_devices else None)
+  mesh = sharding.make_mesh(jax.devices()[: args.num_devices] if args.num_devices else None)
   sharding.check_batch_size(args.batch_size, mesh)
   args.dtype = accelerator.compute_dtype(args.dtype, mesh.devices.flat)  # run.json: resolved
   accelerator.announce(mesh.devices.flat, args.dtype)
@@ -525,28 +670,53 @@ def run_pretraining(args, t_start: Optional[float] = None) -> dict[str, Any]:
   vocab = corruption.round_up(len(tokenizer), max(args.vocab_multiple, 1))
   config = model_config(args, vocab, pad_id, eos_id)
   spec = corruption.CorruptionSpec(
-      noise_density=args.noise_density, mean_span_length=args.mean_span_length,
-      first_sentinel_id=first_sentinel, num_sentinels=args.extra_ids, eos_id=eos_id,
-      pad_id=pad_id, rotate=not args.no_rotate)
+      noise_density=args.noise_density,
+      mean_span_length=args.mean_span_length,
+      first_sentinel_id=first_sentinel,
+      num_sentinels=args.extra_ids,
+      eos_id=eos_id,
+      pad_id=pad_id,
+      rotate=not args.no_rotate,
+  )
   train, valid = load_data(args, tokenizer, spec)
   unigram_ce = None
   if valid is not None:
     unigram_ce = corruption.unigram_cross_entropy(train.flat, valid.flat, vocab)
-    _info(f"valid span words under the training text's unigram distribution: loss "
-          f"{unigram_ce:.3f} (a model below it uses context)")
+    _info(
+        f"valid span words under the training text's unigram distribution: loss "
+        f"{unigram_ce:.3f} (a model below it uses context)"
+    )
   check_or_write_run_file(args, out, config)
 
-  fns = compile_functions(config, args.dtype, OptimizerSettings.from_args(args), args.seed,
-                          args.dropout_rate > 0, mesh, args.fsdp)
+  fns = compile_functions(
+      config,
+      args.dtype,
+      OptimizerSettings.from_args(args),
+      args.seed,
+      args.dropout_rate > 0,
+      mesh,
+      args.fsdp,
+  )
   manager = open_checkpoints(ckpt_dir, args.keep_checkpoints)
   start_step, state = restore_or_initialize(manager, fns, mesh, args.seed, args.resume)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
-  _info(f"model: {num_params / 1e6:.2f}M params, vocab {vocab}, d_model {config.d_model}, "
-        f"{config.num_layers}+{config.num_decoder_layers} layers, {config.feed_forward_proj}; "
-        f"{mesh.size} device(s); {args.optimizer} lr {args.lr:g} {args.schedule}; "
-        f"steps {start_step} -> {args.steps}")
-  run = PretrainRun(args=args, out=out, train=train, valid=valid, unigram_ce=unigram_ce,
-                    fns=fns, mesh=mesh, manager=manager, t_start=t_start)
+  _info(
+      f"model: {num_params / 1e6:.2f}M params, vocab {vocab}, d_model {config.d_model}, "
+      f"{config.num_layers}+{config.num_decoder_layers} layers, {config.feed_forward_proj}; "
+      f"{mesh.size} device(s); {args.optimizer} lr {args.lr:g} {args.schedule}; "
+      f"steps {start_step} -> {args.steps}"
+  )
+  run = PretrainRun(
+      args=args,
+      out=out,
+      train=train,
+      valid=valid,
+      unigram_ce=unigram_ce,
+      fns=fns,
+      mesh=mesh,
+      manager=manager,
+      t_start=t_start,
+  )
   result = train_loop(run, state, start_step)
 
   step, valid_loss = result.step, result.valid_loss
@@ -561,15 +731,24 @@ def run_pretraining(args, t_start: Optional[float] = None) -> dict[str, Any]:
 
   params_host = fetch(result.state["params"])
   if jax.process_index() == 0:
-    pretrained.save_t5(out, dataclasses.replace(config, dropout_rate=args.save_dropout_rate),
-                       params_host)
-  summary = {"step": step, "stopped_by": result.stopped_by, "first_loss": result.first_loss,
-             "last_loss": result.last_loss, "valid_loss": valid_loss, "num_params": num_params,
-             "train_seconds": result.train_seconds,
-             "seconds_per_step": (float(np.median(result.step_times)) if result.step_times
-                                  else None),
-             "total_seconds": time.perf_counter() - t_start, "out": str(out)}
+    pretrained.save_t5(
+        out, dataclasses.replace(config, dropout_rate=args.save_dropout_rate), params_host
+    )
+  summary = {
+      "step": step,
+      "stopped_by": result.stopped_by,
+      "first_loss": result.first_loss,
+      "last_loss": result.last_loss,
+      "valid_loss": valid_loss,
+      "num_params": num_params,
+      "train_seconds": result.train_seconds,
+      "seconds_per_step": (float(np.median(result.step_times)) if result.step_times else None),
+      "total_seconds": time.perf_counter() - t_start,
+      "out": str(out),
+  }
   append_log(out, {"summary": summary})
-  _info(f"wrote {out} (Hugging Face T5): step {step}, train loss {result.last_loss}, valid "
-        f"loss {valid_loss}, {summary['total_seconds']:.0f}s in all")
+  _info(
+      f"wrote {out} (Hugging Face T5): step {step}, train loss {result.last_loss}, valid "
+      f"loss {valid_loss}, {summary['total_seconds']:.0f}s in all"
+  )
   return summary

@@ -14,6 +14,7 @@ readers here take every dtype (bfloat16 included: ``safetensors.numpy`` cannot),
 safetensors tensor by tensor from a memory map rather than whole files, and drop exactly the
 keys Hugging Face drops (one log line says which); any other unknown or missing key is an error.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,13 @@ from t5vae_jax import t5 as t5_lib
 from t5vae_jax import errors
 from t5vae_jax.errors import UserError
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "flax_model.msgpack")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "flax_model.msgpack",
+)
 
 
 class CheckpointError(UserError, ValueError):
@@ -47,10 +53,22 @@ class CheckpointError(UserError, ValueError):
 # (single or sharded), flax_model.msgpack, pytorch_model.bin (single or sharded); both of the
 # first two hold no pickle. tf_model.h5, rust_model.ot and onnx/ are never fetched (the 2020
 # t5-small repo holds all of them: six copies of the same weights).
-_HUB_WEIGHT_CHOICES = ("model.safetensors", "model.safetensors.index.json", "flax_model.msgpack",
-                       "pytorch_model.bin", "pytorch_model.bin.index.json")
-_HUB_SIDE_FILES = ("config.json", "generation_config.json", "spiece.model", "tokenizer.json",
-                   "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+_HUB_WEIGHT_CHOICES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "flax_model.msgpack",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_HUB_SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "spiece.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 _HUB_SHARD_DOWNLOADS = 8  # shards fetched at once, as huggingface_hub's snapshot_download
 
 
@@ -79,14 +97,17 @@ def hub_weight_file(repo: str, repo_files) -> str:
   for name in _HUB_WEIGHT_CHOICES:
     if name in present:
       return name
-  raise CheckpointError(f"{repo}: the hub repo holds none of the weight files this loader reads "
-                        f"({', '.join(_HUB_WEIGHT_CHOICES)}); it holds "
-                        f"{', '.join(sorted(present)) or 'no files'}")
+  raise CheckpointError(
+      f"{repo}: the hub repo holds none of the weight files this loader reads "
+      f"({', '.join(_HUB_WEIGHT_CHOICES)}); it holds "
+      f"{', '.join(sorted(present)) or 'no files'}"
+  )
 
 
 def _download_from_hub(repo: str) -> epath.Path:
   import concurrent.futures
   import huggingface_hub
+
   try:
     info = huggingface_hub.HfApi().model_info(repo, timeout=hub.HUB_TIMEOUT_S)
   except Exception as e:  # offline, no answer, unknown or private repo...: _hub_error sorts
@@ -96,11 +117,13 @@ def _download_from_hub(repo: str) -> epath.Path:
   repo_files = [sibling.rfilename for sibling in info.siblings or ()]
   weights = hub_weight_file(repo, repo_files)
   if "config.json" not in repo_files:
-    raise CheckpointError(f"{repo}: the hub repo has no config.json; it holds "
-                          f"{', '.join(sorted(repo_files))}")
+    raise CheckpointError(
+        f"{repo}: the hub repo has no config.json; it holds " f"{', '.join(sorted(repo_files))}"
+    )
 
   def fetch(filename: str) -> str:
     return huggingface_hub.hf_hub_download(repo, filename, etag_timeout=hub.HUB_TIMEOUT_S)
+
   try:
     fetched = [fetch(name) for name in _HUB_SIDE_FILES if name in repo_files] + [fetch(weights)]
     if weights.endswith(".index.json"):
@@ -123,12 +146,16 @@ def _index_shards(repo: str, index_file: str, repo_files) -> list[str]:
   try:
     shards = sorted(set(json.loads(epath.Path(index_file).read_text())["weight_map"].values()))
   except Exception as e:  # not JSON, no weight_map
-    raise CheckpointError(f"{repo}: {index_name} is not a shard index "
-                          f"({type(e).__name__}: {errors.first_line(e)})") from None
+    raise CheckpointError(
+        f"{repo}: {index_name} is not a shard index "
+        f"({type(e).__name__}: {errors.first_line(e)})"
+    ) from None
   missing = [shard for shard in shards if shard not in repo_files]
   if missing:
-    raise CheckpointError(f"{repo}: {index_name} names {len(missing)} shard(s) the hub repo "
-                          f"lacks: {', '.join(missing)}")
+    raise CheckpointError(
+        f"{repo}: {index_name} names {len(missing)} shard(s) the hub repo "
+        f"lacks: {', '.join(missing)}"
+    )
   return shards
 
 
@@ -136,13 +163,17 @@ def _from_hub_cache(repo: str, error: Exception) -> epath.Path:
   """The cached snapshot of ``repo`` (what ``resolve`` fetched before) when the hub cannot be
   asked; ``error`` (why not) in the message when the cache does not hold it complete."""
   import huggingface_hub
+
   config = huggingface_hub.try_to_load_from_cache(repo, "config.json")
   if isinstance(config, str):
     snapshot = os.path.dirname(config)
     try:
       weights = hub_weight_file(repo, os.listdir(snapshot))
-      shards = ([weights] if not weights.endswith(".index.json") else
-                _index_shards(repo, os.path.join(snapshot, weights), os.listdir(snapshot)))
+      shards = (
+          [weights]
+          if not weights.endswith(".index.json")
+          else _index_shards(repo, os.path.join(snapshot, weights), os.listdir(snapshot))
+      )
       if all(os.path.exists(os.path.join(snapshot, shard)) for shard in shards):
         return epath.Path(snapshot)
     except CheckpointError:
@@ -154,6 +185,7 @@ def _hub_unreachable(error: Exception) -> bool:
   """Offline mode, or no (timely) answer: the cases where the cache may stand in."""
   import httpx2  # huggingface_hub's HTTP client
   from huggingface_hub import errors as hf_errors
+
   return isinstance(error, (hf_errors.OfflineModeIsEnabled, httpx2.TransportError))
 
 
@@ -162,29 +194,40 @@ def _hub_error(repo: str, error: Exception) -> CheckpointError:
   import httpx2
   from huggingface_hub import constants
   from huggingface_hub import errors as hf_errors
+
   endpoint = constants.ENDPOINT
   response = getattr(error, "response", None)
   status = getattr(response, "status_code", None)
   code = response.headers.get("X-Error-Code") if response is not None else None
   said = f"HTTP {status}" + (f" {code}" if code else "")
   local = "pass a local checkpoint directory (config.json, weights, tokenizer files)"
-  not_cached = (f"; it is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) either: "
-                f"download it once on a connected machine with the same HF_HOME, or {local}")
+  not_cached = (
+      f"; it is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) either: "
+      f"download it once on a connected machine with the same HF_HOME, or {local}"
+  )
   if isinstance(error, hf_errors.OfflineModeIsEnabled):
     why = (hub.offline_reason or "the hub is not asked (HF_HUB_OFFLINE=1)") + not_cached
   elif isinstance(error, httpx2.TimeoutException):
-    why = (f"the hub ({endpoint}) did not answer within {hub.HUB_TIMEOUT_S:g} s "
-           f"(T5VAE_HUB_TIMEOUT)" + not_cached)
+    why = (
+        f"the hub ({endpoint}) did not answer within {hub.HUB_TIMEOUT_S:g} s "
+        f"(T5VAE_HUB_TIMEOUT)" + not_cached
+    )
   elif isinstance(error, httpx2.TransportError):
-    why = (f"the hub ({endpoint}) cannot be reached ({type(error).__name__}: "
-           f"{errors.first_line(error)})" + not_cached)
+    why = (
+        f"the hub ({endpoint}) cannot be reached ({type(error).__name__}: "
+        f"{errors.first_line(error)})" + not_cached
+    )
   elif isinstance(error, hf_errors.GatedRepoError):
-    why = (f"the hub repo is gated ({said}): accept its terms on {endpoint}/{repo} and log in "
-           f"(`hf auth login` or HF_TOKEN), or {local}")
+    why = (
+        f"the hub repo is gated ({said}): accept its terms on {endpoint}/{repo} and log in "
+        f"(`hf auth login` or HF_TOKEN), or {local}"
+    )
   elif isinstance(error, hf_errors.RepositoryNotFoundError):
-    why = (f"the hub ({endpoint}) has no model {repo} that this machine may read ({said}: a "
-           "missing repo, or a private one without a token: `hf auth login` or HF_TOKEN); check "
-           f"the id, or {local}")
+    why = (
+        f"the hub ({endpoint}) has no model {repo} that this machine may read ({said}: a "
+        "missing repo, or a private one without a token: `hf auth login` or HF_TOKEN); check "
+        f"the id, or {local}"
+    )
   elif isinstance(error, hf_errors.HfHubHTTPError):
     why = f"the hub answered {said} ({errors.first_line(error)}); {local}"
   else:
@@ -256,8 +299,10 @@ def load_t5(name_or_path: str) -> tuple[t5_lib.T5Config, dict]:
   config = load_config(directory)
   state = load_state_dict(directory)
   if "shared.weight" not in state:
-    raise CheckpointError(f"{directory}: weights do not match config.json: missing "
-                          "shared.weight (the token embedding)")
+    raise CheckpointError(
+        f"{directory}: weights do not match config.json: missing "
+        "shared.weight (the token embedding)"
+    )
   # transformers 5 writes tie_word_embeddings=True even for untied models; an lm_head that
   # differs from the shared embedding means the head is untied, whatever the config says.
   head = state.get("lm_head.weight")
@@ -269,8 +314,12 @@ def load_t5(name_or_path: str) -> tuple[t5_lib.T5Config, dict]:
   for key in dropped:
     del state[key]
   if dropped:
-    logging.info("%s: dropped %d keys that Hugging Face's T5 also drops on load: %s",
-                 directory, len(dropped), ", ".join(dropped))
+    logging.info(
+        "%s: dropped %d keys that Hugging Face's T5 also drops on load: %s",
+        directory,
+        len(dropped),
+        ", ".join(dropped),
+    )
   unknown = []
   for key in state:
     try:
@@ -278,8 +327,10 @@ def load_t5(name_or_path: str) -> tuple[t5_lib.T5Config, dict]:
     except ValueError:
       unknown.append(key)
   if unknown:
-    raise CheckpointError(f"{directory}: weights do not match config.json: unexpected "
-                          f"{len(unknown)} (e.g. {unknown[0]})")
+    raise CheckpointError(
+        f"{directory}: weights do not match config.json: unexpected "
+        f"{len(unknown)} (e.g. {unknown[0]})"
+    )
   params = t5_lib.params_from_hf_state_dict(state, config)
   check_params(params, config, str(directory))
   return config, params
@@ -288,13 +339,22 @@ def load_t5(name_or_path: str) -> tuple[t5_lib.T5Config, dict]:
 def check_params(params: dict, config: t5_lib.T5Config, where: str) -> None:
   """Compares param shapes with what ``config`` implies; names both on a mismatch."""
   import jax
+
   expected = jax.eval_shape(
-      lambda: t5_lib.T5(config).init(jax.random.key(0), np.zeros((1, 2), np.int32),
-                                     np.ones((1, 2), np.int32), np.zeros((1, 2), np.int32)))
-  exp = {tuple(k.key for k in p): v.shape
-         for p, v in jax.tree_util.tree_flatten_with_path(expected["params"])[0]}
-  got = {tuple(k.key for k in p): v.shape
-         for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+      lambda: t5_lib.T5(config).init(
+          jax.random.key(0),
+          np.zeros((1, 2), np.int32),
+          np.ones((1, 2), np.int32),
+          np.zeros((1, 2), np.int32),
+      )
+  )
+  exp = {
+      tuple(k.key for k in p): v.shape
+      for p, v in jax.tree_util.tree_flatten_with_path(expected["params"])[0]
+  }
+  got = {
+      tuple(k.key for k in p): v.shape for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   missing = sorted(set(exp) - set(got))
   unexpected = sorted(set(got) - set(exp))
   wrong = sorted(k for k in set(exp) & set(got) if exp[k] != got[k])
@@ -306,14 +366,17 @@ def check_params(params: dict, config: t5_lib.T5Config, where: str) -> None:
       parts.append(f"unexpected {len(unexpected)} (e.g. {t5_lib.path_to_hf_key(unexpected[0])[0]})")
     if wrong:
       k = wrong[0]
-      parts.append(f"{len(wrong)} with wrong shape (e.g. {t5_lib.path_to_hf_key(k)[0]}: "
-                   f"checkpoint {got[k]}, config.json implies {exp[k]})")
+      parts.append(
+          f"{len(wrong)} with wrong shape (e.g. {t5_lib.path_to_hf_key(k)[0]}: "
+          f"checkpoint {got[k]}, config.json implies {exp[k]})"
+      )
     raise CheckpointError(f"{where}: weights do not match config.json: " + "; ".join(parts))
 
 
 def save_t5(directory, config: t5_lib.T5Config, params: dict, tokenizer=None) -> None:
   """Writes a Hugging Face-format directory: config.json, model.safetensors, tokenizer."""
   from safetensors.numpy import save
+
   directory = epath.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   state = t5_lib.hf_state_dict_from_params(params)
@@ -339,13 +402,17 @@ def load_tokenizer(name_or_path):
     raise CheckpointError(
         f"{directory}: no tokenizer files in the checkpoint (expected "
         f"{' or '.join(TOKENIZER_FILES)}); pass a tokenizer directory with "
-        "--config.data.tokenizer=DIR")
+        "--config.data.tokenizer=DIR"
+    )
   try:
     import transformers
+
     return transformers.AutoTokenizer.from_pretrained(str(directory))
   except Exception as e:
-    raise CheckpointError(f"{directory}: cannot load a tokenizer ({type(e).__name__}: {e}); "
-                          "expected spiece.model or tokenizer.json") from None
+    raise CheckpointError(
+        f"{directory}: cannot load a tokenizer ({type(e).__name__}: {e}); "
+        "expected spiece.model or tokenizer.json"
+    ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,25 +420,33 @@ def load_tokenizer(name_or_path):
 # tensors as persistent references to storages) and ``<name>/data/<key>`` (raw storage bytes).
 # --------------------------------------------------------------------------------------------
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
 
 
 class _StorageType:
+
   def __init__(self, name):
     self.name = name
 
 
 def _rebuild_tensor(storage, offset, size, stride, *args):
-  array, = storage
+  (array,) = storage
   if not size:
-    return array[offset:offset + 1].reshape(())
+    return array[offset : offset + 1].reshape(())
   itemsize = array.dtype.itemsize
-  view = np.lib.stride_tricks.as_strided(array[offset:], shape=tuple(size),
-                                         strides=tuple(s * itemsize for s in stride))
+  view = np.lib.stride_tricks.as_strided(
+      array[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+  )
   return np.array(view)
 
 
@@ -381,6 +456,7 @@ def _bfloat16_to_float32(raw: bytes) -> np.ndarray:
 
 
 class _TorchUnpickler(pickle.Unpickler):
+
   def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
     super().__init__(file)
     self._archive, self._prefix = archive, prefix
@@ -393,6 +469,7 @@ class _TorchUnpickler(pickle.Unpickler):
       return _StorageType(name)
     if module == "collections" and name == "OrderedDict":
       import collections
+
       return collections.OrderedDict
     if module == "torch._utils" and name == "_rebuild_parameter":
       return lambda data, requires_grad, hooks: data
@@ -405,8 +482,9 @@ class _TorchUnpickler(pickle.Unpickler):
     if key not in self._storages:  # tied tensors share one storage: read it once
       raw = self._archive.read(f"{self._prefix}/data/{key}")
       dtype = _STORAGE_DTYPES[storage_type.name]
-      self._storages[key] = (_bfloat16_to_float32(raw) if dtype == "bfloat16" else
-                             np.frombuffer(raw, dtype),)
+      self._storages[key] = (
+          _bfloat16_to_float32(raw) if dtype == "bfloat16" else np.frombuffer(raw, dtype),
+      )
     return self._storages[key]
 
 
@@ -414,8 +492,10 @@ def read_torch_zip(data) -> dict[str, np.ndarray]:
   """Reads a state dict saved by ``torch.save`` (zip format, torch >= 1.6) into numpy, floats
   as float32. ``data``: the file's bytes or a seekable binary file (read storage by storage)."""
   if not zipfile.is_zipfile(io.BytesIO(data) if isinstance(data, bytes) else data):
-    raise ValueError("not a torch zip checkpoint; the legacy (pre-1.6) format needs torch: "
-                     "re-save it with torch.save or as model.safetensors")
+    raise ValueError(
+        "not a torch zip checkpoint; the legacy (pre-1.6) format needs torch: "
+        "re-save it with torch.save or as model.safetensors"
+    )
   archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
   pkl = [n for n in archive.namelist() if n.endswith("/data.pkl")]
   if not pkl:
@@ -435,8 +515,19 @@ def _float32_if_float(array: np.ndarray) -> np.ndarray:
 # and the raw little-endian tensor bytes, offsets relative to the end of the header.
 # --------------------------------------------------------------------------------------------
 _SAFETENSORS_DTYPES = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
-    "I16": "<i2", "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": "<u2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+    "BOOL": "?",
 }
 
 
@@ -452,33 +543,41 @@ def read_safetensors(file) -> dict[str, np.ndarray]:
   else:
     buffer = np.memmap(os.fspath(file), dtype=np.uint8, mode="r")
   if buffer.size < 8:
-    raise CheckpointError(f"{file}: cannot read weights: not a safetensors file "
-                          f"({buffer.size} bytes)")
+    raise CheckpointError(
+        f"{file}: cannot read weights: not a safetensors file " f"({buffer.size} bytes)"
+    )
   header_size = int(np.frombuffer(buffer[:8].tobytes(), "<u8")[0])
   if header_size > buffer.size - 8:
-    raise CheckpointError(f"{file}: cannot read weights: not a safetensors file (header of "
-                          f"{header_size} bytes, file of {buffer.size})")
+    raise CheckpointError(
+        f"{file}: cannot read weights: not a safetensors file (header of "
+        f"{header_size} bytes, file of {buffer.size})"
+    )
   try:
-    header = json.loads(buffer[8:8 + header_size].tobytes())
+    header = json.loads(buffer[8 : 8 + header_size].tobytes())
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise CheckpointError(
-        f"{file}: cannot read weights: not a safetensors file (header: {e})") from None
-  data = buffer[8 + header_size:]
+        f"{file}: cannot read weights: not a safetensors file (header: {e})"
+    ) from None
+  data = buffer[8 + header_size :]
   state = {}
   for name, info in header.items():
     if name == "__metadata__":
       continue
     dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
     if dtype is None:
-      raise CheckpointError(f"{file}: cannot read weights: tensor {name} has dtype "
-                            f"{info.get('dtype')}, which is not supported (supported: "
-                            f"{', '.join(_SAFETENSORS_DTYPES)})")
+      raise CheckpointError(
+          f"{file}: cannot read weights: tensor {name} has dtype "
+          f"{info.get('dtype')}, which is not supported (supported: "
+          f"{', '.join(_SAFETENSORS_DTYPES)})"
+      )
     shape = tuple(info["shape"])
     begin, end = info["data_offsets"]
     if end - begin != np.dtype(dtype).itemsize * math.prod(shape) or end > data.size:
-      raise CheckpointError(f"{file}: cannot read weights: tensor {name} ({info['dtype']} "
-                            f"{list(shape)}) has {end - begin} bytes at {begin}..{end} of "
-                            f"{data.size}")
+      raise CheckpointError(
+          f"{file}: cannot read weights: tensor {name} ({info['dtype']} "
+          f"{list(shape)}) has {end - begin} bytes at {begin}..{end} of "
+          f"{data.size}"
+      )
     raw = data[begin:end].view(dtype).reshape(shape)
     if info["dtype"] == "BF16":
       state[name] = (raw.astype(np.uint32) << 16).view(np.float32)
@@ -506,6 +605,7 @@ def _flax_msgpack_to_state_dict(data: bytes) -> dict[str, np.ndarray]:
   Face's ``save_pretrained`` writes it bare, ``flax.serialization.to_bytes`` of a whole
   variables dict wraps it in {"params": ...}: both are read."""
   from flax import serialization
+
   tree: Any = serialization.msgpack_restore(data)
   if isinstance(tree, dict) and set(tree) == {"params"}:
     tree = tree["params"]
@@ -518,11 +618,14 @@ def _flax_msgpack_to_state_dict(data: bytes) -> dict[str, np.ndarray]:
       return
     leaf = path[-1]
     if leaf not in _FLAX_LEAF_TRANSPOSED:
-      raise ValueError(f"unexpected Flax T5 parameter {'/'.join(path)} (leaves are "
-                       f"{', '.join(_FLAX_LEAF_TRANSPOSED)})")
+      raise ValueError(
+          f"unexpected Flax T5 parameter {'/'.join(path)} (leaves are "
+          f"{', '.join(_FLAX_LEAF_TRANSPOSED)})"
+      )
     value = _float32_if_float(np.asarray(node))
     if _FLAX_LEAF_TRANSPOSED[leaf]:
       value = np.ascontiguousarray(value.T)
     out[".".join(path[:-1] + ["weight"])] = value
+
   walk(tree, [])
   return out

@@ -24,6 +24,7 @@ Used by eval.py ``--probe_labels auto | label | tense,number,...`` (``evaluation
 ``probe_labels=``): eval.json gets "probes" {target: result} and the Markdown row an extra
 column ``target held-out accuracy (majority baseline)``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -44,8 +45,9 @@ AUTO = "auto"
 # --------------------------------------------------------------------------------------------
 # The split and the baseline
 # --------------------------------------------------------------------------------------------
-def holdout_split(num_examples: int, fraction: float = HOLDOUT_FRACTION,
-                  seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(
+    num_examples: int, fraction: float = HOLDOUT_FRACTION, seed: int = SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
   """(train indices, held-out indices), both sorted: the first round(fraction * n) (at least
   one) of a seeded permutation of range(n) are held out."""
   if num_examples < 2:
@@ -67,8 +69,15 @@ def majority_class(labels: np.ndarray) -> int:
 class LogisticProbe:
   """A fitted multinomial logistic regression: ``predict(features)`` -> labels."""
 
-  def __init__(self, classes: np.ndarray, mean: np.ndarray, scale: np.ndarray,
-               theta: np.ndarray, iterations: int, converged: bool):
+  def __init__(
+      self,
+      classes: np.ndarray,
+      mean: np.ndarray,
+      scale: np.ndarray,
+      theta: np.ndarray,
+      iterations: int,
+      converged: bool,
+  ):
     self.classes = classes  # (C,) the labels seen in training
     self.mean, self.scale = mean, scale  # (D,) standardisation
     self.theta = theta  # (D + 1, C): weights, then the bias row
@@ -95,7 +104,7 @@ def _objective(theta, x, onehot, penalty):
   log_p = logits - log_norm
   p = np.exp(log_p)
   n = x.shape[0]
-  loss = -np.sum(onehot * log_p) / n + 0.5 * np.sum(penalty * theta ** 2)
+  loss = -np.sum(onehot * log_p) / n + 0.5 * np.sum(penalty * theta**2)
   grad = x.T @ (p - onehot) / n + penalty * theta
   return loss, grad, p
 
@@ -107,14 +116,15 @@ def _hessian(x, p, penalty) -> np.ndarray:
   xp = (x[:, :, None] * p[:, None, :]).reshape(n, d * c)  # x_ia p_ic
   hessian = -(xp.T @ xp) / n  # -sum_i x_ia p_ic x_ib p_id
   for k in range(c):  # + sum_i x_ia x_ib p_ic on the c = d blocks
-    block = (x * p[:, k:k + 1]).T @ x / n
+    block = (x * p[:, k : k + 1]).T @ x / n
     hessian[k::c, k::c] += block
   hessian[np.diag_indices_from(hessian)] += penalty.reshape(-1)
   return hessian
 
 
-def fit(features, labels, l2: float = DEFAULT_L2, max_iterations: int = 100,
-        tolerance: float = 1e-9) -> LogisticProbe:
+def fit(
+    features, labels, l2: float = DEFAULT_L2, max_iterations: int = 100, tolerance: float = 1e-9
+) -> LogisticProbe:
   """Fits the probe (Newton's method, backtracking line search) on (N, D) features and (N,)
   integer labels; deterministic. Stops when the largest gradient entry is under tolerance."""
   features = np.asarray(features, np.float64)
@@ -152,8 +162,14 @@ def fit(features, labels, l2: float = DEFAULT_L2, max_iterations: int = 100,
 # --------------------------------------------------------------------------------------------
 # Probing a split
 # --------------------------------------------------------------------------------------------
-def probe(features, labels, *, l2: float = DEFAULT_L2, fraction: float = HOLDOUT_FRACTION,
-          seed: int = SPLIT_SEED) -> dict[str, Any]:
+def probe(
+    features,
+    labels,
+    *,
+    l2: float = DEFAULT_L2,
+    fraction: float = HOLDOUT_FRACTION,
+    seed: int = SPLIT_SEED,
+) -> dict[str, Any]:
   """Held-out accuracy of a probe on (N, D) features for (N,) labels (-1: unlabelled, left
   out), beside the majority baseline. The split is ``holdout_split`` over all N indices, then
   restricted to the labelled ones, so it does not depend on which examples carry a label."""
@@ -164,8 +180,9 @@ def probe(features, labels, *, l2: float = DEFAULT_L2, fraction: float = HOLDOUT
   train, heldout = holdout_split(len(labels), fraction, seed)
   train, heldout = train[labels[train] >= 0], heldout[labels[heldout] >= 0]
   if not len(train) or not len(heldout):
-    raise DataError(f"too few labelled examples for a probe ({len(train)} to fit, "
-                    f"{len(heldout)} held out)")
+    raise DataError(
+        f"too few labelled examples for a probe ({len(train)} to fit, " f"{len(heldout)} held out)"
+    )
   fitted = fit(features[train], labels[train], l2=l2)
   majority = majority_class(labels[train])
   return {
@@ -183,7 +200,7 @@ def probe(features, labels, *, l2: float = DEFAULT_L2, fraction: float = HOLDOUT
 
 
 def parse_names(probe_labels: str | Sequence[str] | None) -> list[str]:
-  """"tense,number" / ["tense", "number"] / "auto" -> a list of names ([] for none)."""
+  """ "tense,number" / ["tense", "number"] / "auto" -> a list of names ([] for none)."""
   if not probe_labels:
     return []
   if isinstance(probe_labels, str):
@@ -201,8 +218,9 @@ def available_targets(examples: Sequence[dict]) -> list[str]:
   return names
 
 
-def targets(examples: Sequence[dict], probe_labels, where: str = "the split"
-            ) -> dict[str, np.ndarray]:
+def targets(
+    examples: Sequence[dict], probe_labels, where: str = "the split"
+) -> dict[str, np.ndarray]:
   """{name: (N,) int labels, -1 where unlabelled} for ``probe_labels`` ("auto": every
   available target). A name the data does not carry is a DataError naming what it has."""
   names = parse_names(probe_labels)
@@ -210,12 +228,16 @@ def targets(examples: Sequence[dict], probe_labels, where: str = "the split"
   if names == [AUTO]:
     names = available
     if not names:
-      raise DataError(f"--probe_labels auto: {where} has no labels (neither label<TAB>text "
-                      "lines nor synthetic attributes)")
+      raise DataError(
+          f"--probe_labels auto: {where} has no labels (neither label<TAB>text "
+          "lines nor synthetic attributes)"
+      )
   unknown = [n for n in names if n not in available]
   if unknown:
-    raise DataError(f"--probe_labels {','.join(unknown)}: {where} has no such label "
-                    f"(it has: {', '.join(available) or 'none'})")
+    raise DataError(
+        f"--probe_labels {','.join(unknown)}: {where} has no such label "
+        f"(it has: {', '.join(available) or 'none'})"
+    )
   columns = {}
   for name in names:
     if name == LABEL_COLUMN:
@@ -231,6 +253,7 @@ def run_probes(mu, columns: dict[str, np.ndarray], **kwargs) -> dict[str, dict]:
 
 
 def markdown_cell(probes: dict[str, dict]) -> str:
-  """"tense 0.98 (0.34), number 1.00 (0.52)": held-out accuracy (majority baseline)."""
-  return ", ".join(f"{name} {r['accuracy']:.2f} ({r['majority']:.2f})"
-                   for name, r in probes.items())
+  """ "tense 0.98 (0.34), number 1.00 (0.52)": held-out accuracy (majority baseline)."""
+  return ", ".join(
+      f"{name} {r['accuracy']:.2f} ({r['majority']:.2f})" for name, r in probes.items()
+  )

@@ -16,6 +16,7 @@ in a browser, mail or attach to a paper's supplement, with:
 A section that cannot be made (no eval.json yet, the data files not reachable) says why in the
 page rather than stopping the report; a workdir without any phase is an ``error:`` line, exit 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,12 @@ INTERPOLATION_STEPS = 7
 DEFAULT_MAX_POINTS = 1000
 MAX_MAP_PANELS = 6  # labels coloured in the latent map (the synthetic grammar has 6)
 # (panel title, validation key, training key) of the curves.
-CURVE_PANELS = (("MI (nats)", "val/mi", None), ("active units", "val/au", None),
-                ("KL (nats/sentence)", "val/kl", "train/kl"),
-                ("rec (nats/sentence)", "val/rec", "train/rec"))
+CURVE_PANELS = (
+    ("MI (nats)", "val/mi", None),
+    ("active units", "val/au", None),
+    ("KL (nats/sentence)", "val/kl", "train/kl"),
+    ("rec (nats/sentence)", "val/rec", "train/rec"),
+)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222;
@@ -63,6 +67,7 @@ def _e(text: Any) -> str:
 def png_data_uri(fig) -> str:
   """A matplotlib figure as a data: URI of its PNG (the figure is closed)."""
   import matplotlib.pyplot as plt
+
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=100)
   plt.close(fig)
@@ -71,17 +76,19 @@ def png_data_uri(fig) -> str:
 
 def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str) -> str:
   """A <table> of escaped cells; cells that read as numbers are right-aligned."""
+
   def cell(value):
     text = str(value)
     numeric = text.replace(".", "", 1).replace("-", "", 1).isdigit()
-    return f"<td class=\"num\">{_e(text)}</td>" if numeric else f"<td>{_e(text)}</td>"
+    return f'<td class="num">{_e(text)}</td>' if numeric else f"<td>{_e(text)}</td>"
+
   head = "".join(f"<th>{_e(h)}</th>" for h in header)
   body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>\n" for row in rows)
-  return f"<table id=\"{table_id}\"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>"
+  return f'<table id="{table_id}"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>'
 
 
 def _note(text: str) -> str:
-  return f"<p class=\"note\">{_e(text)}</p>"
+  return f'<p class="note">{_e(text)}</p>'
 
 
 def _markdown_cells(line: str) -> list[str]:
@@ -94,6 +101,7 @@ def _markdown_cells(line: str) -> list[str]:
 def eval_section(pdirs: Sequence[epath.Path]) -> str:
   """The eval.json rows of the phases (eval.py's Markdown columns), then their probes."""
   from t5vae_jax import evaluation
+
   results = {}
   for pdir in pdirs:
     path = pdir / "eval.json"
@@ -109,26 +117,53 @@ def eval_section(pdirs: Sequence[epath.Path]) -> str:
     cells = _markdown_cells(row)
     rows.append(cells + ["-"] * (len(header) - len(cells)))
   parts = [html_table(header, rows, "eval-table")]
-  parts.append("<p class=\"meta\">" + "; ".join(
-      f"{_e(name)}: {_e(r.get('split'))} split, {_e(r.get('num_examples'))} sentences, "
-      f"checkpoint {_e(r.get('checkpoint'))} (step {_e(r.get('step'))})"
-      for name, r in results.items()) + ". Per-sentence nats; PPL per T5 token.</p>")
+  parts.append(
+      '<p class="meta">'
+      + "; ".join(
+          f"{_e(name)}: {_e(r.get('split'))} split, {_e(r.get('num_examples'))} sentences, "
+          f"checkpoint {_e(r.get('checkpoint'))} (step {_e(r.get('step'))})"
+          for name, r in results.items()
+      )
+      + ". Per-sentence nats; PPL per T5 token.</p>"
+  )
   if probes:
     probe_rows = []
     for name, result in results.items():
       for target, r in (result.get("probes") or {}).items():
-        probe_rows.append([name, target, r["num_classes"], f"{r['accuracy']:.3f}",
-                           f"{r['majority']:.3f}", r["num_train"], r["num_heldout"]])
+        probe_rows.append(
+            [
+                name,
+                target,
+                r["num_classes"],
+                f"{r['accuracy']:.3f}",
+                f"{r['majority']:.3f}",
+                r["num_train"],
+                r["num_heldout"],
+            ]
+        )
     parts.append("<h3>Linear probes on mu</h3>")
-    parts.append(html_table(["phase", "label", "classes", "held-out accuracy",
-                             "majority baseline", "fitted on", "held out"], probe_rows,
-                            "probe-table"))
+    parts.append(
+        html_table(
+            [
+                "phase",
+                "label",
+                "classes",
+                "held-out accuracy",
+                "majority baseline",
+                "fitted on",
+                "held out",
+            ],
+            probe_rows,
+            "probe-table",
+        )
+    )
   return "\n".join(parts)
 
 
 def read_curves(pdir: epath.Path) -> dict[str, list[tuple[int, float]]]:
   """{metric: [(step, value)]} of a phase's metrics.jsonl, the last row per step winning."""
   from t5vae_jax import train_lib
+
   by_step: dict[str, dict[int, float]] = {}
   wanted = {key for _, *keys in CURVE_PANELS for key in keys if key}
   for row in train_lib.read_metrics(pdir / "metrics.jsonl"):
@@ -144,10 +179,16 @@ def curves_figure(pdirs: Sequence[epath.Path]) -> str | None:
   if not curves:
     return None
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(len(curves), len(CURVE_PANELS), squeeze=False,
-                           figsize=(3.6 * len(CURVE_PANELS), 2.7 * len(curves)))
+
+  fig, axes = plt.subplots(
+      len(curves),
+      len(CURVE_PANELS),
+      squeeze=False,
+      figsize=(3.6 * len(CURVE_PANELS), 2.7 * len(curves)),
+  )
   for row, (name, phase_curves) in zip(axes, curves.items()):
     for ax, (title, val_key, train_key) in zip(row, CURVE_PANELS):
       if train_key and phase_curves.get(train_key):
@@ -168,19 +209,21 @@ def curves_figure(pdirs: Sequence[epath.Path]) -> str | None:
 def pca_2d(points) -> tuple[Any, Any]:
   """(N, 2) coordinates on the first two principal axes, and the variance share of each."""
   import numpy as np
+
   x = np.asarray(points, np.float64)
   x = x - x.mean(axis=0)
   _, singular, vt = np.linalg.svd(x, full_matrices=False)
-  total = float(np.sum(singular ** 2)) or 1.0
+  total = float(np.sum(singular**2)) or 1.0
   axes = vt[:2] if vt.shape[0] >= 2 else np.vstack([vt, np.zeros_like(vt)])[:2]
   share = np.zeros(2)
-  share[:min(2, len(singular))] = singular[:2] ** 2 / total
+  share[: min(2, len(singular))] = singular[:2] ** 2 / total
   return x @ axes.T, share
 
 
 def value_names(target: str) -> dict[int, str]:
   """Readable names of a label's values (the synthetic attributes'); else the numbers."""
   from t5vae_jax import synthetic
+
   values = synthetic.ATTRIBUTES.get(target)
   return dict(enumerate(values)) if values else {}
 
@@ -188,16 +231,19 @@ def value_names(target: str) -> dict[int, str]:
 def latent_map_figure(mu, columns: dict[str, Any], title: str) -> str:
   """PCA scatter of mu, one panel per label column (unlabelled points grey), or one panel."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
+
   coords, share = pca_2d(mu)
   panels = list(columns.items())[:MAX_MAP_PANELS] or [(None, None)]
   num_columns = min(len(panels), 3)
   num_rows = -(-len(panels) // num_columns)
-  fig, axes = plt.subplots(num_rows, num_columns, squeeze=False,
-                           figsize=(3.4 * num_columns, 3.0 * num_rows))
-  for ax in axes.flat[len(panels):]:
+  fig, axes = plt.subplots(
+      num_rows, num_columns, squeeze=False, figsize=(3.4 * num_columns, 3.0 * num_rows)
+  )
+  for ax in axes.flat[len(panels) :]:
     ax.axis("off")
   for ax, (target, labels) in zip(axes.flat, panels):
     if labels is None:
@@ -209,8 +255,14 @@ def latent_map_figure(mu, columns: dict[str, Any], title: str) -> str:
       ax.scatter(*coords[labels < 0].T, s=4, color="#cccccc")
       for i, value in enumerate(np.unique(labels[labels >= 0])):
         mask = labels == value
-        ax.scatter(coords[mask, 0], coords[mask, 1], s=6, alpha=0.7, color=colours(i % 10),
-                   label=names.get(int(value), str(value)))
+        ax.scatter(
+            coords[mask, 0],
+            coords[mask, 1],
+            s=6,
+            alpha=0.7,
+            color=colours(i % 10),
+            label=names.get(int(value), str(value)),
+        )
       ax.set_title(f"{title}: {target}", fontsize=9)
       ax.legend(fontsize=6, markerscale=1.5, loc="best", framealpha=0.6)
     ax.set_xlabel(f"PC1 ({share[0]:.0%})", fontsize=8)
@@ -222,6 +274,7 @@ def latent_map_figure(mu, columns: dict[str, Any], title: str) -> str:
 
 def _load_vae(pdir: epath.Path, checkpoint: str):
   from t5vae_jax import api
+
   if checkpoint in ("latest", "best"):
     return api.T5VAE.load(pdir, which=checkpoint)
   return api.T5VAE.load(pdir, step=int(checkpoint))
@@ -232,6 +285,7 @@ def _split_examples(pdir: epath.Path, split: str, data_dir, tfds_dir) -> list[di
   override the saved paths)."""
   from t5vae_jax import api
   from t5vae_jax import data as data_lib
+
   config = api.load_config(pdir)
   if config is None:
     raise FileNotFoundError(f"{pdir / 'config.json'} is missing")
@@ -243,10 +297,18 @@ def _split_examples(pdir: epath.Path, split: str, data_dir, tfds_dir) -> list[di
   return examples
 
 
-def latent_sections(pdirs: Sequence[epath.Path], *, split: str, checkpoint: str,
-                    max_points: int, data_dir=None, tfds_dir=None) -> tuple[str, str]:
+def latent_sections(
+    pdirs: Sequence[epath.Path],
+    *,
+    split: str,
+    checkpoint: str,
+    max_points: int,
+    data_dir=None,
+    tfds_dir=None,
+) -> tuple[str, str]:
   """(the PCA maps of every phase, the decoding examples of the last phase) as HTML."""
   from t5vae_jax import probe as probe_lib
+
   maps, decoding = [], ""
   for index, pdir in enumerate(pdirs):
     try:
@@ -260,13 +322,18 @@ def latent_sections(pdirs: Sequence[epath.Path], *, split: str, checkpoint: str,
       continue
     texts = [e["text"] for e in examples]
     mu, _ = vae.encode(texts)
-    columns = (probe_lib.targets(examples, probe_lib.AUTO)
-               if probe_lib.available_targets(examples) else {})
-    maps.append(f"<img alt=\"PCA of {_e(pdir.name)} latents\" "
-                f"src=\"{latent_map_figure(mu, columns, f'{pdir.name} @ {vae.step}')}\">")
-    maps.append(f"<p class=\"meta\">{_e(pdir.name)}: posterior means of the first {len(texts)} "
-                f"sentences of the {_e(split)} split, checkpoint {_e(checkpoint)} (step "
-                f"{vae.step}), projected on their first two principal axes.</p>")
+    columns = (
+        probe_lib.targets(examples, probe_lib.AUTO) if probe_lib.available_targets(examples) else {}
+    )
+    maps.append(
+        f'<img alt="PCA of {_e(pdir.name)} latents" '
+        f"src=\"{latent_map_figure(mu, columns, f'{pdir.name} @ {vae.step}')}\">"
+    )
+    maps.append(
+        f'<p class="meta">{_e(pdir.name)}: posterior means of the first {len(texts)} '
+        f"sentences of the {_e(split)} split, checkpoint {_e(checkpoint)} (step "
+        f"{vae.step}), projected on their first two principal axes.</p>"
+    )
     if index == len(pdirs) - 1:
       decoding = decoding_section(vae, texts, pdir.name)
   return "\n".join(maps), decoding
@@ -275,56 +342,87 @@ def latent_sections(pdirs: Sequence[epath.Path], *, split: str, checkpoint: str,
 def decoding_section(vae, texts: Sequence[str], name: str) -> str:
   """Reconstructions, samples and an interpolation (greedy decoding) as three tables."""
   originals = list(texts[:NUM_SENTENCES])
-  parts = [f"<p class=\"meta\">{_e(name)}, step {vae.step}; greedy decoding throughout.</p>"]
+  parts = [f'<p class="meta">{_e(name)}, step {vae.step}; greedy decoding throughout.</p>']
   if originals:
     reconstructions = vae.reconstruct(originals)
-    rows = [[o, r, "yes" if o.strip() == r.strip() else "no"]
-            for o, r in zip(originals, reconstructions)]
-    parts += ["<h3>Reconstructions (z = mu)</h3>",
-              html_table(["input", "reconstruction", "exact"], rows, "reconstructions")]
+    rows = [
+        [o, r, "yes" if o.strip() == r.strip() else "no"]
+        for o, r in zip(originals, reconstructions)
+    ]
+    parts += [
+        "<h3>Reconstructions (z = mu)</h3>",
+        html_table(["input", "reconstruction", "exact"], rows, "reconstructions"),
+    ]
   samples = vae.sample(NUM_SENTENCES, method="greedy", seed=0)
-  parts += ["<h3>Samples (z ~ N(0, I))</h3>",
-            html_table(["#", "sample"], [[i + 1, s] for i, s in enumerate(samples)], "samples")]
+  parts += [
+      "<h3>Samples (z ~ N(0, I))</h3>",
+      html_table(["#", "sample"], [[i + 1, s] for i, s in enumerate(samples)], "samples"),
+  ]
   ends = [t for i, t in enumerate(texts) if t != texts[0] or i == 0][:2]
   if len(ends) == 2:
     path = vae.interpolate(ends[0], ends[1], steps=INTERPOLATION_STEPS)
     rows = [[f"{i / (INTERPOLATION_STEPS - 1):.2f}", s] for i, s in enumerate(path)]
-    parts += [(f"<h3>Interpolation (linear, from mu of &ldquo;{_e(ends[0])}&rdquo; to mu of "
-               f"&ldquo;{_e(ends[1])}&rdquo;)</h3>"),
-              html_table(["t", "sentence"], rows, "interpolation")]
+    parts += [
+        (
+            f"<h3>Interpolation (linear, from mu of &ldquo;{_e(ends[0])}&rdquo; to mu of "
+            f"&ldquo;{_e(ends[1])}&rdquo;)</h3>"
+        ),
+        html_table(["t", "sentence"], rows, "interpolation"),
+    ]
   return "\n".join(parts)
 
 
 # --------------------------------------------------------------------------------------------
 # The page
 # --------------------------------------------------------------------------------------------
-def build_report(workdir, *, split: str = "test", checkpoint: str = "latest",
-                 max_points: int = DEFAULT_MAX_POINTS, data_dir=None, tfds_dir=None,
-                 phases: Sequence[int] | None = None) -> str:
+def build_report(
+    workdir,
+    *,
+    split: str = "test",
+    checkpoint: str = "latest",
+    max_points: int = DEFAULT_MAX_POINTS,
+    data_dir=None,
+    tfds_dir=None,
+    phases: Sequence[int] | None = None,
+) -> str:
   """The report of a workdir (the phases present, or ``phases``) as one HTML string."""
   from t5vae_jax import evaluation
+
   workdir = epath.Path(workdir)
   pdirs = evaluation.phase_dirs(workdir, phases)
   curves = curves_figure(pdirs)
-  maps, decoding = latent_sections(pdirs, split=split, checkpoint=checkpoint,
-                                   max_points=max_points, data_dir=data_dir, tfds_dir=tfds_dir)
+  maps, decoding = latent_sections(
+      pdirs,
+      split=split,
+      checkpoint=checkpoint,
+      max_points=max_points,
+      data_dir=data_dir,
+      tfds_dir=tfds_dir,
+  )
   created = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
   sections = [
       ("Evaluation", eval_section(pdirs)),
-      ("Training curves", f"<img alt=\"training curves\" src=\"{curves}\">" if curves else
-       _note("No metrics.jsonl rows in any phase.")),
+      (
+          "Training curves",
+          f'<img alt="training curves" src="{curves}">'
+          if curves
+          else _note("No metrics.jsonl rows in any phase."),
+      ),
       ("Latent space", maps),
       ("Decoding", decoding or _note("No phase could be loaded for decoding.")),
   ]
   body = "\n".join(f"<h2>{_e(title)}</h2>\n{content}" for title, content in sections)
-  return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
-          f"<title>t5vae-jax report: {_e(workdir.name)}</title>\n<style>{_STYLE}</style>"
-          f"</head>\n<body>\n<h1>T5-VAE report: {_e(workdir)}</h1>\n"
-          f"<p class=\"meta\">Phases: {_e(', '.join(p.name for p in pdirs))}. Written {created} "
-          f"by python -m t5vae_jax.report.</p>\n{body}\n</body></html>\n")
+  return (
+      f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+      f"<title>t5vae-jax report: {_e(workdir.name)}</title>\n<style>{_STYLE}</style>"
+      f"</head>\n<body>\n<h1>T5-VAE report: {_e(workdir)}</h1>\n"
+      f"<p class=\"meta\">Phases: {_e(', '.join(p.name for p in pdirs))}. Written {created} "
+      f"by python -m t5vae_jax.report.</p>\n{body}\n</body></html>\n"
+  )
 
 
 class _Parser(argparse.ArgumentParser):
+
   def error(self, message):
     errors.fail(f"{self.prog}: {message}")
 
@@ -333,12 +431,18 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = _Parser(prog="python -m t5vae_jax.report", description=__doc__.splitlines()[0])
   parser.add_argument("workdir", help="the training workdir (holds phase1/, phase2/)")
   parser.add_argument("--output", help="the HTML file to write (default: WORKDIR/report.html)")
-  parser.add_argument("--phase", type=int, action="append", choices=(1, 2),
-                      help="only this phase (repeatable); default: each present")
+  parser.add_argument(
+      "--phase",
+      type=int,
+      action="append",
+      choices=(1, 2),
+      help="only this phase (repeatable); default: each present",
+  )
   parser.add_argument("--split", default="test", choices=("validation", "test"))
   parser.add_argument("--checkpoint", default="latest", help="latest | best | <step>")
-  parser.add_argument("--max_points", type=int, default=DEFAULT_MAX_POINTS,
-                      help="sentences in the latent map")
+  parser.add_argument(
+      "--max_points", type=int, default=DEFAULT_MAX_POINTS, help="sentences in the latent map"
+  )
   parser.add_argument("--data_dir", help="overrides config.data.dir (the raw dataset files)")
   parser.add_argument("--tfds_dir", help="overrides config.data.tfds_dir")
   args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
@@ -351,9 +455,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not epath.Path(args.workdir).exists():
       raise FileNotFoundError(f"{args.workdir}: no such workdir")
     runtime.setup_runtime()
-    page = build_report(args.workdir, split=args.split, checkpoint=args.checkpoint,
-                        max_points=args.max_points, data_dir=args.data_dir,
-                        tfds_dir=args.tfds_dir, phases=args.phase)
+    page = build_report(
+        args.workdir,
+        split=args.split,
+        checkpoint=args.checkpoint,
+        max_points=args.max_points,
+        data_dir=args.data_dir,
+        tfds_dir=args.tfds_dir,
+        phases=args.phase,
+    )
   except Exception as e:
     if not errors.is_user_error(e):
       raise

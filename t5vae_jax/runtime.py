@@ -3,6 +3,7 @@ third-party warnings that say nothing the user can act on.
 
 Nothing heavy is imported at module level; JAX is imported by ``setup_runtime`` itself.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,6 +28,7 @@ def setup_runtime() -> None:
   """
   quiet_known_noise()
   import jax
+
   env = os.environ
   explicit = "T5VAE_COORDINATOR_ADDRESS" in env
   if explicit or env.get("T5VAE_DISTRIBUTED") == "1":
@@ -35,9 +37,11 @@ def setup_runtime() -> None:
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}
     if explicit:
-      kwargs = dict(coordinator_address=env["T5VAE_COORDINATOR_ADDRESS"],
-                    num_processes=int(env["T5VAE_NUM_PROCESSES"]),
-                    process_id=int(env["T5VAE_PROCESS_ID"]))
+      kwargs = dict(
+          coordinator_address=env["T5VAE_COORDINATOR_ADDRESS"],
+          num_processes=int(env["T5VAE_NUM_PROCESSES"]),
+          process_id=int(env["T5VAE_PROCESS_ID"]),
+      )
     jax.distributed.initialize(**kwargs)
   # orbax and jax log every save at INFO; keep the console to our progress bar and summaries
   # (pass --verbosity=0 to see them).
@@ -60,6 +64,7 @@ def check_hub(names: Sequence[str], timeout_s: float = HUB_TIMEOUT_S) -> bool:
   """
   import urllib.error
   import urllib.request
+
   if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
     return False
   if not any(hub.is_hub_id(name) for name in names if name):
@@ -73,12 +78,18 @@ def check_hub(names: Sequence[str], timeout_s: float = HUB_TIMEOUT_S) -> bool:
   except Exception as e:
     reason = getattr(e, "reason", e)
     # Not printed: a cached model then loads as usual, and a missing one fails with one line.
-    logging.info("the Hugging Face hub (%s) does not answer (%s: %s); using the local cache "
-                 "only (HF_HUB_OFFLINE=1)", endpoint, type(reason).__name__, errors.one_line(reason))
+    logging.info(
+        "the Hugging Face hub (%s) does not answer (%s: %s); using the local cache "
+        "only (HF_HUB_OFFLINE=1)",
+        endpoint,
+        type(reason).__name__,
+        errors.one_line(reason),
+    )
     hub.offline_reason = (
         f"the hub ({endpoint}) did not answer within {timeout_s:g} s (T5VAE_HUB_TIMEOUT)"
-        if isinstance(reason, TimeoutError) else
-        f"the hub ({endpoint}) cannot be reached ({type(reason).__name__}: {errors.one_line(reason)})")
+        if isinstance(reason, TimeoutError)
+        else f"the hub ({endpoint}) cannot be reached ({type(reason).__name__}: {errors.one_line(reason)})"
+    )
     os.environ["HF_HUB_OFFLINE"] = "1"
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None:
@@ -104,8 +115,10 @@ class _KnownNoiseFilter:
   def filter(self, record) -> bool:
     source = record.pathname.replace("\\", "/")
     message = str(record.msg)  # before the % arguments: "Variant folder %s has no %s"
-    return not any(record.name == name and f"/{origin}" in source and message.startswith(start)
-                   for name, origin, start in KNOWN_HARMLESS_MESSAGES)
+    return not any(
+        record.name == name and f"/{origin}" in source and message.startswith(start)
+        for name, origin, start in KNOWN_HARMLESS_MESSAGES
+    )
 
 
 _KNOWN_NOISE_FILTER = _KnownNoiseFilter()
@@ -135,6 +148,7 @@ def quiet_known_noise() -> None:
   scripts/_venv.sh quiets it on its ``pip install -e`` lines (PYTHONWARNINGS).
   """
   import logging as std_logging
+
   for name in {name for name, _, _ in KNOWN_HARMLESS_MESSAGES}:
     logger = std_logging.getLogger(name)  # logged on these loggers themselves, not children
     if _KNOWN_NOISE_FILTER not in logger.filters:

@@ -114,7 +114,8 @@ def make_beta_schedule(
   if total_steps is None:
     if steps_per_epoch is None:
       raise ValueError(
-          "the 'cyclical' beta schedule needs total_steps, or steps_per_epoch to derive it")
+          "the 'cyclical' beta schedule needs total_steps, or steps_per_epoch to derive it"
+      )
     _require_positive("steps_per_epoch", steps_per_epoch)
     _require_positive("epochs", epochs)
     total_steps = int(round(steps_per_epoch * epochs))

@@ -5,6 +5,7 @@ With ``fsdp=True`` each parameter (and its optimizer state) is also split along 
 largest axis that the device count divides; small or indivisible leaves stay replicated.
 The same code runs on 1 CPU, 8 simulated CPU devices, a GPU or a multi-host TPU slice.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -30,7 +31,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def fsdp_spec(shape: tuple[int, ...], num_shards: int, min_size: int = 2 ** 12) -> P:
+def fsdp_spec(shape: tuple[int, ...], num_shards: int, min_size: int = 2**12) -> P:
   """Split the largest axis divisible by ``num_shards``; replicate small leaves."""
   if num_shards == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
     return P()
@@ -51,6 +52,7 @@ def tree_shardings(tree: Any, mesh: Mesh, fsdp: bool) -> Any:
     if not fsdp or len(shape) == 0:
       return NamedSharding(mesh, P())
     return NamedSharding(mesh, fsdp_spec(tuple(shape), n))
+
   return jax.tree.map(one, tree)
 
 
@@ -61,8 +63,10 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   whole batch.
   """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+      for k, v in local_batch.items()
+  }
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
@@ -70,5 +74,7 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   if batch_size % n:
     raise ValueError(f"batch_size={batch_size} must be a multiple of the number of devices ({n})")
   if batch_size % jax.process_count():
-    raise ValueError(f"batch_size={batch_size} must be a multiple of the number of processes "
-                     f"({jax.process_count()})")
+    raise ValueError(
+        f"batch_size={batch_size} must be a multiple of the number of processes "
+        f"({jax.process_count()})"
+    )

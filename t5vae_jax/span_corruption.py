@@ -27,6 +27,7 @@ exactly the batches an uninterrupted one would have.
 :func:`merge_span_corruption` is the objective's inverse, there to test it (inputs and targets
 must give back the content tokens).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,8 +65,13 @@ def _random_partition(total: int, parts: int, rng: np.random.Generator) -> np.nd
   return np.diff(np.concatenate([[0], cuts, [total]]))
 
 
-def random_spans_noise_mask(length: int, noise_density: float, mean_span_length: float,
-                            rng: np.random.Generator, rotate: bool = True) -> np.ndarray:
+def random_spans_noise_mask(
+    length: int,
+    noise_density: float,
+    mean_span_length: float,
+    rng: np.random.Generator,
+    rotate: bool = True,
+) -> np.ndarray:
   """A (length,) boolean mask, True at noise tokens, grouped in spans.
 
   Kept and noise stretches alternate (kept first); their lengths are random partitions of the
@@ -86,8 +92,13 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_span_length:
   return mask
 
 
-def apply_noise_mask(tokens: np.ndarray, mask: np.ndarray, first_sentinel_id: int,
-                     eos_id: int, num_sentinels: int = 100) -> tuple[np.ndarray, np.ndarray]:
+def apply_noise_mask(
+    tokens: np.ndarray,
+    mask: np.ndarray,
+    first_sentinel_id: int,
+    eos_id: int,
+    num_sentinels: int = 100,
+) -> tuple[np.ndarray, np.ndarray]:
   """(inputs, targets) of span corruption for content ``tokens`` (no EOS) and a noise mask.
 
   Each run of True in ``mask`` is one span; span i (from the left) gets the sentinel id
@@ -102,21 +113,31 @@ def apply_noise_mask(tokens: np.ndarray, mask: np.ndarray, first_sentinel_id: in
   starts = mask & ~previous
   num_spans = int(starts.sum())
   if num_spans > num_sentinels:
-    raise ValueError(f"{num_spans} noise spans but only {num_sentinels} sentinels; lower "
-                     "max_len or noise_density, or raise mean_span_length")
+    raise ValueError(
+        f"{num_spans} noise spans but only {num_sentinels} sentinels; lower "
+        "max_len or noise_density, or raise mean_span_length"
+    )
   sentinel_of = first_sentinel_id - (np.cumsum(starts) - 1)  # valid where mask is True
   inputs = np.where(starts, sentinel_of, tokens)[~mask | starts]
   noise_positions = np.flatnonzero(mask)
-  targets = np.insert(tokens[noise_positions], np.flatnonzero(starts[noise_positions]),
-                      sentinel_of[starts])
+  targets = np.insert(
+      tokens[noise_positions], np.flatnonzero(starts[noise_positions]), sentinel_of[starts]
+  )
   eos = np.array([eos_id], np.int64)
   return np.concatenate([inputs, eos]), np.concatenate([targets, eos])
 
 
-def span_corruption(tokens: np.ndarray, rng: np.random.Generator, *, noise_density: float,
-                    mean_span_length: float, first_sentinel_id: int, eos_id: int,
-                    rotate: bool = True, num_sentinels: int = 100
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def span_corruption(
+    tokens: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    noise_density: float,
+    mean_span_length: float,
+    first_sentinel_id: int,
+    eos_id: int,
+    rotate: bool = True,
+    num_sentinels: int = 100,
+) -> tuple[np.ndarray, np.ndarray]:
   """T5's span corruption of one sequence of content tokens (without EOS): (inputs, targets)."""
   tokens = np.asarray(tokens, np.int64)
   if eos_id in tokens:
@@ -125,8 +146,13 @@ def span_corruption(tokens: np.ndarray, rng: np.random.Generator, *, noise_densi
   return apply_noise_mask(tokens, mask, first_sentinel_id, eos_id, num_sentinels)
 
 
-def merge_span_corruption(inputs: Sequence[int], targets: Sequence[int], first_sentinel_id: int,
-                          eos_id: int, num_sentinels: int = 100) -> np.ndarray:
+def merge_span_corruption(
+    inputs: Sequence[int],
+    targets: Sequence[int],
+    first_sentinel_id: int,
+    eos_id: int,
+    num_sentinels: int = 100,
+) -> np.ndarray:
   """Undoes span corruption: the original content tokens (no EOS) from inputs and targets.
 
   Raises ValueError when the two do not fit together (sentinels out of order, missing, or
@@ -145,8 +171,9 @@ def merge_span_corruption(inputs: Sequence[int], targets: Sequence[int], first_s
   for t in targets:
     if is_sentinel(t):
       if first_sentinel_id - t != len(spans):
-        raise ValueError(f"target sentinel {t} out of order "
-                         f"(expected {first_sentinel_id - len(spans)})")
+        raise ValueError(
+            f"target sentinel {t} out of order " f"(expected {first_sentinel_id - len(spans)})"
+        )
       spans.append([])
     elif not spans:
       raise ValueError("targets must start with a sentinel")
@@ -167,8 +194,9 @@ def merge_span_corruption(inputs: Sequence[int], targets: Sequence[int], first_s
   return np.asarray(out, np.int64)
 
 
-def corrupted_lengths(length: int, noise_density: float, mean_span_length: float,
-                      rotate: bool = True) -> tuple[int, int]:
+def corrupted_lengths(
+    length: int, noise_density: float, mean_span_length: float, rotate: bool = True
+) -> tuple[int, int]:
   """The longest (inputs, targets), EOS included, that span corruption can make of ``length``
   content tokens (a rotation may split one noise span in two)."""
   num_noise, num_spans = noise_counts(length, noise_density, mean_span_length)
@@ -176,8 +204,9 @@ def corrupted_lengths(length: int, noise_density: float, mean_span_length: float
   return length - num_noise + max_spans + 1, num_noise + max_spans + 1
 
 
-def fit_length(max_len: int, noise_density: float, mean_span_length: float,
-               rotate: bool = True) -> tuple[int, int]:
+def fit_length(
+    max_len: int, noise_density: float, mean_span_length: float, rotate: bool = True
+) -> tuple[int, int]:
   """(content length, target length): the most content tokens such that no sequence of that
   length or shorter corrupts to more than ``max_len`` input tokens, and the longest target
   those lengths can give."""
@@ -224,15 +253,25 @@ class SpanCorruptionData:
   example is drawn from (seed, stream, epoch, index), so any batch can be rebuilt from its step.
   """
 
-  def __init__(self, lines: Sequence[Sequence[int]], *, mode: str, max_len: int,
-               spec: CorruptionSpec, seed: int, stream: int = STREAM_TRAIN,
-               shuffle: bool = True, pad_multiple: int = 32):
+  def __init__(
+      self,
+      lines: Sequence[Sequence[int]],
+      *,
+      mode: str,
+      max_len: int,
+      spec: CorruptionSpec,
+      seed: int,
+      stream: int = STREAM_TRAIN,
+      shuffle: bool = True,
+      pad_multiple: int = 32,
+  ):
     if mode not in ("chunks", "lines"):
       raise ValueError(f"examples mode must be 'chunks' or 'lines', got {mode!r}")
     self.mode, self.spec, self.seed, self.stream, self.shuffle = mode, spec, seed, stream, shuffle
     self.max_len = max_len
-    self.content_len, longest_target = fit_length(max_len, spec.noise_density,
-                                                  spec.mean_span_length, spec.rotate)
+    self.content_len, longest_target = fit_length(
+        max_len, spec.noise_density, spec.mean_span_length, spec.rotate
+    )
     self.target_len = round_up(longest_target, 8)
     self.pad_multiple = pad_multiple
     lines = [np.asarray(x, np.int64) for x in lines]
@@ -242,7 +281,7 @@ class SpanCorruptionData:
       for x in lines:
         if len(x) > self.content_len:
           self.num_truncated += 1
-          x = x[:self.content_len]
+          x = x[: self.content_len]
         if len(x) >= 2:
           kept.append(x)
       lines = kept
@@ -257,8 +296,10 @@ class SpanCorruptionData:
     if mode == "chunks":
       self.num_examples = len(self.flat) // self.content_len
       if self.num_examples == 0:
-        raise ValueError(f"the text has {len(self.flat)} tokens, less than one example of "
-                         f"{self.content_len}; lower max_len")
+        raise ValueError(
+            f"the text has {len(self.flat)} tokens, less than one example of "
+            f"{self.content_len}; lower max_len"
+        )
     else:
       self.num_examples = len(lines)
     self._epoch_cache: tuple[int, np.ndarray] | None = None
@@ -271,8 +312,11 @@ class SpanCorruptionData:
   def _order(self, epoch: int) -> np.ndarray:
     if self._order_cache is None or self._order_cache[0] != epoch:
       n = len(self.lines)
-      order = (np.random.default_rng([self.seed, _STREAM_ORDER, self.stream, epoch]).permutation(n)
-               if self.shuffle else np.arange(n))
+      order = (
+          np.random.default_rng([self.seed, _STREAM_ORDER, self.stream, epoch]).permutation(n)
+          if self.shuffle
+          else np.arange(n)
+      )
       self._order_cache = (epoch, order)
     return self._order_cache[1]
 
@@ -291,19 +335,24 @@ class SpanCorruptionData:
     epoch, index = divmod(int(g), self.num_examples)
     if self.mode == "chunks":
       stream = self._epoch_stream(epoch)
-      return stream[index * self.content_len:(index + 1) * self.content_len], epoch, index
+      return stream[index * self.content_len : (index + 1) * self.content_len], epoch, index
     return self.lines[self._order(epoch)[index]], epoch, index
 
   def example(self, g: int) -> tuple[np.ndarray, np.ndarray]:
     tokens, epoch, index = self.content(g)
     s = self.spec
-    return span_corruption(tokens, _example_rng(self.seed, self.stream, epoch, index),
-                           noise_density=s.noise_density, mean_span_length=s.mean_span_length,
-                           first_sentinel_id=s.first_sentinel_id, eos_id=s.eos_id,
-                           rotate=s.rotate, num_sentinels=s.num_sentinels)
+    return span_corruption(
+        tokens,
+        _example_rng(self.seed, self.stream, epoch, index),
+        noise_density=s.noise_density,
+        mean_span_length=s.mean_span_length,
+        first_sentinel_id=s.first_sentinel_id,
+        eos_id=s.eos_id,
+        rotate=s.rotate,
+        num_sentinels=s.num_sentinels,
+    )
 
-  def batch_from(self, indices: Sequence[int], rows: Optional[int] = None
-                 ) -> dict[str, np.ndarray]:
+  def batch_from(self, indices: Sequence[int], rows: Optional[int] = None) -> dict[str, np.ndarray]:
     """Padded arrays of the given global examples; ``rows`` pads with empty rows (mask 0)."""
     pairs = [self.example(g) for g in indices]
     rows = len(pairs) if rows is None else rows
@@ -313,24 +362,27 @@ class SpanCorruptionData:
       in_len = min(self.max_len, round_up(max(len(i) for i, _ in pairs), self.pad_multiple))
       tgt_len = min(self.target_len, round_up(max(len(t) for _, t in pairs), 8))
     pad = self.spec.pad_id
-    out = {"input_ids": np.full((rows, in_len), pad, np.int32),
-           "attention_mask": np.zeros((rows, in_len), np.int32),
-           "targets": np.full((rows, tgt_len), pad, np.int32),
-           "target_mask": np.zeros((rows, tgt_len), np.int32)}
+    out = {
+        "input_ids": np.full((rows, in_len), pad, np.int32),
+        "attention_mask": np.zeros((rows, in_len), np.int32),
+        "targets": np.full((rows, tgt_len), pad, np.int32),
+        "target_mask": np.zeros((rows, tgt_len), np.int32),
+    }
     for r, (inputs, targets) in enumerate(pairs):
       assert len(inputs) <= in_len and len(targets) <= tgt_len, (len(inputs), len(targets))
-      out["input_ids"][r, :len(inputs)] = inputs
-      out["attention_mask"][r, :len(inputs)] = 1
-      out["targets"][r, :len(targets)] = targets
-      out["target_mask"][r, :len(targets)] = 1
+      out["input_ids"][r, : len(inputs)] = inputs
+      out["attention_mask"][r, : len(inputs)] = 1
+      out["targets"][r, : len(targets)] = targets
+      out["target_mask"][r, : len(targets)] = 1
     out["span_mask"] = out["target_mask"] * ~self.is_marker(out["targets"])
     return out
 
   def is_marker(self, ids: np.ndarray) -> np.ndarray:
     """True at sentinels and EOS: the target tokens that carry no word of the text."""
     s = self.spec
-    return (((ids <= s.first_sentinel_id) & (ids > s.first_sentinel_id - s.num_sentinels))
-            | (ids == s.eos_id))
+    return ((ids <= s.first_sentinel_id) & (ids > s.first_sentinel_id - s.num_sentinels)) | (
+        ids == s.eos_id
+    )
 
   def train_batch(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
     return self.batch_from(range(step * batch_size, (step + 1) * batch_size))
@@ -350,7 +402,7 @@ def tokenize_lines(tokenizer, path) -> list[list[int]]:
   lines = [line for line in lines if line]
   ids: list[list[int]] = []
   for start in range(0, len(lines), 4096):
-    ids.extend(tokenizer(lines[start:start + 4096], add_special_tokens=False)["input_ids"])
+    ids.extend(tokenizer(lines[start : start + 4096], add_special_tokens=False)["input_ids"])
   return ids
 
 
@@ -360,22 +412,25 @@ def sentinel_ids(tokenizer, count: int) -> int:
   ids = tokenizer.convert_tokens_to_ids(names)
   first = ids[0] if ids else None
   if first is None or first == tokenizer.unk_token_id or ids != [first - i for i in range(count)]:
-    raise ValueError(f"the tokenizer lacks T5 sentinels <extra_id_0>..<extra_id_{count - 1}> "
-                     "with descending ids; train it with extra_ids (T5 convention)")
+    raise ValueError(
+        f"the tokenizer lacks T5 sentinels <extra_id_0>..<extra_id_{count - 1}> "
+        "with descending ids; train it with extra_ids (T5 convention)"
+    )
   return int(first)
 
 
-def unigram_neg_log_probs(train_tokens: np.ndarray, tokens: np.ndarray, vocab_size: int,
-                          smoothing: float = 0.1) -> np.ndarray:
+def unigram_neg_log_probs(
+    train_tokens: np.ndarray, tokens: np.ndarray, vocab_size: int, smoothing: float = 0.1
+) -> np.ndarray:
   """-log p(token) of each of ``tokens`` under the (add-``smoothing``) unigram distribution
   of ``train_tokens``."""
   counts = np.bincount(train_tokens, minlength=vocab_size)[:vocab_size] + smoothing
   return -np.log(counts[tokens] / counts.sum())
 
 
-def unigram_cross_entropy(train_tokens: np.ndarray, eval_tokens: np.ndarray,
-                          vocab_size: int, smoothing: float = 0.1) -> float:
+def unigram_cross_entropy(
+    train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int, smoothing: float = 0.1
+) -> float:
   """Mean unigram -log p of ``eval_tokens``: what span-word loss a model reaches without
   using any context."""
   return float(np.mean(unigram_neg_log_probs(train_tokens, eval_tokens, vocab_size, smoothing)))
-

@@ -66,7 +66,9 @@ def generate(num_examples: int, seed: int | Sequence[int]) -> list[dict]:
   as (seed, split_index) works too).
   """
   rng = np.random.default_rng(seed)
-  draws = {name: rng.integers(len(values), size=num_examples) for name, values in ATTRIBUTES.items()}
+  draws = {
+      name: rng.integers(len(values), size=num_examples) for name, values in ATTRIBUTES.items()
+  }
   records = []
   for i in range(num_examples):
     attributes = {name: int(values[i]) for name, values in draws.items()}

@@ -13,6 +13,7 @@ The decoder supports three ways of conditioning, so the VAE in ``model.py`` can 
     absolute position 0, tokens at 1..T (what the released PyTorch code does).
 Decoding with a key/value cache uses Flax's ``cache`` collection (``decode=True``).
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -33,6 +34,7 @@ _MASK_VALUE = -1e9
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """The subset of Hugging Face's T5Config that defines the network."""
+
   vocab_size: int = 32128
   d_model: int = 512
   d_kv: int = 64
@@ -60,7 +62,8 @@ class T5Config:
     if len(act) > 2 or (len(act) == 2 and act[0] != "gated") or act[-1] not in _ACTIVATIONS:
       raise ValueError(
           f"feed_forward_proj={self.feed_forward_proj!r} is not supported; use 'relu', 'gelu', "
-          "'gated-gelu' or 'gated-silu'")
+          "'gated-gelu' or 'gated-silu'"
+      )
 
   @property
   def is_gated(self) -> bool:
@@ -77,8 +80,11 @@ class T5Config:
     """Reads a Hugging Face ``config.json`` dict (any transformers version)."""
     tie = d.get("tie_word_embeddings", True) is not False
     scale = d.get("scale_decoder_outputs", tie)
-    kw = {f.name: d[f.name] for f in dataclasses.fields(cls)
-          if f.name in d and f.name not in ("tie_word_embeddings", "scale_decoder_outputs")}
+    kw = {
+        f.name: d[f.name]
+        for f in dataclasses.fields(cls)
+        if f.name in d and f.name not in ("tie_word_embeddings", "scale_decoder_outputs")
+    }
     if kw.get("decoder_start_token_id") is None:
       kw["decoder_start_token_id"] = d.get("pad_token_id", 0) or 0
     for key in ("pad_token_id", "eos_token_id"):
@@ -91,13 +97,19 @@ class T5Config:
   def to_hf_dict(self) -> dict[str, Any]:
     """A ``config.json`` that Hugging Face's T5ForConditionalGeneration loads."""
     d = dataclasses.asdict(self)
-    d.update(model_type="t5", architectures=["T5ForConditionalGeneration"],
-             is_encoder_decoder=True, dense_act_fn=self.activation, is_gated_act=self.is_gated)
+    d.update(
+        model_type="t5",
+        architectures=["T5ForConditionalGeneration"],
+        is_encoder_decoder=True,
+        dense_act_fn=self.activation,
+        is_gated_act=self.is_gated,
+    )
     return d
 
   @classmethod
   def from_json_file(cls, path) -> "T5Config":
     from etils import epath
+
     return cls.from_hf_dict(json.loads(epath.Path(path).read_text()))
 
 
@@ -105,12 +117,17 @@ def _gelu_tanh(x):
   return jax.nn.gelu(x, approximate=True)
 
 
-_ACTIVATIONS = {"relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-                "gelu_new": _gelu_tanh, "silu": jax.nn.silu}
+_ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": _gelu_tanh,
+    "silu": jax.nn.silu,
+}
 
 
-def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> Array:
+def relative_position_bucket(
+    relative_position: Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Array:
   """T5's bucketing of (key position - query position): exact when near, log-spaced when far."""
   buckets = jnp.zeros_like(relative_position)
   if bidirectional:
@@ -123,8 +140,9 @@ def relative_position_bucket(relative_position: Array, bidirectional: bool, num_
   is_small = distance < max_exact
   # Guard log(0); those positions take the exact branch anyway.
   safe = jnp.maximum(distance, 1).astype(jnp.float32)
-  large = max_exact + (jnp.log(safe / max_exact) / math.log(max_distance / max_exact)
-                       * (num_buckets - max_exact)).astype(relative_position.dtype)
+  large = max_exact + (
+      jnp.log(safe / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+  ).astype(relative_position.dtype)
   large = jnp.minimum(large, num_buckets - 1)
   return buckets + jnp.where(is_small, distance, large)
 
@@ -164,7 +182,8 @@ _matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
 # The platform of the program being traced when it is not the host's: aot.py compiles for TPU
 # devices on a CPU host, where jax.default_backend() is still "cpu". None: the host's.
 target_platform: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
-    "t5_target_platform", default=None)
+    "t5_target_platform", default=None
+)
 
 
 def matmul(x: Array, w: Array) -> Array:
@@ -176,6 +195,7 @@ def matmul(x: Array, w: Array) -> Array:
 
 class Dense(nn.Module):
   """A bias-free linear layer with ``nn.Dense``'s parameter layout (``kernel``: (in, out))."""
+
   features: int
   kernel_init: Any = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
@@ -208,6 +228,7 @@ def hash_bits(key: Array, shape: tuple[int, ...]) -> Array:
 
 class Dropout(nn.Module):
   """Inverted dropout drawing from the ``dropout`` rng stream, with ``hash_bits``."""
+
   rate: float
 
   @nn.compact
@@ -216,10 +237,11 @@ class Dropout(nn.Module):
       return x
     if self.rate >= 1.0:
       return jnp.zeros_like(x)
-    threshold = jnp.uint32(min(int(round(self.rate * 2 ** 32)), 2 ** 32 - 1))
+    threshold = jnp.uint32(min(int(round(self.rate * 2**32)), 2**32 - 1))
     keep = hash_bits(self.make_rng("dropout"), x.shape) >= threshold
-    return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype),
-                     jnp.zeros((), x.dtype))
+    return jnp.where(
+        keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype), jnp.zeros((), x.dtype)
+    )
 
 
 def _dense(features: int, name: str, std: float, dtype) -> Dense:
@@ -228,6 +250,7 @@ def _dense(features: int, name: str, std: float, dtype) -> Dense:
 
 class LayerNorm(nn.Module):
   """T5's RMS norm: no mean subtraction, no bias; statistics in float32."""
+
   epsilon: float = 1e-6
   dtype: Any = jnp.float32
 
@@ -242,6 +265,7 @@ class LayerNorm(nn.Module):
 
 class DenseReluDense(nn.Module):
   """The feed-forward block: act(x W_i) W_o, or act(x W_i0) * (x W_i1) W_o when gated."""
+
   config: T5Config
   dtype: Any = jnp.float32
 
@@ -249,10 +273,11 @@ class DenseReluDense(nn.Module):
   def __call__(self, x, deterministic: bool):
     cfg = self.config
     act = _ACTIVATIONS[cfg.activation]
-    std_in, std_out = cfg.d_model ** -0.5, cfg.d_ff ** -0.5
+    std_in, std_out = cfg.d_model**-0.5, cfg.d_ff**-0.5
     if cfg.is_gated:
-      h = act(_dense(cfg.d_ff, "wi_0", std_in, self.dtype)(x)) * _dense(cfg.d_ff, "wi_1", std_in,
-                                                                       self.dtype)(x)
+      h = act(_dense(cfg.d_ff, "wi_0", std_in, self.dtype)(x)) * _dense(
+          cfg.d_ff, "wi_1", std_in, self.dtype
+      )(x)
     else:
       h = act(_dense(cfg.d_ff, "wi", std_in, self.dtype)(x))
     h = Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
@@ -273,10 +298,12 @@ class KVCache(nn.Module):
     if cache_index is None:
       return k, v
     idx = (0, cache_index, 0, 0)
-    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype),
-                                                  idx)
-    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype),
-                                                  idx)
+    cached_k.value = jax.lax.dynamic_update_slice(
+        cached_k.value, k.astype(cached_k.value.dtype), idx
+    )
+    cached_v.value = jax.lax.dynamic_update_slice(
+        cached_v.value, v.astype(cached_v.value.dtype), idx
+    )
     return cached_k.value, cached_v.value
 
 
@@ -287,6 +314,7 @@ class Attention(nn.Module):
   or are replaced entirely by ``memory_kv``. ``bias`` is the additive position bias and mask,
   shaped (B or 1, H, Tq, Tk) over the final key axis.
   """
+
   config: T5Config
   has_relative_attention_bias: bool = False
   bidirectional: bool = True
@@ -297,13 +325,16 @@ class Attention(nn.Module):
     cfg = self.config
     inner = cfg.num_heads * cfg.d_kv
     self.q = _dense(inner, "q", (cfg.d_model * cfg.d_kv) ** -0.5, self.dtype)
-    self.k = _dense(inner, "k", cfg.d_model ** -0.5, self.dtype)
-    self.v = _dense(inner, "v", cfg.d_model ** -0.5, self.dtype)
-    self.o = _dense(cfg.d_model, "o", inner ** -0.5, self.dtype)
+    self.k = _dense(inner, "k", cfg.d_model**-0.5, self.dtype)
+    self.v = _dense(inner, "v", cfg.d_model**-0.5, self.dtype)
+    self.o = _dense(cfg.d_model, "o", inner**-0.5, self.dtype)
     if self.has_relative_attention_bias:
       self.relative_attention_bias = nn.Embed(
-          cfg.relative_attention_num_buckets, cfg.num_heads, param_dtype=jnp.float32,
-          embedding_init=nn.initializers.normal(cfg.d_model ** -0.5))
+          cfg.relative_attention_num_buckets,
+          cfg.num_heads,
+          param_dtype=jnp.float32,
+          embedding_init=nn.initializers.normal(cfg.d_model**-0.5),
+      )
     self.dropout = Dropout(cfg.dropout_rate)
     if self.decode:
       self.kv_cache = KVCache()
@@ -312,17 +343,30 @@ class Attention(nn.Module):
     """(Tq,), (Tk,) absolute positions -> (1, H, Tq, Tk) float32 learned bias."""
     cfg = self.config
     rel = key_positions[None, :] - query_positions[:, None]
-    buckets = relative_position_bucket(rel, self.bidirectional,
-                                       cfg.relative_attention_num_buckets,
-                                       cfg.relative_attention_max_distance)
+    buckets = relative_position_bucket(
+        rel,
+        self.bidirectional,
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance,
+    )
     values = self.relative_attention_bias(buckets)  # (Tq, Tk, H)
     return jnp.transpose(values, (2, 0, 1))[None].astype(jnp.float32)
 
   def _heads(self, x):
     return x.reshape(x.shape[:-1] + (self.config.num_heads, self.config.d_kv))
 
-  def __call__(self, x, bias, *, kv_input=None, prefix_kv=None, memory_kv=None,
-               cache_index=None, deterministic=True, packing=None):
+  def __call__(
+      self,
+      x,
+      bias,
+      *,
+      kv_input=None,
+      prefix_kv=None,
+      memory_kv=None,
+      cache_index=None,
+      deterministic=True,
+      packing=None,
+  ):
     """x: (B, Tq, D), or (shards, slots, D) with ``packing`` (see ``packing.py``: projections
     run on the real tokens only, the attention itself on the (B, T) layout).
     prefix_kv / memory_kv: (B, H, S, d_kv). Returns x's shape."""
@@ -366,7 +410,7 @@ class Attention(nn.Module):
     inner = cfg.num_heads * cfg.d_kv
     v = memory_kv[:, :, 0, :].astype(self.dtype)  # (B, H, dk)
     # Which example each query position belongs to: (B, T) rows, or packed (S, C) slots.
-    rows = (None if packing is None else packing.example_index())
+    rows = None if packing is None else packing.example_index()
     if deterministic or cfg.dropout_rate == 0.0:
       out = self.o(v.reshape(batch, 1, inner))  # (B, 1, D)
       if rows is None:
@@ -374,12 +418,14 @@ class Attention(nn.Module):
       return out[rows, 0]  # (S, C, D)
     if rows is None:
       batch, length = x.shape[:2]
-      weights = self.dropout(jnp.ones((batch, cfg.num_heads, length, 1), self.dtype),
-                             deterministic=False)
+      weights = self.dropout(
+          jnp.ones((batch, cfg.num_heads, length, 1), self.dtype), deterministic=False
+      )
       per_head = weights[..., 0].transpose(0, 2, 1)[..., None] * v[:, None]  # (B, T, H, dk)
     else:
-      weights = self.dropout(jnp.ones(x.shape[:2] + (cfg.num_heads,), self.dtype),
-                             deterministic=False)  # (S, C, H)
+      weights = self.dropout(
+          jnp.ones(x.shape[:2] + (cfg.num_heads,), self.dtype), deterministic=False
+      )  # (S, C, H)
       per_head = weights[..., None] * v[rows]  # (S, C, H, dk)
     return self.o(per_head.reshape(x.shape[:2] + (inner,)))
 
@@ -392,16 +438,23 @@ class LayerSelfAttention(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.SelfAttention = Attention(self.config, self.has_relative_attention_bias,
-                                   self.bidirectional, self.decode, self.dtype)
+    self.SelfAttention = Attention(
+        self.config, self.has_relative_attention_bias, self.bidirectional, self.decode, self.dtype
+    )
     self.layer_norm = LayerNorm(self.config.layer_norm_epsilon, self.dtype)
     self.dropout = Dropout(self.config.dropout_rate)
 
-  def __call__(self, x, bias, *, prefix_kv=None, cache_index=None, deterministic=True,
-               packing=None):
-    h = self.SelfAttention(self.layer_norm(x), bias, prefix_kv=prefix_kv,
-                           cache_index=cache_index, deterministic=deterministic,
-                           packing=packing)
+  def __call__(
+      self, x, bias, *, prefix_kv=None, cache_index=None, deterministic=True, packing=None
+  ):
+    h = self.SelfAttention(
+        self.layer_norm(x),
+        bias,
+        prefix_kv=prefix_kv,
+        cache_index=cache_index,
+        deterministic=deterministic,
+        packing=packing,
+    )
     return x + self.dropout(h, deterministic=deterministic)
 
 
@@ -414,10 +467,15 @@ class LayerCrossAttention(nn.Module):
     self.layer_norm = LayerNorm(self.config.layer_norm_epsilon, self.dtype)
     self.dropout = Dropout(self.config.dropout_rate)
 
-  def __call__(self, x, bias, *, kv_input=None, memory_kv=None, deterministic=True,
-               packing=None):
-    h = self.EncDecAttention(self.layer_norm(x), bias, kv_input=kv_input, memory_kv=memory_kv,
-                             deterministic=deterministic, packing=packing)
+  def __call__(self, x, bias, *, kv_input=None, memory_kv=None, deterministic=True, packing=None):
+    h = self.EncDecAttention(
+        self.layer_norm(x),
+        bias,
+        kv_input=kv_input,
+        memory_kv=memory_kv,
+        deterministic=deterministic,
+        packing=packing,
+    )
     return x + self.dropout(h, deterministic=deterministic)
 
 
@@ -437,6 +495,7 @@ class LayerFF(nn.Module):
 
 class Block(nn.Module):
   """One encoder or decoder layer, with Hugging Face's sub-layer numbering."""
+
   config: T5Config
   is_decoder: bool
   has_relative_attention_bias: bool
@@ -445,22 +504,47 @@ class Block(nn.Module):
 
   def setup(self):
     cfg = self.config
-    layers = [LayerSelfAttention(cfg, self.has_relative_attention_bias, not self.is_decoder,
-                                 self.decode, self.dtype)]
+    layers = [
+        LayerSelfAttention(
+            cfg, self.has_relative_attention_bias, not self.is_decoder, self.decode, self.dtype
+        )
+    ]
     if self.is_decoder:
       layers.append(LayerCrossAttention(cfg, self.dtype))
     layers.append(LayerFF(cfg, self.dtype))
     self.layer = layers
 
-  def __call__(self, x, self_bias, deterministic=True, *, cross_bias=None,
-               encoder_hidden_states=None, memory_kv=None, prefix_kv=None, cache_index=None,
-               packing=None):
+  def __call__(
+      self,
+      x,
+      self_bias,
+      deterministic=True,
+      *,
+      cross_bias=None,
+      encoder_hidden_states=None,
+      memory_kv=None,
+      prefix_kv=None,
+      cache_index=None,
+      packing=None,
+  ):
     """``deterministic`` is positional: ``nn.remat`` keeps it static (``REMAT_POLICIES``)."""
-    x = self.layer[0](x, self_bias, prefix_kv=prefix_kv, cache_index=cache_index,
-                      deterministic=deterministic, packing=packing)
+    x = self.layer[0](
+        x,
+        self_bias,
+        prefix_kv=prefix_kv,
+        cache_index=cache_index,
+        deterministic=deterministic,
+        packing=packing,
+    )
     if self.is_decoder and (encoder_hidden_states is not None or memory_kv is not None):
-      x = self.layer[1](x, cross_bias, kv_input=encoder_hidden_states, memory_kv=memory_kv,
-                        deterministic=deterministic, packing=packing)
+      x = self.layer[1](
+          x,
+          cross_bias,
+          kv_input=encoder_hidden_states,
+          memory_kv=memory_kv,
+          deterministic=deterministic,
+          packing=packing,
+      )
     return self.layer[-1](x, deterministic)
 
 
@@ -486,12 +570,16 @@ class DecodePosition(nn.Module):
 # Activation rematerialisation of each block in training (``model.remat``): "none" keeps every
 # activation for the backward pass; "full" keeps only each block's input and recomputes the rest;
 # "dots" keeps the matmul outputs (no batch dimensions) and recomputes the cheap elementwise ops.
-REMAT_POLICIES = {"none": None, "full": None,
-                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class Stack(nn.Module):
   """The encoder or decoder stack; the position bias is computed by block 0 and shared."""
+
   config: T5Config
   is_decoder: bool
   decode: bool = False
@@ -510,9 +598,20 @@ class Stack(nn.Module):
     if self.decode and self.is_decoder:
       self.decode_position = DecodePosition()
 
-  def __call__(self, embeddings, *, attention_mask=None, encoder_hidden_states=None,
-               encoder_attention_mask=None, memory_kv=None, prefix_kv=None,
-               deterministic=True, return_all_hidden=False, final_dropout=True, packing=None):
+  def __call__(
+      self,
+      embeddings,
+      *,
+      attention_mask=None,
+      encoder_hidden_states=None,
+      encoder_attention_mask=None,
+      memory_kv=None,
+      prefix_kv=None,
+      deterministic=True,
+      return_all_hidden=False,
+      final_dropout=True,
+      packing=None,
+  ):
     """embeddings: (B, T, D). memory_kv / prefix_kv: (B, layers, H, S, d_kv) or None.
 
     Returns (B, T, D) final states, or with ``return_all_hidden`` (B, layers, T, D): every
@@ -555,11 +654,17 @@ class Stack(nn.Module):
     x = self.dropout(embeddings, deterministic=deterministic)
     hidden = []
     for i, block in enumerate(self.block):
-      x = block(x, bias, deterministic, cross_bias=cross_bias,
-                encoder_hidden_states=encoder_hidden_states,
-                memory_kv=None if memory_kv is None else memory_kv[:, i],
-                prefix_kv=None if prefix_kv is None else prefix_kv[:, i],
-                cache_index=cache_index, packing=packing)
+      x = block(
+          x,
+          bias,
+          deterministic,
+          cross_bias=cross_bias,
+          encoder_hidden_states=encoder_hidden_states,
+          memory_kv=None if memory_kv is None else memory_kv[:, i],
+          prefix_kv=None if prefix_kv is None else prefix_kv[:, i],
+          cache_index=cache_index,
+          packing=packing,
+      )
       hidden.append(x)
     x = self.final_layer_norm(x)
     if final_dropout:
@@ -576,6 +681,7 @@ def _key_mask_bias(mask: Array) -> Array:
 
 class T5(nn.Module):
   """T5ForConditionalGeneration. Subclassed by the VAE in ``model.py``."""
+
   config: T5Config
   dtype: Any = jnp.float32
   decode: bool = False
@@ -583,30 +689,51 @@ class T5(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.shared = nn.Embed(cfg.vocab_size, cfg.d_model, param_dtype=jnp.float32, dtype=self.dtype,
-                           embedding_init=nn.initializers.normal(1.0))
+    self.shared = nn.Embed(
+        cfg.vocab_size,
+        cfg.d_model,
+        param_dtype=jnp.float32,
+        dtype=self.dtype,
+        embedding_init=nn.initializers.normal(1.0),
+    )
     self.encoder = Stack(cfg, is_decoder=False, dtype=self.dtype, remat=self.remat)
-    self.decoder = Stack(cfg, is_decoder=True, decode=self.decode, dtype=self.dtype,
-                         remat=self.remat)
+    self.decoder = Stack(
+        cfg, is_decoder=True, decode=self.decode, dtype=self.dtype, remat=self.remat
+    )
     if not cfg.tie_word_embeddings:
       self.lm_head = _dense(cfg.vocab_size, "lm_head", 1.0, self.dtype)
 
   def encode(self, input_ids, attention_mask, deterministic=True):
     """(B, T) ids and mask -> (B, T, D) final encoder states."""
-    return self.encoder(self.shared(input_ids), attention_mask=attention_mask,
-                        deterministic=deterministic)
+    return self.encoder(
+        self.shared(input_ids), attention_mask=attention_mask, deterministic=deterministic
+    )
 
-  def decode_logits(self, decoder_input_ids, *, encoder_hidden_states=None,
-                    encoder_attention_mask=None, memory_kv=None, prefix_kv=None,
-                    deterministic=True, packing=None):
+  def decode_logits(
+      self,
+      decoder_input_ids,
+      *,
+      encoder_hidden_states=None,
+      encoder_attention_mask=None,
+      memory_kv=None,
+      prefix_kv=None,
+      deterministic=True,
+      packing=None,
+  ):
     """(B, T) decoder input ids -> (B, T, vocab) float32 logits; (S, C, vocab) at the packed
     slots with ``packing`` (the output layer then runs on real tokens only)."""
     ids = decoder_input_ids if packing is None else packing.pack(decoder_input_ids)
-    h = self.decoder(self.shared(ids), encoder_hidden_states=encoder_hidden_states,
-                     encoder_attention_mask=encoder_attention_mask, memory_kv=memory_kv,
-                     prefix_kv=prefix_kv, deterministic=deterministic, packing=packing)
+    h = self.decoder(
+        self.shared(ids),
+        encoder_hidden_states=encoder_hidden_states,
+        encoder_attention_mask=encoder_attention_mask,
+        memory_kv=memory_kv,
+        prefix_kv=prefix_kv,
+        deterministic=deterministic,
+        packing=packing,
+    )
     if self.config.scale_decoder_outputs:
-      h = h * (self.config.d_model ** -0.5)
+      h = h * (self.config.d_model**-0.5)
     if self.config.tie_word_embeddings:
       logits = matmul(h, self.shared.embedding.astype(self.dtype).T)
     else:
@@ -615,8 +742,12 @@ class T5(nn.Module):
 
   def __call__(self, input_ids, attention_mask, decoder_input_ids, deterministic=True):
     enc = self.encode(input_ids, attention_mask, deterministic)
-    return self.decode_logits(decoder_input_ids, encoder_hidden_states=enc,
-                              encoder_attention_mask=attention_mask, deterministic=deterministic)
+    return self.decode_logits(
+        decoder_input_ids,
+        encoder_hidden_states=enc,
+        encoder_attention_mask=attention_mask,
+        deterministic=deterministic,
+    )
 
 
 def shift_right(targets: Array, start_id: int) -> Array:

@@ -32,7 +32,9 @@ def _sentences(text_files_or_iterable) -> Iterable[str]:
     files = [text_files_or_iterable]
   else:
     items = list(text_files_or_iterable)
-    is_file = [isinstance(x, os.PathLike) or (isinstance(x, str) and os.path.isfile(x)) for x in items]
+    is_file = [
+        isinstance(x, os.PathLike) or (isinstance(x, str) and os.path.isfile(x)) for x in items
+    ]
     if items and all(is_file):
       files = items
     elif any(isinstance(x, os.PathLike) for x in items):
@@ -71,9 +73,12 @@ def train_sentencepiece_tokenizer(
       model_type="unigram",
       vocab_size=vocab_size,
       character_coverage=character_coverage,
-      pad_id=0, pad_piece="<pad>",
-      eos_id=1, eos_piece="</s>",
-      unk_id=2, unk_piece="<unk>",
+      pad_id=0,
+      pad_piece="<pad>",
+      eos_id=1,
+      eos_piece="</s>",
+      unk_id=2,
+      unk_piece="<unk>",
       bos_id=-1,
       num_threads=os.cpu_count() or 1,
       minloglevel=1,
@@ -116,8 +121,9 @@ def load_tokenizer(path: epath.PathLike) -> transformers.PreTrainedTokenizerBase
   """
   if hub.is_remote(path):
     if not epath.Path(path).is_dir():  # gcsfs's own error names a URL-encoded object
-      raise FileNotFoundError(f"Could not load a tokenizer from {os.fspath(path)!r}: no such "
-                              "directory")
+      raise FileNotFoundError(
+          f"Could not load a tokenizer from {os.fspath(path)!r}: no such " "directory"
+      )
     with tempfile.TemporaryDirectory() as local_dir:
       for file in epath.Path(path).iterdir():
         if file.is_file():
@@ -128,19 +134,26 @@ def load_tokenizer(path: epath.PathLike) -> transformers.PreTrainedTokenizerBase
     if not os.path.isdir(path):
       raise FileNotFoundError(f"Could not load a tokenizer from {path!r}: no such directory")
   is_local_dir = os.path.isdir(path)
-  if is_local_dir and not any(name in _VOCABULARY_FILES or name.endswith(".model")
-                              for name in os.listdir(path)):
+  if is_local_dir and not any(
+      name in _VOCABULARY_FILES or name.endswith(".model") for name in os.listdir(path)
+  ):
     # transformers 5 would build an empty 104-token T5 tokenizer from a config.json alone.
-    raise FileNotFoundError(f"{os.fspath(path)}: no tokenizer files in the directory (expected "
-                            "spiece.model or tokenizer.json)")
+    raise FileNotFoundError(
+        f"{os.fspath(path)}: no tokenizer files in the directory (expected "
+        "spiece.model or tokenizer.json)"
+    )
   try:
     try:
-      tokenizer = transformers.AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=is_local_dir)
+      tokenizer = transformers.AutoTokenizer.from_pretrained(
+          os.fspath(path), local_files_only=is_local_dir
+      )
     except (OSError, ValueError):
       if not (is_local_dir and os.path.isfile(os.path.join(path, SPIECE_FILE))):
         raise
       # No tokenizer_config.json to name the class: a bare T5 SentencePiece model.
-      tokenizer = transformers.T5TokenizerFast.from_pretrained(os.fspath(path), local_files_only=True)
+      tokenizer = transformers.T5TokenizerFast.from_pretrained(
+          os.fspath(path), local_files_only=True
+      )
   except Exception as e:
     raise OSError(f"Could not load a tokenizer from {os.fspath(path)!r}: {e}") from e
   if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:

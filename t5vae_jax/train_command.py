@@ -8,6 +8,7 @@
 mistake in the flags, the config, the paths or the data ends with one ``error: ...`` line on
 stderr and exit status 2 (t5vae_jax/errors.py).
 """
+
 from absl import flags
 
 from t5vae_jax import cli
@@ -43,6 +44,8 @@ def run_training(config, workdir: str, phase: int):
   runtime.setup_runtime()
   runtime.check_hub([config.model.pretrained, config.data.tokenizer])
   import jax
+
   config_validation.check_devices(config, jax.device_count(), jax.process_count())
   from t5vae_jax import train_lib
+
   return train_lib.train_and_evaluate(config, workdir, phase)

@@ -11,6 +11,7 @@ One jitted, sharded step ``(state, batch) -> (state, metrics)``; the step's rand
 derived from (seed, phase, step), so a resumed run replays exactly what an uninterrupted one
 would have done.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,14 +83,17 @@ def trainable_labels(params, phase: int, freeze_decoder: bool = True):
     groups = set(params)
   else:
     groups = set(PHASE1_TRAINABLE)
-  return {name: jax.tree.map(lambda _: "trainable" if name in groups else "frozen", sub)
-          for name, sub in params.items()}
+  return {
+      name: jax.tree.map(lambda _: "trainable" if name in groups else "frozen", sub)
+      for name, sub in params.items()
+  }
 
 
 def make_optimizer(config, phase: int, params) -> optax.GradientTransformation:
   opt = config.optimizer
-  adamw = optax.adamw(opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                      weight_decay=opt.weight_decay)
+  adamw = optax.adamw(
+      opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay
+  )
   if opt.grad_clip_norm and opt.grad_clip_norm > 0:
     adamw = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw)
   labels = trainable_labels(params, phase, config.phase1.freeze_decoder)
@@ -101,8 +105,14 @@ def make_beta_fn(config, phase: int, steps_per_epoch: int, total_steps: int) -> 
     return schedules.make_beta_schedule("zero", steps_per_epoch=steps_per_epoch)
   b = config.beta
   return schedules.make_beta_schedule(
-      b.schedule, steps_per_epoch=steps_per_epoch, value=b.value, epochs=b.epochs,
-      total_steps=total_steps, n_cycles=b.n_cycles, ratio=b.ratio)
+      b.schedule,
+      steps_per_epoch=steps_per_epoch,
+      value=b.value,
+      epochs=b.epochs,
+      total_steps=total_steps,
+      n_cycles=b.n_cycles,
+      ratio=b.ratio,
+  )
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,8 +123,18 @@ def step_rngs(base_rng: jax.Array, step) -> dict[str, jax.Array]:
   return {"noise": noise_rng, "latent": latent_rng, "dropout": dropout_rng}
 
 
-def compute_loss(params, batch, rngs, *, model: model_lib.T5VAEModel, beta, config,
-                 train: bool, capacity: Optional[int] = None, num_shards: int = 1):
+def compute_loss(
+    params,
+    batch,
+    rngs,
+    *,
+    model: model_lib.T5VAEModel,
+    beta,
+    config,
+    train: bool,
+    capacity: Optional[int] = None,
+    num_shards: int = 1,
+):
   """The VAE loss of one batch; denoising and the KL floor only when ``train``.
 
   With ``capacity`` (static; ``packing.capacity`` of the batch's mask) the per-token layers
@@ -125,39 +145,80 @@ def compute_loss(params, batch, rngs, *, model: model_lib.T5VAEModel, beta, conf
   enc_ids, enc_mask = ids, mask
   if train and config.denoise_rate > 0:
     enc_ids, enc_mask = noise.delete_tokens(
-        rngs["noise"], ids, mask, config.denoise_rate, config.denoise_mode,
-        eos_id=model.config.eos_token_id, pad_id=model.config.pad_token_id)
+        rngs["noise"],
+        ids,
+        mask,
+        config.denoise_rate,
+        config.denoise_mode,
+        eos_id=model.config.eos_token_id,
+        pad_id=model.config.pad_token_id,
+    )
   decoder_input_ids = t5_lib.shift_right(ids, model.config.decoder_start_token_id)
   packing = enc_packing = None
   if capacity is not None:
     packing = packing_lib.make_packing(mask, capacity, num_shards)
     # Denoising only deletes tokens: the clean batch's capacity holds the noised one too.
-    enc_packing = (packing if enc_mask is mask else
-                   packing_lib.make_packing(enc_mask, capacity, num_shards))
-  out = model.apply({"params": params}, ids, mask, decoder_input_ids, deterministic=not train,
-                    encoder_input_ids=enc_ids, encoder_attention_mask=enc_mask,
-                    packing=packing, encoder_packing=enc_packing,
-                    rngs={"latent": rngs["latent"], "dropout": rngs["dropout"]})
+    enc_packing = (
+        packing if enc_mask is mask else packing_lib.make_packing(enc_mask, capacity, num_shards)
+    )
+  out = model.apply(
+      {"params": params},
+      ids,
+      mask,
+      decoder_input_ids,
+      deterministic=not train,
+      encoder_input_ids=enc_ids,
+      encoder_attention_mask=enc_mask,
+      packing=packing,
+      encoder_packing=enc_packing,
+      rngs={"latent": rngs["latent"], "dropout": rngs["dropout"]},
+  )
   token_nll = losses.target_token_nll(out["logits"], ids, packing)
   rec_normalizer = config.get("rec_normalizer", "sum")
   loss, aux = losses.vae_loss_from_token_nll(
-      token_nll, mask, out["mu"], out["logvar"], beta,
-      kl_floor=config.kl_floor if train else 0.0, kl_threshold_mode=config.kl_threshold_mode,
-      example_weights=batch["example_weights"], rec_normalizer=rec_normalizer,
-      padded_length=config.data.max_len if rec_normalizer == "max_len" else None)
+      token_nll,
+      mask,
+      out["mu"],
+      out["logvar"],
+      beta,
+      kl_floor=config.kl_floor if train else 0.0,
+      kl_threshold_mode=config.kl_threshold_mode,
+      example_weights=batch["example_weights"],
+      rec_normalizer=rec_normalizer,
+      padded_length=config.data.max_len if rec_normalizer == "max_len" else None,
+  )
   return loss, (aux, out)
 
 
-def train_step(state: TrainState, batch, *, model, tx, beta_fn, base_rng, config,
-               capacity: Optional[int] = None, num_shards: int = 1):
+def train_step(
+    state: TrainState,
+    batch,
+    *,
+    model,
+    tx,
+    beta_fn,
+    base_rng,
+    config,
+    capacity: Optional[int] = None,
+    num_shards: int = 1,
+):
   """One AdamW step (skipped when the loss or gradient is not finite). ``capacity`` and
   ``num_shards``: token packing, see ``compute_loss``."""
   rngs = step_rngs(base_rng, state.step)
   beta = beta_fn(state.step)
 
   def loss_fn(params):
-    loss, (aux, _) = compute_loss(params, batch, rngs, model=model, beta=beta, config=config,
-                                  train=True, capacity=capacity, num_shards=num_shards)
+    loss, (aux, _) = compute_loss(
+        params,
+        batch,
+        rngs,
+        model=model,
+        beta=beta,
+        config=config,
+        train=True,
+        capacity=capacity,
+        num_shards=num_shards,
+    )
     return loss, aux
 
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -169,12 +230,12 @@ def train_step(state: TrainState, batch, *, model, tx, beta_fn, base_rng, config
 
   def apply_update(state):
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    return state.replace(params=optax.apply_updates(state.params, updates),
-                         opt_state=new_opt_state)
+    return state.replace(params=optax.apply_updates(state.params, updates), opt_state=new_opt_state)
 
   new_state = jax.lax.cond(finite, apply_update, lambda state: state, state)
-  new_state = new_state.replace(step=state.step + 1,
-                                num_skipped=state.num_skipped + (1 - finite.astype(jnp.int32)))
+  new_state = new_state.replace(
+      step=state.step + 1, num_skipped=state.num_skipped + (1 - finite.astype(jnp.int32))
+  )
   aux = dict(aux, finite=finite.astype(jnp.float32), grad_norm=grad_norm)
   return new_state, aux
 
@@ -193,10 +254,14 @@ class Setup:
 
 def vae_config_from(config) -> model_lib.VAEConfig:
   m = config.model
-  return model_lib.VAEConfig(latent_dim=m.latent_dim, pooling=m.pooling,
-                             pool_layers=m.pool_layers, pool_padding=m.pool_padding,
-                             pool_dropout=m.get("pool_dropout", False),
-                             latent_injection=m.latent_injection)
+  return model_lib.VAEConfig(
+      latent_dim=m.latent_dim,
+      pooling=m.pooling,
+      pool_layers=m.pool_layers,
+      pool_padding=m.pool_padding,
+      pool_dropout=m.get("pool_dropout", False),
+      latent_injection=m.latent_injection,
+  )
 
 
 def get_tokenizer(config, workdir: epath.Path):
@@ -212,10 +277,13 @@ def get_tokenizer(config, workdir: epath.Path):
   examples, _ = data_lib.read_split(config.data, config.data.train_split)
   vocab = config.model.t5.vocab_size - config.data.get("extra_ids", 0)
   return tokenizer_lib.train_sentencepiece_tokenizer(
-      [e["text"] for e in examples], path, vocab_size=vocab,
+      [e["text"] for e in examples],
+      path,
+      vocab_size=vocab,
       extra_ids=config.data.get("extra_ids", 0),
       model_type=config.data.get("tokenizer_model_type", "unigram"),
-      hard_vocab_limit=False)  # small corpora (the demo's grammar) have fewer pieces
+      hard_vocab_limit=False,
+  )  # small corpora (the demo's grammar) have fewer pieces
 
 
 def build_setup(config, workdir, devices: Optional[Sequence[jax.Device]] = None) -> Setup:
@@ -226,8 +294,9 @@ def build_setup(config, workdir, devices: Optional[Sequence[jax.Device]] = None)
   if config.model.pretrained:
     t5_config, params = pretrained.load_t5(config.model.pretrained)
   else:
-    t5_config = t5_lib.T5Config(**config.model.t5.to_dict(),
-                                scale_decoder_outputs=config.model.t5.tie_word_embeddings)
+    t5_config = t5_lib.T5Config(
+        **config.model.t5.to_dict(), scale_decoder_outputs=config.model.t5.tie_word_embeddings
+    )
     params = None
   t5_config = dataclasses.replace(t5_config, dropout_rate=config.model.dropout_rate)
   if len(tokenizer) > t5_config.vocab_size:
@@ -235,14 +304,19 @@ def build_setup(config, workdir, devices: Optional[Sequence[jax.Device]] = None)
       raise pretrained.CheckpointError(
           f"the tokenizer has {len(tokenizer)} ids but {config.model.pretrained} has "
           f"{t5_config.vocab_size} embedding rows; pass a tokenizer of at most "
-          f"{t5_config.vocab_size} ids (--config.data.tokenizer=DIR)")
-    raise TrainingError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size "
-                        f"is {t5_config.vocab_size} (config.model.t5.vocab_size)")
+          f"{t5_config.vocab_size} ids (--config.data.tokenizer=DIR)"
+      )
+    raise TrainingError(
+        f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size "
+        f"is {t5_config.vocab_size} (config.model.t5.vocab_size)"
+    )
   vae_config = vae_config_from(config)
-  dtype = accelerator.compute_dtype(config.model.dtype,
-                                    jax.devices() if devices is None else devices)
-  model = model_lib.T5VAEModel(t5_config, vae=vae_config, dtype=jnp.dtype(dtype),
-                               remat=config.model.get("remat", "none"))
+  dtype = accelerator.compute_dtype(
+      config.model.dtype, jax.devices() if devices is None else devices
+  )
+  model = model_lib.T5VAEModel(
+      t5_config, vae=vae_config, dtype=jnp.dtype(dtype), remat=config.model.get("remat", "none")
+  )
   return Setup(model, t5_config, vae_config, tokenizer, params)
 
 
@@ -266,6 +340,7 @@ class MetricLogger:
     if enabled:
       try:
         from tensorboardX import SummaryWriter
+
         self.tb = SummaryWriter(logdir=str(phase_dir / "tensorboard"))
       except Exception as e:  # TensorBoard is a convenience; never fail a run for it.
         logging.warning("TensorBoard disabled: %s", e)
@@ -310,18 +385,29 @@ def read_metrics(path) -> list[dict]:
 VALIDATION_LINE = ("rec", "kl", "neg_elbo", "nll", "ppl", "ppl_word", "mi", "mi_batch", "au")
 
 
-def validation_metrics(params, examples, *, model, config, mesh,
-                       batch_size: int) -> dict[str, float]:
+def validation_metrics(
+    params, examples, *, model, config, mesh, batch_size: int
+) -> dict[str, float]:
   """evaluation.evaluate (what eval.py runs) with K = config.eval_num_samples importance samples
   and seed config.eval_seed: val/* at step N equals eval.py's numbers for step N's checkpoint
   on the same split, K and seed, whatever the batch size, packing or number of devices."""
   result = evaluation.evaluate(
-      params, examples, model=model, mesh=mesh, batch_size=batch_size,
+      params,
+      examples,
+      model=model,
+      mesh=mesh,
+      batch_size=batch_size,
       bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
-      num_samples=config.eval_num_samples, seed=config.eval_seed,
-      pack_tokens=bool(config.pack_tokens), progress=False)
-  return {k: float(result[k]) if k != "au" else int(result[k])
-          for k in evaluation.METRICS if result.get(k) is not None}
+      num_samples=config.eval_num_samples,
+      seed=config.eval_seed,
+      pack_tokens=bool(config.pack_tokens),
+      progress=False,
+  )
+  return {
+      k: float(result[k]) if k != "au" else int(result[k])
+      for k in evaluation.METRICS
+      if result.get(k) is not None
+  }
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -335,10 +421,12 @@ def train_state_shardings(params, tx, mesh, fsdp: bool) -> TrainState:
   """The shardings (a TrainState of NamedShardings) of the train state of ``params`` (arrays or
   ShapeDtypeStructs: the ahead-of-time compile in aot.py has no arrays) on ``mesh``."""
   replicated = sharding.replicated(mesh)
-  return TrainState(step=replicated, params=sharding.tree_shardings(params, mesh, fsdp),
-                    opt_state=sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh,
-                                                      fsdp),
-                    num_skipped=replicated)
+  return TrainState(
+      step=replicated,
+      params=sharding.tree_shardings(params, mesh, fsdp),
+      opt_state=sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh, fsdp),
+      num_skipped=replicated,
+  )
 
 
 def create_train_state(params, tx, mesh, fsdp: bool) -> tuple[TrainState, TrainState]:
@@ -348,8 +436,7 @@ def create_train_state(params, tx, mesh, fsdp: bool) -> tuple[TrainState, TrainS
   params = jax.device_put(params, shardings.params)
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
   # Two distinct buffers: the step donates the state, and a buffer may be donated only once.
-  step, num_skipped = (jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
-                       for _ in range(2))
+  step, num_skipped = (jax.device_put(jnp.zeros((), jnp.int32), shardings.step) for _ in range(2))
   state = TrainState(step=step, params=params, opt_state=opt_state, num_skipped=num_skipped)
   return state, shardings
 
@@ -364,22 +451,34 @@ def compile_train_step(model, tx, beta_fn, base_rng, config, mesh, state_shardin
 
   def step_fn(state, batch, capacity=None):
     if capacity not in jitted:
-      jitted[capacity] = jit_train_step(model, tx, beta_fn, base_rng, config, mesh,
-                                        state_shardings, capacity)
+      jitted[capacity] = jit_train_step(
+          model, tx, beta_fn, base_rng, config, mesh, state_shardings, capacity
+      )
     return jitted[capacity](state, batch)
+
   return step_fn
 
 
-def jit_train_step(model, tx, beta_fn, base_rng, config, mesh, state_shardings,
-                   capacity: Optional[int] = None):
+def jit_train_step(
+    model, tx, beta_fn, base_rng, config, mesh, state_shardings, capacity: Optional[int] = None
+):
   """The ``jax.jit`` of ``train_step`` for one packing ``capacity`` that ``compile_train_step``
   runs; aot.py lowers it on abstract inputs."""
   return jax.jit(
-      functools.partial(train_step, model=model, tx=tx, beta_fn=beta_fn, base_rng=base_rng,
-                        config=config, capacity=capacity,
-                        num_shards=mesh.shape[sharding.DATA_AXIS]),
+      functools.partial(
+          train_step,
+          model=model,
+          tx=tx,
+          beta_fn=beta_fn,
+          base_rng=base_rng,
+          config=config,
+          capacity=capacity,
+          num_shards=mesh.shape[sharding.DATA_AXIS],
+      ),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0,
+  )
 
 
 def packing_capacity(config, local_mask: np.ndarray, mesh) -> Optional[int]:
@@ -406,22 +505,25 @@ def initial_params(setup: Setup, config, workdir, phase: int) -> dict:
     params = model_lib.merge_pretrained(params, setup.pretrained_params)
   if phase == 2 and config.phase2.from_phase1:
     p1 = phase_dir(workdir, 1)
-    config_validation.check_model_matches(p1, setup.t5_config, setup.vae_config,
-                                          pretrained=config.model.pretrained, strict=False)
+    config_validation.check_model_matches(
+        p1, setup.t5_config, setup.vae_config, pretrained=config.model.pretrained, strict=False
+    )
     try:
       restored, p1_step = ckpt_lib.restore_params(p1, ckpt_lib.abstract_tree(params))
     except ckpt_lib.CheckpointNotFoundError:
       raise TrainingError(
           f"phase 2 starts from phase 1's params, but there is no phase 1 checkpoint in "
           f"{p1 / 'checkpoints'}; run --phase 1 with the same --workdir first, or set "
-          "--config.phase2.from_phase1=False") from None
+          "--config.phase2.from_phase1=False"
+      ) from None
     info(f"phase 2 starts from phase 1 params (step {p1_step})")
     params = restored
   return params
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, phase: int,
-                       max_steps: Optional[int] = None) -> dict[str, float]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, phase: int, max_steps: Optional[int] = None
+) -> dict[str, float]:
   """Runs (or resumes) one phase in ``<workdir>/phase<phase>``; returns the last validation.
 
   ``max_steps`` stops early (tests); the schedule still follows the configured epochs.
@@ -432,33 +534,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, phase: i
     return _run_phase(config, workdir, phase, max_steps, preemption)
 
 
-def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
-               preemption: "PreemptionFlag"):
+def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption: "PreemptionFlag"):
   if phase not in (1, 2):
     raise TrainingError(f"--phase must be 1 or 2, got {phase}")
   workdir = epath.Path(workdir)
   pdir = phase_dir(workdir, phase)
   is_lead = jax.process_index() == 0
-  devices = jax.devices()[:config.mesh_devices] if config.get("mesh_devices") else None
+  devices = jax.devices()[: config.mesh_devices] if config.get("mesh_devices") else None
   mesh = sharding.make_mesh(devices)
   sharding.check_batch_size(config.batch_size, mesh)
 
-  accelerator.announce(mesh.devices.flat,
-                      accelerator.compute_dtype(config.model.dtype, mesh.devices.flat))
+  accelerator.announce(
+      mesh.devices.flat, accelerator.compute_dtype(config.model.dtype, mesh.devices.flat)
+  )
   setup = build_setup(config, workdir, mesh.devices.flat)
   model = setup.model
   pad_id, eos_id = setup.t5_config.pad_token_id, setup.t5_config.eos_token_id
-  train_examples, train_stats = data_lib.load_split(config.data, config.data.train_split,
-                                                    setup.tokenizer)
-  eval_examples, eval_stats = data_lib.load_split(config.data, config.data.eval_split,
-                                                  setup.tokenizer)
+  train_examples, train_stats = data_lib.load_split(
+      config.data, config.data.train_split, setup.tokenizer
+  )
+  eval_examples, eval_stats = data_lib.load_split(
+      config.data, config.data.eval_split, setup.tokenizer
+  )
   if config.eval_max_examples:
-    eval_examples = eval_examples[:config.eval_max_examples]
+    eval_examples = eval_examples[: config.eval_max_examples]
   info(f"data: train {_fmt(train_stats)}; eval {_fmt(eval_stats)}")
   iterator = data_lib.BatchIterator(
-      train_examples, bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
-      batch_size=config.batch_size, seed=config.seed + 7919 * phase, shuffle=True,
-      drop_remainder=True, pad_id=pad_id, eos_id=eos_id)
+      train_examples,
+      bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
+      batch_size=config.batch_size,
+      seed=config.seed + 7919 * phase,
+      shuffle=True,
+      drop_remainder=True,
+      pad_id=pad_id,
+      eos_id=eos_id,
+  )
   steps_per_epoch = iterator.num_batches_per_epoch
   epochs = config.phase1.epochs if phase == 1 else config.phase2.epochs
   total_steps = max(1, int(math.ceil(epochs * steps_per_epoch)))
@@ -479,17 +589,23 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
     iterator.set_state(meta["data"])
 
   if ckpts.has_checkpoints():  # before the restore: a mismatch is no damaged checkpoint
-    config_validation.check_model_matches(pdir, setup.t5_config, setup.vae_config,
-                                          pretrained=config.model.pretrained)
-  restored = ckpts.restore_newest(ckpt_lib.abstract_tree(state.params, param_shardings),
-                                  ckpt_lib.abstract_tree(state.opt_state, opt_shardings),
-                                  check_meta=check_meta, warn=info)
+    config_validation.check_model_matches(
+        pdir, setup.t5_config, setup.vae_config, pretrained=config.model.pretrained
+    )
+  restored = ckpts.restore_newest(
+      ckpt_lib.abstract_tree(state.params, param_shardings),
+      ckpt_lib.abstract_tree(state.opt_state, opt_shardings),
+      check_meta=check_meta,
+      warn=info,
+  )
   if restored is not None:
     start_step, params, opt_state, meta = restored
-    state = TrainState(step=jax.device_put(jnp.asarray(meta["step"], jnp.int32), replicated),
-                       params=params, opt_state=opt_state,
-                       num_skipped=jax.device_put(jnp.asarray(meta.get("num_skipped", 0),
-                                                              jnp.int32), replicated))
+    state = TrainState(
+        step=jax.device_put(jnp.asarray(meta["step"], jnp.int32), replicated),
+        params=params,
+        opt_state=opt_state,
+        num_skipped=jax.device_put(jnp.asarray(meta.get("num_skipped", 0), jnp.int32), replicated),
+    )
     info(f"resuming {pdir} at step {start_step}")
   elif is_lead:
     ckpt_lib.write_config(pdir, config)
@@ -503,21 +619,32 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
   eval_batch -= eval_batch % mesh.size
 
   def validate(step, params):
-    result = validation_metrics(params, eval_examples, model=model, config=config, mesh=mesh,
-                                batch_size=eval_batch)
+    result = validation_metrics(
+        params, eval_examples, model=model, config=config, mesh=mesh, batch_size=eval_batch
+    )
     logger.write(step, {f"val/{k}": v for k, v in result.items()})
     metric = result.get(config.best_metric.removeprefix("val/"))
     if metric is not None:
       ckpts.maybe_save_best(step, params, float(metric), config.best_metric)
-    info(f"step {step} validation: "
-         f"{_fmt({k: result[k] for k in VALIDATION_LINE if k in result})}")
+    info(
+        f"step {step} validation: "
+        f"{_fmt({k: result[k] for k in VALIDATION_LINE if k in result})}"
+    )
     return result
 
   def save(step):
-    ckpts.save(step, state.params, state.opt_state,
-               {"step": step, "data": iterator.get_state(),
-                "num_skipped": int(jax.device_get(state.num_skipped)),
-                "phase": phase, "total_steps": total_steps})
+    ckpts.save(
+        step,
+        state.params,
+        state.opt_state,
+        {
+            "step": step,
+            "data": iterator.get_state(),
+            "num_skipped": int(jax.device_get(state.num_skipped)),
+            "phase": phase,
+            "total_steps": total_steps,
+        },
+    )
 
   step = int(jax.device_get(state.step))
   last_val: dict[str, float] = {}
@@ -542,7 +669,8 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
       ckpts.wait()
       raise TrainingError(
           f"non-finite loss or gradient at step {step} (on_nonfinite=stop); the last good "
-          f"checkpoint is step {ckpts.latest_step()} in {pdir / 'checkpoints'}")
+          f"checkpoint is step {ckpts.latest_step()} in {pdir / 'checkpoints'}"
+      )
     if step % config.log_every_steps == 0 or step == stop_at:
       host = jax.device_get(pending)
       row = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in host[0]}
@@ -560,8 +688,10 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
       save(step)
     if stop_now:
       ckpts.wait()
-      info(f"{preemption.description}: saved step {step} in {pdir}; rerun the same command to "
-           "resume")
+      info(
+          f"{preemption.description}: saved step {step} in {pdir}; rerun the same command to "
+          "resume"
+      )
       progress.close()
       logger.close()  # the last TensorBoard events (a gs:// event file is uploaded on close)
       raise SystemExit(preemption.exit_code)
@@ -580,8 +710,9 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int],
 
 
 def _fmt(values: dict) -> str:
-  return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                   for k, v in values.items())
+  return ", ".join(
+      f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+  )
 
 
 class _progress:
@@ -591,6 +722,7 @@ class _progress:
     self.bar = None
     if enabled and config.progress_bar:
       from tqdm import tqdm
+
       self.bar = tqdm(total=total, initial=start, desc=f"phase {phase}", dynamic_ncols=True)
     self.last = start
 
@@ -599,9 +731,13 @@ class _progress:
       return
     self.bar.update(step - self.last)
     self.last = step
-    self.bar.set_postfix(loss=f"{row['train/loss']:.3f}", rec=f"{row['train/rec']:.3f}",
-                         kl=f"{row['train/kl']:.3f}", beta=f"{row['train/beta']:.3f}",
-                         tok_s=f"{row['train/tokens_per_sec']:.0f}")
+    self.bar.set_postfix(
+        loss=f"{row['train/loss']:.3f}",
+        rec=f"{row['train/rec']:.3f}",
+        kl=f"{row['train/kl']:.3f}",
+        beta=f"{row['train/beta']:.3f}",
+        tok_s=f"{row['train/tokens_per_sec']:.0f}",
+    )
 
   def close(self):
     if self.bar is not None:

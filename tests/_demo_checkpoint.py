@@ -11,6 +11,7 @@ Nothing here reads /work/shared/data.
     from _demo_checkpoint import demo_workdir   # in a test module (tests/ is on sys.path)
     workdir = demo_workdir(tmp_path_factory)    # <tmp>/demo with phase2/
 """
+
 from __future__ import annotations
 
 import os
@@ -30,6 +31,7 @@ PHASE2_STEPS = 800
 
 def demo_config(tfds_dir: str):
   from configs import demo
+
   config = demo.get_config()
   config.data.tfds_dir = tfds_dir
   config.data.synthetic.update(dict(num_train=2000, num_valid=64, num_test=64, seed=0))
@@ -54,6 +56,7 @@ def demo_config(tfds_dir: str):
 def train(workdir: str, tfds_dir: str) -> None:
   """Phase 2, in this process, through train_lib (what train.py runs)."""
   from t5vae_jax import train_lib
+
   config = demo_config(tfds_dir)
   train_lib.train_and_evaluate(config, workdir, 2, max_steps=PHASE2_STEPS)
 
@@ -70,6 +73,7 @@ def demo_workdir(tmp_path_factory) -> pathlib.Path:
   if "workdir" not in _CACHE:
     import fcntl
     import shutil
+
     shared = _shared_root(tmp_path_factory) / "demo_checkpoint"
     shared.mkdir(parents=True, exist_ok=True)
     with open(shared / "lock", "w") as lock:
@@ -90,11 +94,16 @@ def _shared_root(tmp_path_factory) -> pathlib.Path:
 
 
 def _train_in_child(workdir: pathlib.Path, tfds_dir: pathlib.Path) -> None:
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
   start = time.perf_counter()
-  proc = subprocess.run([sys.executable, __file__, str(workdir), str(tfds_dir)],
-                        env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+      [sys.executable, __file__, str(workdir), str(tfds_dir)],
+      env=env,
+      cwd=str(ROOT),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   if proc.returncode:
     raise RuntimeError(f"training the demo checkpoint failed:\n{proc.stderr[-5000:]}")
   print(f"\n[demo checkpoint trained in {time.perf_counter() - start:.1f} s: {workdir}]")
@@ -104,6 +113,7 @@ def training_texts(workdir: pathlib.Path, split: str = "train") -> list[dict]:
   """The records (text, attributes) of a split of the demo data, via the saved config."""
   from t5vae_jax import api
   from t5vae_jax import data as data_lib
+
   config = api.load_config(workdir / "phase2")
   examples, _ = data_lib.read_split(config.data, split)
   return examples

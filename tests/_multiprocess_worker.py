@@ -11,6 +11,7 @@ With NUM_PROCESSES > 1 it joins a jax.distributed job through t5vae_jax.runtime.
      processes), when that exists,
 and writes what it saw to OUT_DIR/process<i>.npz.
 """
+
 import faulthandler
 import json
 import os
@@ -44,17 +45,28 @@ from test_train import tiny_config  # noqa: E402
 
 # Token packing on (configs/demo.py turns it off): each process packs its own shards with the
 # largest capacity over processes.
-config = tiny_config(tfds_dir, mesh_devices=0, log_every_steps=1, checkpoint_every_steps=2,
-                     pack_tokens=True,
-                     eval_max_examples=40, **{"phase1.epochs": 1.0})
+config = tiny_config(
+    tfds_dir,
+    mesh_devices=0,
+    log_every_steps=1,
+    checkpoint_every_steps=2,
+    pack_tokens=True,
+    eval_max_examples=40,
+    **{"phase1.epochs": 1.0},
+)
 workdir = out_dir / "work"
 record = {}
 
 # 1. This process's rows of the first global batches.
 setup = train_lib.build_setup(config, workdir)
 examples, _ = data_lib.load_split(config.data, "train", setup.tokenizer)
-iterator = data_lib.BatchIterator(examples, bucket_lengths=config.data.bucket_lengths,
-                                  batch_size=config.batch_size, seed=3, drop_remainder=True)
+iterator = data_lib.BatchIterator(
+    examples,
+    bucket_lengths=config.data.bucket_lengths,
+    batch_size=config.batch_size,
+    seed=3,
+    drop_remainder=True,
+)
 record["shard_ids"] = np.stack([next(iterator)["example_ids"] for _ in range(4)])
 
 # 2. Train a few steps; validation at the end gathers across processes.

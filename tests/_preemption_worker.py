@@ -8,6 +8,7 @@ records every step this process saves at in BASE_DIR/saves<i>.json; the test sen
 one process only. MODE "resume": resumes BASE_DIR/killed to the end, then trains
 BASE_DIR/straight uninterrupted, and writes both final params to BASE_DIR/params<i>.npz.
 """
+
 import faulthandler
 import json
 import os

@@ -8,6 +8,7 @@ tests/test_install.py (contents, entry points) and tests/test_notebook.py (the i
     from _wheel import ROOT, built_wheel, read_requirements, pyproject
     wheel = built_wheel(tmp_path_factory)        # <tmp>/dist/t5vae_jax-<version>-py3-none-any.whl
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -74,8 +75,16 @@ def built_wheel(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("wheel")
     src = copy_sources(root / "src")
     start = time.perf_counter()
-    pip("wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w",
-        str(root / "dist"), str(src))
+    pip(
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-w",
+        str(root / "dist"),
+        str(src),
+    )
     wheels = sorted((root / "dist").glob("t5vae_jax-*.whl"))
     assert len(wheels) == 1, wheels
     print(f"\n[wheel built in {time.perf_counter() - start:.1f} s: {wheels[0].name}]")

@@ -1,4 +1,5 @@
 """Test setup: 8 simulated CPU devices (for sharding tests) before JAX is imported anywhere."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -9,6 +10,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # a program compiled once (same shapes, same devices) is loaded, not compiled again.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import tempfile
+
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="t5vae_jax_cache_")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
@@ -22,6 +24,7 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 def torch_available() -> bool:
   try:
     import torch  # noqa: F401
+
     return True
   except ImportError:
     return False
@@ -36,4 +39,5 @@ def fixtures_dir() -> pathlib.Path:
 def tiny_t5():
   """(config, params) of the tiny random v1.0 Hugging Face checkpoint in tests/fixtures."""
   from t5vae_jax import pretrained
+
   return pretrained.load_t5(str(FIXTURES / "t5_v1_0"))

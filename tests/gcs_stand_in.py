@@ -32,6 +32,7 @@ the JSON API reference (https://cloud.google.com/storage/docs/json_api/v1/object
     with gcs_stand_in.emulator(bucket="bucket") as env:   # env: the variables above
       subprocess.run([...], env={**os.environ, **env})
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,10 +55,15 @@ def free_port() -> int:
 def client_env(url: str) -> dict[str, str]:
   """What a process needs to send its gs:// traffic to the emulator at ``url``."""
   no_proxy = ",".join(filter(None, (os.environ.get("NO_PROXY"), "127.0.0.1")))
-  return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-          "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "NO_GCE_CHECK": "true",
-          "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "NO_PROXY": no_proxy,
-          "no_proxy": no_proxy}
+  return {
+      "STORAGE_EMULATOR_HOST": url,
+      "TENSORSTORE_GCS_HTTP_URL": url,
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+      "NO_GCE_CHECK": "true",
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+      "NO_PROXY": no_proxy,
+      "no_proxy": no_proxy,
+  }
 
 
 def _answers(url: str) -> bool:
@@ -76,7 +82,9 @@ def _start(bucket: str, log, timeout_s: float) -> tuple[subprocess.Popen, str]:
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--port", str(port), "--bucket", bucket],
-        stdout=log, stderr=subprocess.STDOUT)
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + timeout_s
     while proc.poll() is None and not _answers(url):
       if time.monotonic() > deadline:
@@ -86,8 +94,10 @@ def _start(bucket: str, log, timeout_s: float) -> tuple[subprocess.Popen, str]:
     if proc.poll() is None:
       return proc, url
   log.seek(0)
-  raise RuntimeError(f"the storage emulator exited with {proc.returncode}: "
-                     f"{log.read().decode(errors='replace')[-2000:]}")
+  raise RuntimeError(
+      f"the storage emulator exited with {proc.returncode}: "
+      f"{log.read().decode(errors='replace')[-2000:]}"
+  )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -114,15 +124,18 @@ def emulator(bucket: str, timeout_s: float = 30.0) -> Iterator[dict[str, str]]:
 # --------------------------------------------------------------------------------------------
 # The launcher: the emulator with Cloud Storage's generation headers and preconditions.
 # --------------------------------------------------------------------------------------------
-_PRECONDITIONS = (("ifGenerationMatch", "generation", True),
-                  ("ifGenerationNotMatch", "generation", False),
-                  ("ifMetagenerationMatch", "metageneration", True),
-                  ("ifMetagenerationNotMatch", "metageneration", False))
+_PRECONDITIONS = (
+    ("ifGenerationMatch", "generation", True),
+    ("ifGenerationNotMatch", "generation", False),
+    ("ifMetagenerationMatch", "metageneration", True),
+    ("ifMetagenerationNotMatch", "metageneration", False),
+)
 
 
 def _current(storage, bucket: str, name: str):
   """The object's resource, or None when there is no such object."""
   from gcp_storage_emulator.exceptions import NotFound
+
   try:
     return storage.get_file_obj(bucket, name)
   except NotFound:
@@ -159,6 +172,7 @@ def _guard(handler, *, read: bool, name_of):
       response["x-goog-generation"] = str(resource["generation"])
       response["x-goog-metageneration"] = str(resource["metageneration"])
     return handler(request, response, storage, *args, **kwargs)
+
   return guarded
 
 
@@ -178,6 +192,7 @@ def _upload_name(request) -> Optional[str]:
 def serve(host: str, port: int, bucket: str) -> None:
   from gcp_storage_emulator import server
   from gcp_storage_emulator.handlers import objects
+
   replacements = {
       objects.download: _guard(objects.download, read=True, name_of=_object_id),
       objects.get: _guard(objects.get, read=True, name_of=_object_id),
@@ -196,6 +211,7 @@ def serve(host: str, port: int, bucket: str) -> None:
 def main(argv=None) -> None:
   import argparse
   import logging
+
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--host", default="127.0.0.1")
   parser.add_argument("--port", type=int, required=True)

@@ -45,6 +45,7 @@ Uploads, as huggingface_hub 2.4 makes them without hf_xet (HfApi.create_repo and
                                                lines; the repo's files and sha change, and the
                                                commit is logged in ``commits``
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,8 +61,20 @@ from typing import Optional
 
 # The hub's default .gitattributes stores these in LFS (the rest are plain git files).
 DEFAULT_TOKENS = {"hf_stand_in_write_token": "someone"}  # token -> user name
-LFS_SUFFIXES = (".bin", ".safetensors", ".msgpack", ".h5", ".ot", ".onnx", ".model", ".pt",
-                ".pth", ".pb", ".tflite", ".npz")
+LFS_SUFFIXES = (
+    ".bin",
+    ".safetensors",
+    ".msgpack",
+    ".h5",
+    ".ot",
+    ".onnx",
+    ".model",
+    ".pt",
+    ".pth",
+    ".pb",
+    ".tflite",
+    ".npz",
+)
 
 
 @dataclasses.dataclass
@@ -73,8 +86,14 @@ class Repo:
   @classmethod
   def from_dir(cls, directory, **kwargs) -> "Repo":
     directory = pathlib.Path(directory)
-    return cls({p.relative_to(directory).as_posix(): p.read_bytes()
-                for p in sorted(directory.rglob("*")) if p.is_file()}, **kwargs)
+    return cls(
+        {
+            p.relative_to(directory).as_posix(): p.read_bytes()
+            for p in sorted(directory.rglob("*"))
+            if p.is_file()
+        },
+        **kwargs,
+    )
 
   @property
   def sha(self) -> str:
@@ -93,16 +112,23 @@ def git_blob_sha1(data: bytes) -> str:
 
 
 def lfs_pointer(data: bytes) -> bytes:
-  return (f"version https://git-lfs.github.com/spec/v1\noid sha256:"
-          f"{hashlib.sha256(data).hexdigest()}\nsize {len(data)}\n").encode()
+  return (
+      f"version https://git-lfs.github.com/spec/v1\noid sha256:"
+      f"{hashlib.sha256(data).hexdigest()}\nsize {len(data)}\n"
+  ).encode()
 
 
 class HubStandIn:
   """``with HubStandIn({"org/name": Repo(...)}) as hub: ... hub.endpoint ... hub.requests``."""
 
-  def __init__(self, repos: Optional[dict[str, Repo]] = None,
-               renamed: Optional[dict[str, str]] = None, hang: tuple[str, ...] = (),
-               silent: bool = False, tokens: Optional[dict[str, str]] = None):
+  def __init__(
+      self,
+      repos: Optional[dict[str, Repo]] = None,
+      renamed: Optional[dict[str, str]] = None,
+      hang: tuple[str, ...] = (),
+      silent: bool = False,
+      tokens: Optional[dict[str, str]] = None,
+  ):
     self.tokens = dict(DEFAULT_TOKENS if tokens is None else tokens)
     self.commits: list[dict] = []  # {"repo", "summary", "files"} per commit
     self._uploads: dict[str, bytes] = {}  # LFS objects PUT to the CDN, by sha256
@@ -110,8 +136,11 @@ class HubStandIn:
     self.silent = silent  # accept every connection and never answer
     self.requests: list[dict] = []
     self._stop = threading.Event()
-    self._blobs = {hashlib.sha256(data).hexdigest(): (repo_id, name, data)
-                   for repo_id, repo in self.repos.items() for name, data in repo.files.items()}
+    self._blobs = {
+        hashlib.sha256(data).hexdigest(): (repo_id, name, data)
+        for repo_id, repo in self.repos.items()
+        for name, data in repo.files.items()
+    }
     self._hub = self._server(_HubHandler)
     self._cdn = self._server(_CdnHandler)
     self.endpoint = f"http://127.0.0.1:{self._hub.server_address[1]}"
@@ -152,11 +181,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     return self.server.stand_in
 
   def log(self, repo=None, file=None):
-    self.hub.requests.append(dict(server=type(self).__name__, method=self.command,
-                                  path=self.path, repo=repo, file=file, time=time.time()))
+    self.hub.requests.append(
+        dict(
+            server=type(self).__name__,
+            method=self.command,
+            path=self.path,
+            repo=repo,
+            file=file,
+            time=time.time(),
+        )
+    )
 
-  def reply(self, status: int, body: bytes = b"", headers: Optional[dict] = None,
-            content_type: str = "application/json; charset=utf-8"):
+  def reply(
+      self,
+      status: int,
+      body: bytes = b"",
+      headers: Optional[dict] = None,
+      content_type: str = "application/json; charset=utf-8",
+  ):
     self.send_response(status)
     self.send_header("Content-Type", content_type)
     self.send_header("Content-Length", str(len(body)))
@@ -192,7 +234,8 @@ class _HubHandler(_Handler):
       self.log()
       return self.reply(200, json.dumps({"standardEnvVars": [], "harnesses": {}}).encode())
     match = re.fullmatch(r"/api/models/(.+)", path) or re.fullmatch(
-        r"/api/resolve-cache/models/(.+)", path)
+        r"/api/resolve-cache/models/(.+)", path
+    )
     api = path.startswith("/api/models/")
     cache = path.startswith("/api/resolve-cache/")
     rest = match.group(1) if match else path.lstrip("/")
@@ -230,11 +273,12 @@ class _HubHandler(_Handler):
 
   def split_repo(self, rest: str) -> tuple[str, str]:
     """(repo id, the rest of the path): a known id when one matches, else 'org/name'."""
-    known = sorted(set(self.hub.repos) | set(self.hub.renamed) | set(self.hub.hang),
-                   key=len, reverse=True)
+    known = sorted(
+        set(self.hub.repos) | set(self.hub.renamed) | set(self.hub.hang), key=len, reverse=True
+    )
     for repo_id in known:
       if rest == repo_id or rest.startswith(repo_id + "/"):
-        return repo_id, rest[len(repo_id):]
+        return repo_id, rest[len(repo_id) :]
     parts = rest.split("/")
     if len(parts) >= 3 and parts[1] in ("resolve", "tree", "revision", "blob"):
       return parts[0], "/" + "/".join(parts[1:])
@@ -246,13 +290,23 @@ class _HubHandler(_Handler):
     if match:
       if match.group(1) not in (None, "main", repo.sha):
         return self.error(404, "RevisionNotFound", "Invalid rev id: " + match.group(1))
-      info = {"_id": repo.sha[:24], "id": repo_id, "modelId": repo_id, "sha": repo.sha,
-              "private": False, "disabled": False, "gated": "manual" if repo.gated else False,
-              "downloads": 0, "likes": 0, "library_name": "transformers",
-              "tags": ["transformers", "t5", "text2text-generation"],
-              "pipeline_tag": "text2text-generation", "lastModified": "2023-01-24T16:52:39.000Z",
-              "createdAt": "2022-03-02T23:29:04.000Z",
-              "siblings": [{"rfilename": name} for name in sorted(repo.files)]}
+      info = {
+          "_id": repo.sha[:24],
+          "id": repo_id,
+          "modelId": repo_id,
+          "sha": repo.sha,
+          "private": False,
+          "disabled": False,
+          "gated": "manual" if repo.gated else False,
+          "downloads": 0,
+          "likes": 0,
+          "library_name": "transformers",
+          "tags": ["transformers", "t5", "text2text-generation"],
+          "pipeline_tag": "text2text-generation",
+          "lastModified": "2023-01-24T16:52:39.000Z",
+          "createdAt": "2022-03-02T23:29:04.000Z",
+          "siblings": [{"rfilename": name} for name in sorted(repo.files)],
+      }
       return self.reply(200, json.dumps(info).encode())
     match = re.fullmatch(r"/tree/([^/]+)(/.*)?", tail)
     if match:
@@ -268,49 +322,70 @@ class _HubHandler(_Handler):
     for name, data in sorted(repo.files.items()):
       if not name.startswith(prefix):
         continue
-      rel = name[len(prefix):]
+      rel = name[len(prefix) :]
       if "/" in rel and not recursive:
         dirs.add(prefix + rel.split("/")[0])
         continue
       if recursive:
         for i in range(1, name.count("/") + 1):
           dirs.add("/".join(name.split("/")[:i]))
-      entry = {"type": "file", "path": name, "size": len(data),
-               "oid": git_blob_sha1(lfs_pointer(data) if is_lfs(name) else data)}
+      entry = {
+          "type": "file",
+          "path": name,
+          "size": len(data),
+          "oid": git_blob_sha1(lfs_pointer(data) if is_lfs(name) else data),
+      }
       if is_lfs(name):
-        entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
-                        "pointerSize": len(lfs_pointer(data))}
+        entry["lfs"] = {
+            "oid": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+            "pointerSize": len(lfs_pointer(data)),
+        }
       entries.append(entry)
-    return [{"type": "directory", "path": d, "oid": "0" * 40, "size": 0}
-            for d in sorted(dirs) if d.startswith(prefix)] + entries
+    return [
+        {"type": "directory", "path": d, "oid": "0" * 40, "size": 0}
+        for d in sorted(dirs)
+        if d.startswith(prefix)
+    ] + entries
 
   def resolve(self, repo_id: str, repo: Repo, revision: str, filename: str, cached: bool):
     self.log(repo_id, filename)
     if revision not in ("main", repo.sha):
       return self.error(404, "RevisionNotFound", "Invalid rev id: " + revision)
     if repo.gated:
-      return self.error(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must "
-                        "have access to it and be authenticated to access it. Please log in.")
+      return self.error(
+          401,
+          "GatedRepo",
+          f"Access to model {repo_id} is restricted. You must "
+          "have access to it and be authenticated to access it. Please log in.",
+      )
     if filename not in repo.files:
       return self.error(404, "EntryNotFound", "Entry not found")
     data = repo.files[filename]
     headers = {"X-Repo-Commit": repo.sha, "Accept-Ranges": "bytes"}
     if is_lfs(filename):
       sha256 = hashlib.sha256(data).hexdigest()
-      headers.update({
-          "ETag": f'"{git_blob_sha1(lfs_pointer(data))}"', "X-Linked-Etag": f'"{sha256}"',
-          "X-Linked-Size": str(len(data)),
-          "Location": f"{self.hub.cdn}/repos/{sha256[:2]}/{sha256[2:4]}/{sha256}?"
-                      f"response-content-disposition=attachment%3B+filename%3D%22"
-                      f"{urllib.parse.quote(filename.split('/')[-1])}%22&X-Amz-Signature=0"})
-      return self.reply(302, b"Found. Redirecting to " + headers["Location"].encode(),
-                        headers, content_type="text/plain; charset=utf-8")
+      headers.update(
+          {
+              "ETag": f'"{git_blob_sha1(lfs_pointer(data))}"',
+              "X-Linked-Etag": f'"{sha256}"',
+              "X-Linked-Size": str(len(data)),
+              "Location": f"{self.hub.cdn}/repos/{sha256[:2]}/{sha256[2:4]}/{sha256}?"
+              f"response-content-disposition=attachment%3B+filename%3D%22"
+              f"{urllib.parse.quote(filename.split('/')[-1])}%22&X-Amz-Signature=0",
+          }
+      )
+      return self.reply(
+          302,
+          b"Found. Redirecting to " + headers["Location"].encode(),
+          headers,
+          content_type="text/plain; charset=utf-8",
+      )
     headers["ETag"] = f'"{git_blob_sha1(data)}"'
     if not cached:
       headers["Location"] = f"/api/resolve-cache/models/{repo_id}/{repo.sha}/{filename}"
       return self.reply(307, b"", headers)
     return self.reply(200, data, headers, content_type="application/octet-stream")
-
 
   # ---------------------------------------------------------------------------- uploads
   def do_POST(self):
@@ -354,15 +429,21 @@ class _HubHandler(_Handler):
   def writer(self) -> Optional[str]:
     """The user of the request's token; None after answering 401 when there is no valid one."""
     header = self.headers.get("Authorization", "")
-    user = self.hub.tokens.get(header[len("Bearer "):]) if header.startswith("Bearer ") else None
+    user = self.hub.tokens.get(header[len("Bearer ") :]) if header.startswith("Bearer ") else None
     if user is None:
       self.log()
-      self.error(401, None, "Invalid credentials in Authorization header" if header else
-                 "Invalid username or password.")
+      self.error(
+          401,
+          None,
+          "Invalid credentials in Authorization header"
+          if header
+          else "Invalid username or password.",
+      )
     return user
 
   def validate_yaml(self, request: dict):
     import yaml
+
     content = request.get("content", "")
     match = re.match(r"---\r?\n(.*?)\r?\n---\r?\n", content, re.DOTALL)
     if not match:
@@ -375,8 +456,11 @@ class _HubHandler(_Handler):
       problem = str(e)
     if problem:
       errors = [{"message": f"Invalid YAML in README.md: {problem}"}]
-      return self.reply(400, json.dumps({"errors": errors, "warnings": []}).encode(),
-                        {"X-Error-Message": "Invalid metadata in README.md"})
+      return self.reply(
+          400,
+          json.dumps({"errors": errors, "warnings": []}).encode(),
+          {"X-Error-Message": "Invalid metadata in README.md"},
+      )
     return self.reply(200, json.dumps({"errors": [], "warnings": []}).encode())
 
   def create_repo(self, user: str, request: dict):
@@ -385,26 +469,37 @@ class _HubHandler(_Handler):
     self.log(repo_id)
     url = f"{self.hub.endpoint}/{repo_id}"
     if namespace != user:
-      return self.error(403, None, f"You don't have the rights to create a model under the "
-                                   f"namespace \"{namespace}\"")
+      return self.error(
+          403,
+          None,
+          f"You don't have the rights to create a model under the " f'namespace "{namespace}"',
+      )
     if repo_id in self.hub.repos:
-      return self.reply(409, json.dumps({"error": "You already created this model repo",
-                                         "url": url}).encode(),
-                        {"X-Error-Message": "You already created this model repo"})
-    repo = Repo({".gitattributes": DEFAULT_GITATTRIBUTES},
-                private=request.get("visibility") == "private" or bool(request.get("private")))
+      return self.reply(
+          409,
+          json.dumps({"error": "You already created this model repo", "url": url}).encode(),
+          {"X-Error-Message": "You already created this model repo"},
+      )
+    repo = Repo(
+        {".gitattributes": DEFAULT_GITATTRIBUTES},
+        private=request.get("visibility") == "private" or bool(request.get("private")),
+    )
     self.hub.repos[repo_id] = repo
     return self.reply(200, json.dumps({"url": url, "name": repo_id, "id": repo.sha[:24]}).encode())
 
   def preupload(self, repo: Repo, request: dict):
     import base64
+
     files = []
     for entry in request["files"]:
       path, size = entry["path"], int(entry["size"])
       mode = upload_mode(path, base64.b64decode(entry["sample"]), size)
       data = repo.files.get(path)
-      oid = None if data is None else (
-          hashlib.sha256(data).hexdigest() if mode == "lfs" else git_blob_sha1(data))
+      oid = (
+          None
+          if data is None
+          else (hashlib.sha256(data).hexdigest() if mode == "lfs" else git_blob_sha1(data))
+      )
       files.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
     return self.reply(200, json.dumps({"files": files, "commitOid": repo.sha}).encode())
 
@@ -415,15 +510,23 @@ class _HubHandler(_Handler):
       entry = {"oid": oid, "size": size, "authenticated": True}
       if oid not in self.hub._uploads and oid not in self.hub._blobs:
         entry["actions"] = {
-            "upload": {"href": f"{self.hub.cdn}/lfs-upload/{oid}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
-                               "&X-Amz-Signature=0", "expires_in": 86400},
-            "verify": {"href": f"{self.hub.endpoint}/{repo_id}.git/info/lfs/objects/verify"}}
+            "upload": {
+                "href": f"{self.hub.cdn}/lfs-upload/{oid}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                "&X-Amz-Signature=0",
+                "expires_in": 86400,
+            },
+            "verify": {"href": f"{self.hub.endpoint}/{repo_id}.git/info/lfs/objects/verify"},
+        }
       objects.append(entry)
-    return self.reply(200, json.dumps({"transfer": "basic", "objects": objects}).encode(),
-                      content_type="application/vnd.git-lfs+json")
+    return self.reply(
+        200,
+        json.dumps({"transfer": "basic", "objects": objects}).encode(),
+        content_type="application/vnd.git-lfs+json",
+    )
 
   def commit(self, repo_id: str, repo: Repo, body: bytes):
     import base64
+
     lines = [json.loads(line) for line in body.splitlines() if line.strip()]
     if not lines or lines[0].get("key") != "header":
       return self.error(400, None, "The first line of the commit payload must be its header")
@@ -437,29 +540,47 @@ class _HubHandler(_Handler):
       if key == "file":
         files[path] = base64.b64decode(value["content"])
       elif key == "lfsFile":
-        data = self.hub._uploads.get(value["oid"]) or (self.hub._blobs.get(value["oid"]) or
-                                                       (None, None, None))[2]
+        data = (
+            self.hub._uploads.get(value["oid"])
+            or (self.hub._blobs.get(value["oid"]) or (None, None, None))[2]
+        )
         if data is None or ("size" in value and len(data) != value["size"]):
-          return self.error(400, None, f"Your push was rejected because an LFS pointer pointed to "
-                                       f"a file that does not exist ({path})")
+          return self.error(
+              400,
+              None,
+              f"Your push was rejected because an LFS pointer pointed to "
+              f"a file that does not exist ({path})",
+          )
         files[path] = data
       elif key == "deletedFile":
         if path not in files:
           return self.error(404, "EntryNotFound", "A file with this name doesn't exist")
         del files[path]
       elif key == "deletedFolder":
-        files = {name: data for name, data in files.items()
-                 if not name.startswith(path.rstrip("/") + "/")}
+        files = {
+            name: data
+            for name, data in files.items()
+            if not name.startswith(path.rstrip("/") + "/")
+        }
       else:
         return self.error(400, None, f"Unknown operation {key!r}")
     repo.files = files
     for name, data in files.items():
       self.hub._blobs.setdefault(hashlib.sha256(data).hexdigest(), (repo_id, name, data))
-    self.hub.commits.append({"repo": repo_id, "summary": header.get("summary"),
-                             "files": sorted(path for path in files)})
-    return self.reply(200, json.dumps({
-        "success": True, "commitOid": repo.sha, "hookOutput": "",
-        "commitUrl": f"{self.hub.endpoint}/{repo_id}/commit/{repo.sha}"}).encode())
+    self.hub.commits.append(
+        {"repo": repo_id, "summary": header.get("summary"), "files": sorted(path for path in files)}
+    )
+    return self.reply(
+        200,
+        json.dumps(
+            {
+                "success": True,
+                "commitOid": repo.sha,
+                "hookOutput": "",
+                "commitUrl": f"{self.hub.endpoint}/{repo_id}/commit/{repo.sha}",
+            }
+        ).encode(),
+    )
 
 
 class _CdnHandler(_Handler):
@@ -488,8 +609,9 @@ class _CdnHandler(_Handler):
     oid = urllib.parse.urlsplit(self.path).path.rsplit("/", 1)[-1]
     self.log()
     if hashlib.sha256(body).hexdigest() != oid:
-      return self.reply(400, b"<Error><Code>BadDigest</Code></Error>",
-                        content_type="application/xml")
+      return self.reply(
+          400, b"<Error><Code>BadDigest</Code></Error>", content_type="application/xml"
+      )
     self.hub._uploads[oid] = body
     return self.reply(200, b"", {"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
 
@@ -498,8 +620,9 @@ class _CdnHandler(_Handler):
 # Uploads (see the module docstring): the hub's write API and the CDN's presigned PUT.
 # --------------------------------------------------------------------------------------------
 MAX_REGULAR_FILE = 10 * 1024 * 1024  # the hub stores larger files in LFS whatever their name
-DEFAULT_GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n"
-                                for suffix in LFS_SUFFIXES).encode()
+DEFAULT_GITATTRIBUTES = "".join(
+    f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES
+).encode()
 
 
 def read_body(handler: http.server.BaseHTTPRequestHandler) -> bytes:

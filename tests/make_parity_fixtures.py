@@ -19,6 +19,7 @@ their seeds by the tests), so ``tests/test_pretrained.py`` checks them without t
 
     python tests/make_parity_fixtures.py replicas   # writes only tests/fixtures/replicas/
 """
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,21 @@ VARIANTS = {
     "t5_v1_0": dict(feed_forward_proj="relu", tie_word_embeddings=True),
     "t5_v1_1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
 }
-TINY = dict(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3,
-            num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
-            dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+TINY = dict(
+    vocab_size=96,
+    d_model=32,
+    d_kv=8,
+    d_ff=48,
+    num_layers=2,
+    num_decoder_layers=3,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=16,
+    dropout_rate=0.0,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
 
 
 def fixed_inputs():
@@ -51,13 +64,18 @@ def fixed_inputs():
   decoder_input_ids = np.concatenate([np.zeros((batch, 1), np.int64), targets[:, :-1]], 1)
   n_dec = TINY["num_decoder_layers"]
   prefix = rng.normal(size=(batch, n_dec, TINY["num_heads"], 1, TINY["d_kv"])).astype(np.float32)
-  return dict(input_ids=input_ids, attention_mask=attention_mask,
-              decoder_input_ids=decoder_input_ids, prefix=prefix)
+  return dict(
+      input_ids=input_ids,
+      attention_mask=attention_mask,
+      decoder_input_ids=decoder_input_ids,
+      prefix=prefix,
+  )
 
 
 def hf_model(variant: str, seed: int = 0):
   import torch
   import transformers
+
   torch.manual_seed(seed)
   cfg = transformers.T5Config(**TINY, **VARIANTS[variant])
   model = transformers.T5ForConditionalGeneration(cfg).eval()
@@ -70,6 +88,7 @@ def hf_model(variant: str, seed: int = 0):
 
 def load_hf_model(directory):
   import transformers
+
   return transformers.T5ForConditionalGeneration.from_pretrained(directory).eval()
 
 
@@ -77,29 +96,39 @@ def hf_outputs(model, inputs) -> dict[str, np.ndarray]:
   """What Hugging Face's PyTorch T5 computes on ``inputs`` (float32, eval mode)."""
   import torch
   from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
   t = {k: torch.from_numpy(v) for k, v in inputs.items()}
   with torch.no_grad():
-    out = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
-                decoder_input_ids=t["decoder_input_ids"])
-    encoder_hidden = model.encoder(input_ids=t["input_ids"],
-                                   attention_mask=t["attention_mask"]).last_hidden_state
+    out = model(
+        input_ids=t["input_ids"],
+        attention_mask=t["attention_mask"],
+        decoder_input_ids=t["decoder_input_ids"],
+    )
+    encoder_hidden = model.encoder(
+        input_ids=t["input_ids"], attention_mask=t["attention_mask"]
+    ).last_hidden_state
     self_cache = DynamicCache()
     for layer in range(t["prefix"].shape[1]):
       kv = t["prefix"][:, layer]  # (B, H, 1, d_kv)
       self_cache.update(kv, kv, layer)
     cache = EncoderDecoderCache(self_cache, DynamicCache())
-    dec = model.decoder(input_ids=t["decoder_input_ids"], cache=cache, use_cache=True,
-                        encoder_hidden_states=None).last_hidden_state
+    dec = model.decoder(
+        input_ids=t["decoder_input_ids"], cache=cache, use_cache=True, encoder_hidden_states=None
+    ).last_hidden_state
     if model.config.scale_decoder_outputs:
-      dec = dec * model.config.d_model ** -0.5
+      dec = dec * model.config.d_model**-0.5
     prefix_logits = model.lm_head(dec)
-  return dict(encoder_hidden=encoder_hidden.numpy(), logits=out.logits.numpy(),
-              prefix_logits=prefix_logits.numpy())
+  return dict(
+      encoder_hidden=encoder_hidden.numpy(),
+      logits=out.logits.numpy(),
+      prefix_logits=prefix_logits.numpy(),
+  )
 
 
 def write_checkpoint(model, directory: pathlib.Path) -> None:
   """config.json + model.safetensors (Hugging Face's own writer) + pytorch_model.bin."""
   import torch
+
   directory.mkdir(parents=True, exist_ok=True)
   model.save_pretrained(directory)  # safetensors
   state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
@@ -111,8 +140,10 @@ def write_checkpoint(model, directory: pathlib.Path) -> None:
     config["tie_word_embeddings"] = False
     config.pop("scale_decoder_outputs", None)
     (directory / "config.json").write_text(json.dumps(config, indent=2))
-  print(f"{directory.name}: tie_word_embeddings={config.get('tie_word_embeddings')} "
-        f"scale_decoder_outputs={config.get('scale_decoder_outputs')}")
+  print(
+      f"{directory.name}: tie_word_embeddings={config.get('tie_word_embeddings')} "
+      f"scale_decoder_outputs={config.get('scale_decoder_outputs')}"
+  )
 
 
 def main(out_dir: pathlib.Path = FIXTURES) -> None:
@@ -144,18 +175,20 @@ def replica_inputs() -> dict[str, np.ndarray]:
   attention_mask = (np.arange(9)[None] < lengths[:, None]).astype(np.int64)
   input_ids[np.arange(2), lengths - 1] = 1
   input_ids = np.where(attention_mask > 0, input_ids, 0)
-  decoder_input_ids = np.concatenate([np.zeros((2, 1), np.int64),
-                                      rng.integers(2, 96, (2, 6))], 1)
-  return dict(input_ids=input_ids, attention_mask=attention_mask,
-              decoder_input_ids=decoder_input_ids)
+  decoder_input_ids = np.concatenate([np.zeros((2, 1), np.int64), rng.integers(2, 96, (2, 6))], 1)
+  return dict(
+      input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids
+  )
 
 
 def hf_replica_logits(directory, inputs) -> np.ndarray:
   """Hugging Face's float32 logits for a replica directory (bfloat16/float16 files upcast)."""
   import torch
   import transformers
+
   model = transformers.T5ForConditionalGeneration.from_pretrained(
-      directory, dtype=torch.float32).eval()
+      directory, dtype=torch.float32
+  ).eval()
   with torch.no_grad():
     out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
   return out.logits.numpy()
@@ -164,6 +197,7 @@ def hf_replica_logits(directory, inputs) -> np.ndarray:
 def write_replica_golden(out_dir: pathlib.Path = FIXTURES / "replicas") -> None:
   import tempfile
   import _replicas
+
   inputs = replica_inputs()
   golden = dict(inputs)
   with tempfile.TemporaryDirectory() as tmp:
@@ -172,9 +206,12 @@ def write_replica_golden(out_dir: pathlib.Path = FIXTURES / "replicas") -> None:
       golden[f"{name}/logits"] = hf_replica_logits(directory, inputs)
       dtype = name.split("/")[1]
       # Fingerprint of the weights: regenerated replicas must hold what these logits came from.
-      golden[f"{name}/weights_sum"] = np.float64(sum(
-          np.abs(v).astype(np.float64).sum()
-          for v in _replicas.reference_state(family, dtype=dtype).values()))
+      golden[f"{name}/weights_sum"] = np.float64(
+          sum(
+              np.abs(v).astype(np.float64).sum()
+              for v in _replicas.reference_state(family, dtype=dtype).values()
+          )
+      )
   out_dir.mkdir(parents=True, exist_ok=True)
   np.savez_compressed(out_dir / "golden.npz", **golden)
   print(f"wrote {out_dir / 'golden.npz'}")
@@ -186,5 +223,6 @@ if __name__ == "__main__":
     write_replica_golden()
   else:
     main(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else FIXTURES)
-    write_replica_golden(pathlib.Path(sys.argv[1]) / "replicas" if len(sys.argv) > 1 else
-                         FIXTURES / "replicas")
+    write_replica_golden(
+        pathlib.Path(sys.argv[1]) / "replicas" if len(sys.argv) > 1 else FIXTURES / "replicas"
+    )

@@ -1,5 +1,6 @@
 """The ahead-of-time "will it fit" command (t5vae_jax/aot.py) on the tiny model, for real TPU
 topologies through libtpu's compile-only client (no TPU needed; skipped only without libtpu)."""
+
 import importlib.util
 import math
 import os
@@ -15,8 +16,11 @@ sys.path.insert(0, str(ROOT))
 # of the other tests: a libtpu on sys.path is an installed TPU plugin to accelerator.py).
 LIBTPU_DIR = ROOT / ".venv" / "libtpu"
 if not (LIBTPU_DIR / "libtpu").is_dir() and importlib.util.find_spec("libtpu") is None:
-  pytest.skip("libtpu (pip install 'jax[tpu]') is not installed: the TPU compile-only client is "
-              "what these tests compile with", allow_module_level=True)
+  pytest.skip(
+      "libtpu (pip install 'jax[tpu]') is not installed: the TPU compile-only client is "
+      "what these tests compile with",
+      allow_module_level=True,
+  )
 
 from t5vae_jax import aot  # noqa: E402
 
@@ -27,11 +31,22 @@ def libtpu_on_the_path():
   sys.path.append(str(LIBTPU_DIR))
   yield
   sys.path.remove(str(LIBTPU_DIR))
+
+
 from configs import demo  # noqa: E402
 
 # One layer each side and one bucket: a few seconds per compile.
-TINY = dict(vocab_size=256, d_model=32, d_kv=8, d_ff=128, num_layers=1, num_decoder_layers=1,
-            num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16)
+TINY = dict(
+    vocab_size=256,
+    d_model=32,
+    d_kv=8,
+    d_ff=128,
+    num_layers=1,
+    num_decoder_layers=1,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=16,
+)
 LATENT = 4
 
 
@@ -65,9 +80,14 @@ def hand_param_shapes(t) -> dict[str, list[tuple[int, ...]]]:
   decoder = [(d,)]
   for i in range(t["num_decoder_layers"]):
     decoder += attention + cross + [(d,)] * 3 + [(d, ff), (ff, d)] + (bias if i == 0 else [])
-  return {"shared": [(t["vocab_size"], d)], "encoder": encoder, "decoder": decoder,
-          "mu": [(d, LATENT)], "logvar": [(d, LATENT)],
-          "memory_proj": [(LATENT, t["num_decoder_layers"] * inner)]}
+  return {
+      "shared": [(t["vocab_size"], d)],
+      "encoder": encoder,
+      "decoder": decoder,
+      "mu": [(d, LATENT)],
+      "logvar": [(d, LATENT)],
+      "memory_proj": [(LATENT, t["num_decoder_layers"] * inner)],
+  }
 
 
 def _size(shapes) -> int:
@@ -77,14 +97,23 @@ def _size(shapes) -> int:
 @pytest.fixture(scope="module")
 def v5e_reports():
   """Both phases' train steps and the IW-NLL pass on v5e:2x2 (4 chips), params replicated."""
-  return aot.run(tiny_config(), "v5e:2x2", eval_batch_size=16, num_samples=10, iw_chunk=5,
-                 out=open(os.devnull, "w"))
+  return aot.run(
+      tiny_config(),
+      "v5e:2x2",
+      eval_batch_size=16,
+      num_samples=10,
+      iw_chunk=5,
+      out=open(os.devnull, "w"),
+  )
 
 
 def test_v5e_both_phases_and_eval_fit_with_real_numbers(v5e_reports):
   phase1, phase2, iw = v5e_reports
-  assert [r.program for r in v5e_reports] == ["train phase 1", "train phase 2",
-                                               "eval IW-NLL (K=10, 5 per pass)"]
+  assert [r.program for r in v5e_reports] == [
+      "train phase 1",
+      "train phase 2",
+      "eval IW-NLL (K=10, 5 per pass)",
+  ]
   shapes = hand_param_shapes(TINY)
   total = 4 * sum(_size(s) for s in shapes.values())
   for r in v5e_reports:
@@ -113,10 +142,19 @@ def test_v5e_both_phases_and_eval_fit_with_real_numbers(v5e_reports):
 
 def test_v4_fsdp_shards_params_and_adam_state_over_devices():
   """v4:2x2x2 (8 chips, megacore: one device each); FSDP puts 1/8 of each big leaf on a device."""
-  reports = aot.run(tiny_config(fsdp=True), "v4:2x2x2", eval_batch_size=16, num_samples=10,
-                    iw_chunk=5, out=open(os.devnull, "w"))
-  assert [r.program.split(" (")[0] for r in reports] == ["train phase 1", "train phase 2",
-                                                           "eval IW-NLL"]
+  reports = aot.run(
+      tiny_config(fsdp=True),
+      "v4:2x2x2",
+      eval_batch_size=16,
+      num_samples=10,
+      iw_chunk=5,
+      out=open(os.devnull, "w"),
+  )
+  assert [r.program.split(" (")[0] for r in reports] == [
+      "train phase 1",
+      "train phase 2",
+      "eval IW-NLL",
+  ]
   shapes = [s for group in hand_param_shapes(TINY).values() for s in group]
   # sharding.fsdp_spec: leaves of >= 4096 elements with an axis divisible by 8 are split 8 ways,
   # smaller ones stay whole on every device.
@@ -135,16 +173,32 @@ def test_v4_fsdp_shards_params_and_adam_state_over_devices():
 
 def _run_command(*flags):
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(LIBTPU_DIR)]))
-  return subprocess.run([sys.executable, "-m", "t5vae_jax.aot", *flags], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+      [sys.executable, "-m", "t5vae_jax.aot", *flags],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
 
 
 def test_a_model_that_cannot_fit_exits_nonzero_naming_the_largest_buffers():
   # A 2^20 x 4096 embedding: 16 GiB of float32 params alone, replicated on 16 GiB v5e chips.
-  result = _run_command("--config", "configs/demo.py", "--topology", "v5e:2x2", "--phase", "2",
-                        "--eval=false", "--config.model.t5.vocab_size=1048576",
-                        "--config.model.t5.d_model=4096", "--config.model.t5.num_layers=1",
-                        "--config.model.t5.num_decoder_layers=1", "--config.data.bucket_lengths=(16,)")
+  result = _run_command(
+      "--config",
+      "configs/demo.py",
+      "--topology",
+      "v5e:2x2",
+      "--phase",
+      "2",
+      "--eval=false",
+      "--config.model.t5.vocab_size=1048576",
+      "--config.model.t5.d_model=4096",
+      "--config.model.t5.num_layers=1",
+      "--config.model.t5.num_decoder_layers=1",
+      "--config.data.bucket_lengths=(16,)",
+  )
   output = result.stdout + result.stderr
   assert result.returncode == 1, output
   assert "DOES NOT FIT" in output and "does not fit: train phase 2 at length 16" in output
@@ -155,5 +209,8 @@ def test_a_model_that_cannot_fit_exits_nonzero_naming_the_largest_buffers():
 def test_bad_topology_is_one_error_line():
   result = _run_command("--config", "configs/demo.py", "--topology", "v5e:3x3")
   assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith("error: --topology=v5e:3x3: libtpu "
-                                                           "refuses it")
+  assert (
+      result.stderr.strip()
+      .splitlines()[-1]
+      .startswith("error: --topology=v5e:3x3: libtpu " "refuses it")
+  )

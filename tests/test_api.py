@@ -1,5 +1,6 @@
 """The notebook API: T5VAE.load on a phase directory alone, encode/reconstruct/sample/
 interpolate/decode, and decoding with the key/value cache against the uncached reference."""
+
 import shutil
 
 import jax
@@ -15,6 +16,7 @@ from t5vae_jax import decoding
 def vae(tmp_path_factory):
   """T5VAE.load on a copy of phase2/ alone in an otherwise empty directory."""
   from t5vae_jax import T5VAE
+
   src = demo_workdir(tmp_path_factory) / "phase2"
   lonely = tmp_path_factory.mktemp("lonely") / "somewhere" / "phase2"
   shutil.copytree(src, lonely)
@@ -77,14 +79,24 @@ def test_cache_gives_the_same_tokens_as_full_recompute(vae, train_texts):
   full = vae.decode_ids(z, use_cache=False, **kwargs)
   assert np.mean([a == b for a, b in zip(cached, full)]) >= 0.9
   # The raw tokens: after its first EOS a row holds only pads.
-  tokens = np.asarray(decoding.decode(vae.model, vae.params, z, max_len=16, method="greedy",
-                                      temperature=1.0, top_k=0, top_p=1.0,
-                                      rng=jax.random.key(0)))
+  tokens = np.asarray(
+      decoding.decode(
+          vae.model,
+          vae.params,
+          z,
+          max_len=16,
+          method="greedy",
+          temperature=1.0,
+          top_k=0,
+          top_p=1.0,
+          rng=jax.random.key(0),
+      )
+  )
   eos_id, pad_id = vae.model.config.eos_token_id, vae.model.config.pad_token_id
   assert np.all(np.any(tokens == eos_id, axis=1))  # the trained model stops
   for row in tokens:
     first = np.flatnonzero(row == eos_id)[0]
-    assert np.all(row[first + 1:] == pad_id)
+    assert np.all(row[first + 1 :] == pad_id)
 
 
 def test_sample_interpolate_decode(vae, train_texts):
@@ -120,6 +132,7 @@ def test_reconstruct_with_sampled_z(vae, train_texts, monkeypatch):
   def capture(z, **kwargs):
     seen["z"] = np.asarray(z)
     return []
+
   monkeypatch.setattr(vae, "decode", capture)
   vae.reconstruct(texts, sample_z=True, seed=3)
   eps = (seen.pop("z") - mu) / np.exp(0.5 * logvar)
@@ -138,15 +151,27 @@ def test_cache_matches_full_recompute_with_self_prefix():
   the cache; sampled rows differ at every position."""
   from t5vae_jax import model as model_lib
   from t5vae_jax import t5 as t5_lib
-  config = t5_lib.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1,
-                           num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8,
-                           relative_attention_max_distance=16, dropout_rate=0.0)
-  model = model_lib.T5VAEModel(config, vae=model_lib.VAEConfig(
-      latent_dim=4, latent_injection="self_prefix"))
+
+  config = t5_lib.T5Config(
+      vocab_size=64,
+      d_model=32,
+      d_kv=8,
+      d_ff=64,
+      num_layers=1,
+      num_decoder_layers=2,
+      num_heads=4,
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=16,
+      dropout_rate=0.0,
+  )
+  model = model_lib.T5VAEModel(
+      config, vae=model_lib.VAEConfig(latent_dim=4, latent_injection="self_prefix")
+  )
   params = jax.jit(model_lib.init_params, static_argnums=0)(model, jax.random.key(0))
   z = 3.0 * jax.random.normal(jax.random.key(1), (8, 4))
-  kwargs = dict(max_len=10, method="sample", temperature=1.0, top_k=0, top_p=1.0,
-                rng=jax.random.key(0))
+  kwargs = dict(
+      max_len=10, method="sample", temperature=1.0, top_k=0, top_p=1.0, rng=jax.random.key(0)
+  )
   cached = np.asarray(decoding.decode(model, params, z, **kwargs))
   np.testing.assert_array_equal(cached, decoding.decode_uncached(model, params, z, **kwargs))
   rows = [tuple(r) for r in cached]
@@ -156,13 +181,18 @@ def test_cache_matches_full_recompute_with_self_prefix():
 def test_filter_logits():
   logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05], [0.05, 0.15, 0.3, 0.5]]))
   kept = lambda x: np.isfinite(np.asarray(x))
-  np.testing.assert_array_equal(kept(decoding.filter_logits(logits, top_k=2)),
-                                [[1, 1, 0, 0], [0, 0, 1, 1]])
-  np.testing.assert_array_equal(kept(decoding.filter_logits(logits, top_p=0.7)),
-                                [[1, 1, 0, 0], [0, 0, 1, 1]])
-  np.testing.assert_array_equal(kept(decoding.filter_logits(logits, top_p=0.81)),
-                                [[1, 1, 1, 0], [0, 1, 1, 1]])
-  np.testing.assert_array_equal(kept(decoding.filter_logits(logits, top_p=0.01)),
-                                [[1, 0, 0, 0], [0, 0, 0, 1]])
-  np.testing.assert_allclose(decoding.filter_logits(logits, temperature=2.0), logits / 2.0,
-                             rtol=1e-6)
+  np.testing.assert_array_equal(
+      kept(decoding.filter_logits(logits, top_k=2)), [[1, 1, 0, 0], [0, 0, 1, 1]]
+  )
+  np.testing.assert_array_equal(
+      kept(decoding.filter_logits(logits, top_p=0.7)), [[1, 1, 0, 0], [0, 0, 1, 1]]
+  )
+  np.testing.assert_array_equal(
+      kept(decoding.filter_logits(logits, top_p=0.81)), [[1, 1, 1, 0], [0, 1, 1, 1]]
+  )
+  np.testing.assert_array_equal(
+      kept(decoding.filter_logits(logits, top_p=0.01)), [[1, 0, 0, 0], [0, 0, 0, 1]]
+  )
+  np.testing.assert_allclose(
+      decoding.filter_logits(logits, temperature=2.0), logits / 2.0, rtol=1e-6
+  )

@@ -1,6 +1,7 @@
 """Bad lines in the dataset files (empty, not UTF-8, a label column where none is expected,
 over-long), under both policies of config.data.on_bad_line: skip (and count) or fail (naming
 file and line)."""
+
 import pathlib
 
 import ml_collections
@@ -29,9 +30,16 @@ def write_raw(directory: pathlib.Path, train: list[bytes]) -> pathlib.Path:
 
 
 def data_config(raw, tfds_dir, policy, name="ptb"):
-  return ml_collections.ConfigDict({
-      "name": name, "dir": str(raw), "tfds_dir": str(tfds_dir), "max_len": 16,
-      "on_bad_line": policy, "max_line_chars": 100})
+  return ml_collections.ConfigDict(
+      {
+          "name": name,
+          "dir": str(raw),
+          "tfds_dir": str(tfds_dir),
+          "max_len": 16,
+          "on_bad_line": policy,
+          "max_line_chars": 100,
+      }
+  )
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -49,17 +57,26 @@ def test_bad_line_is_skipped_and_counted_or_fails_naming_the_line(case, tmp_path
 
 def test_load_split_reports_every_reason_and_truncations(tmp_path):
   from t5vae_jax import tokenizer as tokenizer_lib
-  lines = GOOD + [bad for bad, _, _ in CASES.values()] + [b"one two three four five six seven eight"]
+
+  lines = (
+      GOOD + [bad for bad, _, _ in CASES.values()] + [b"one two three four five six seven eight"]
+  )
   raw = write_raw(tmp_path / "raw", lines)
   tokenizer = tokenizer_lib.train_sentencepiece_tokenizer(
       [g.decode() for g in GOOD] * 5 + ["one two three four five six seven eight"] * 5,
-      tmp_path / "tok", vocab_size=40, extra_ids=0, model_type="word", hard_vocab_limit=False)
+      tmp_path / "tok",
+      vocab_size=40,
+      extra_ids=0,
+      model_type="word",
+      hard_vocab_limit=False,
+  )
   config = data_config(raw, tmp_path / "tfds", "skip")
   config.max_len = 6
   examples, stats = data.load_split(config, "train", tokenizer)
   assert stats["num_examples"] == len(examples) == 4
   assert {k: v for k, v in stats.items() if k.startswith("num_skipped_")} == {
-      f"num_skipped_{r}": 1 for r in datasets.SKIP_REASONS}
+      f"num_skipped_{r}": 1 for r in datasets.SKIP_REASONS
+  }
   assert stats["num_truncated"] == 1  # the eight-word line: cut to max_len, counted
   assert max(len(e["input_ids"]) for e in examples) == 6
   # A slice of the split still reports the file's counts.
@@ -103,8 +120,11 @@ def test_a_changed_source_file_is_prepared_again(tmp_path):
 
 def test_file_with_only_bad_lines_fails_under_skip_too(tmp_path):
   raw = write_raw(tmp_path / "raw", [b"\xff", b"x\ty"])
-  with pytest.raises(datasets.DataError, match=r"train\.txt has no usable line: 2 lines, all "
-                                               r"skipped \(non_utf8: 1, unexpected_label: 1\)"):
+  with pytest.raises(
+      datasets.DataError,
+      match=r"train\.txt has no usable line: 2 lines, all "
+      r"skipped \(non_utf8: 1, unexpected_label: 1\)",
+  ):
     data.read_split(data_config(raw, tmp_path / "tfds", "skip"), "train")
 
 
@@ -129,6 +149,9 @@ def test_missing_data_directory_and_unreachable_download_fail_fast(tmp_path, mon
   for variable in datasets._PROXY_VARIABLES:
     monkeypatch.delenv(variable, raising=False)
   monkeypatch.setattr(datasets, "download_hosts", lambda cls: ["files.example.invalid"])
-  with pytest.raises(datasets.DataError, match=r"snli: config\.data\.dir is empty, so the files "
-                                               r"would be downloaded from files\.example\.invalid"):
+  with pytest.raises(
+      datasets.DataError,
+      match=r"snli: config\.data\.dir is empty, so the files "
+      r"would be downloaded from files\.example\.invalid",
+  ):
     datasets.get_builder("snli", data_dir=tmp_path / "tfds")

@@ -8,6 +8,7 @@ from random init, batch 32, KL floor 0.5) every logged window of the bf16 loss s
 validation, eval.py's evaluator, gives -ELBO within 5% (measured 1.5%), MI within 0.25 nats
 (measured 0.02) and the same active units.
 """
+
 import json
 import os
 import pathlib
@@ -25,13 +26,24 @@ STEPS = 200
 def runs(tmp_path_factory):
   """{dtype: the child's JSON}, both runs at once (one CPU device each)."""
   base = tmp_path_factory.mktemp("bf16")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_PLATFORMS="cpu")
-  procs = {dtype: subprocess.Popen(
-      [sys.executable, str(ROOT / "tests" / "_dtype_run.py"), dtype, str(base / dtype),
-       str(base / f"tfds_{dtype}"), str(STEPS)],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for dtype in ("float32", "bfloat16")}
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  procs = {
+      dtype: subprocess.Popen(
+          [
+              sys.executable,
+              str(ROOT / "tests" / "_dtype_run.py"),
+              dtype,
+              str(base / dtype),
+              str(base / f"tfds_{dtype}"),
+              str(STEPS),
+          ],
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for dtype in ("float32", "bfloat16")
+  }
   out = {}
   for dtype, proc in procs.items():
     stdout, stderr = proc.communicate(timeout=600)

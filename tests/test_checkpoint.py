@@ -1,6 +1,7 @@
 """Checkpoints of a phase: best-by-validation selection (and its survival across a resume),
 retention of the last k, and what the training loop leaves in a phase directory (checked on
 the shared demo run: best/, checkpoints/, TensorBoard event files)."""
+
 import json
 
 import jax.numpy as jnp
@@ -83,14 +84,12 @@ def test_training_loop_keeps_the_best_validation_and_the_last_checkpoints(demo_p
   with its value, and its params equal that step's checkpoint; 400, 600, 800 are kept."""
   config = json.loads((demo_phase / "config.json").read_text())
   assert config["best_metric"] == "val/neg_elbo" and config["keep_checkpoints"] == 3
-  rows = [r for r in train_lib.read_metrics(demo_phase / "metrics.jsonl")
-          if "val/neg_elbo" in r]
+  rows = [r for r in train_lib.read_metrics(demo_phase / "metrics.jsonl") if "val/neg_elbo" in r]
   assert [r["step"] for r in rows] == [200, 400, 600, 800]
   best_row = min(rows, key=lambda r: r["val/neg_elbo"])
   assert _steps(demo_phase / "checkpoints") == [400, 600, 800]
   assert _steps(demo_phase / "best") == [best_row["step"]]
-  meta = json.loads((demo_phase / "best" / str(best_row["step"]) / "meta" /
-                     "metadata").read_text())
+  meta = json.loads((demo_phase / "best" / str(best_row["step"]) / "meta" / "metadata").read_text())
   assert meta["metric"] == "val/neg_elbo" and meta["step"] == best_row["step"]
   assert meta["value"] == pytest.approx(best_row["val/neg_elbo"], rel=1e-12)
   best, step = ckpt_lib.restore_params(demo_phase, which="best")
@@ -103,6 +102,7 @@ def test_training_loop_keeps_the_best_validation_and_the_last_checkpoints(demo_p
 
 def _leaves(tree):
   import jax
+
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 

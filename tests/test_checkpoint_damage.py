@@ -7,6 +7,7 @@ The damage is done to orbax-checkpoint's real on-disk layout (a step directory h
 saves come from patching the filesystem call orbax makes (tests run as root, whom chmod does
 not stop).
 """
+
 import json
 import shutil
 
@@ -38,8 +39,9 @@ def two_checkpoints(tmp_path_factory, tfds_dir):
 
 
 def _truncate_an_array_file(step_dir):
-  biggest = max((step_dir / "params" / "ocdbt.process_0" / "d").iterdir(),
-                key=lambda p: p.stat().st_size)
+  biggest = max(
+      (step_dir / "params" / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size
+  )
   with open(biggest, "r+b") as f:
     f.truncate(biggest.stat().st_size // 3)
 
@@ -59,15 +61,18 @@ def _corrupt_the_data_position(step_dir):
   path.write_text(json.dumps(meta))
 
 
-DAMAGES = {"truncated array file": (_truncate_an_array_file, "Exception: "),
-           "missing metadata": (_delete_the_metadata, "params/_METADATA is missing"),
-           "missing meta item": (_delete_the_meta_item, ""),
-           "corrupt data position": (_corrupt_the_data_position, "Invalid iterator state")}
+DAMAGES = {
+    "truncated array file": (_truncate_an_array_file, "Exception: "),
+    "missing metadata": (_delete_the_metadata, "params/_METADATA is missing"),
+    "missing meta item": (_delete_the_meta_item, ""),
+    "corrupt data position": (_corrupt_the_data_position, "Invalid iterator state"),
+}
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
-def test_resume_falls_back_past_a_damaged_newest_checkpoint(two_checkpoints, tfds_dir,
-                                                            tmp_path, capsys, damage):
+def test_resume_falls_back_past_a_damaged_newest_checkpoint(
+    two_checkpoints, tfds_dir, tmp_path, capsys, damage
+):
   """Step 4 damaged: one warning line names it and why, the run resumes at step 2, the damaged
   step is moved to damaged/4, and the rerun of steps 3-4 ends with bit-identical params."""
   source, params_4 = two_checkpoints
@@ -81,8 +86,9 @@ def test_resume_falls_back_past_a_damaged_newest_checkpoint(two_checkpoints, tfd
   err = capsys.readouterr().err
   warnings = [line for line in err.splitlines() if line.startswith("warning: checkpoint")]
   assert len(warnings) == 1, err
-  assert warnings[0].startswith(f"warning: checkpoint step 4 in {pdir / 'checkpoints'} does "
-                                f"not restore, skipping it: ")
+  assert warnings[0].startswith(
+      f"warning: checkpoint step 4 in {pdir / 'checkpoints'} does " f"not restore, skipping it: "
+  )
   assert reason in warnings[0], warnings[0]
   assert f"resuming {pdir} at step 2" in err
   assert (pdir / "damaged" / "4" / "params" / "manifest.ocdbt").exists()
@@ -93,8 +99,7 @@ def test_resume_falls_back_past_a_damaged_newest_checkpoint(two_checkpoints, tfd
     np.testing.assert_array_equal(resumed[k], params_4[k], err_msg=k)
 
 
-def test_no_checkpoint_restores_is_an_error_naming_each_step(two_checkpoints, tfds_dir,
-                                                             tmp_path):
+def test_no_checkpoint_restores_is_an_error_naming_each_step(two_checkpoints, tfds_dir, tmp_path):
   """Every step damaged: an error naming each step and why; nothing moved, no fresh start."""
   source, _ = two_checkpoints
   workdir = tmp_path / "work"
@@ -102,9 +107,11 @@ def test_no_checkpoint_restores_is_an_error_naming_each_step(two_checkpoints, tf
   pdir = workdir / "phase1"
   _delete_the_metadata(pdir / "checkpoints" / "4")
   _corrupt_the_data_position(pdir / "checkpoints" / "2")
-  with pytest.raises(ckpt_lib.CheckpointDamagedError,
-                     match=r"no checkpoint in .*phase1/checkpoints restores \(tried step 4: .*; "
-                           r"step 2: ValueError: Invalid iterator state"):
+  with pytest.raises(
+      ckpt_lib.CheckpointDamagedError,
+      match=r"no checkpoint in .*phase1/checkpoints restores \(tried step 4: .*; "
+      r"step 2: ValueError: Invalid iterator state",
+  ):
     train_lib.train_and_evaluate(_config(tfds_dir), str(workdir), phase=1, max_steps=4)
   assert sorted(p.name for p in (pdir / "checkpoints").iterdir()) == ["2", "4"]
   assert not (pdir / "damaged").exists()
@@ -118,6 +125,7 @@ def _fail_under(monkeypatch, root, *, deny_dirs=False, full_disk=False):
   import errno
   import os
   from etils.epath import backend
+
   real_makedirs, real_open = backend._OsPathBackend.makedirs, backend._OsPathBackend.open
 
   def makedirs(self, path, **kwargs):
@@ -129,19 +137,22 @@ def _fail_under(monkeypatch, root, *, deny_dirs=False, full_disk=False):
     if full_disk and os.fspath(path).startswith(os.fspath(root)) and set(mode) & set("wa"):
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
     return real_open(self, path, mode)
+
   monkeypatch.setattr(backend._OsPathBackend, "makedirs", makedirs)
   monkeypatch.setattr(backend._OsPathBackend, "open", open_)
 
 
 def _tree(value):
   import jax.numpy as jnp
+
   return {"w": jnp.full((2, 3), float(value))}
 
 
 @pytest.mark.parametrize("fault", ["read-only", "disk full"])
 @pytest.mark.parametrize("which", ["latest", "best"])
-def test_a_failed_save_is_one_line_naming_path_and_step(tmp_path, monkeypatch, caplog, fault,
-                                                        which):
+def test_a_failed_save_is_one_line_naming_path_and_step(
+    tmp_path, monkeypatch, caplog, fault, which
+):
   """Save 1 succeeds, save 2 fails: CheckpointSaveError (a SystemExit: status 1) whose code is
   one line naming the step directory, the step and the OS error, and no traceback is logged
   from orbax's threads; step 1 still restores."""
@@ -152,18 +163,24 @@ def test_a_failed_save_is_one_line_naming_path_and_step(tmp_path, monkeypatch, c
       ckpts.save(step, _tree(step), _tree(-step), {"step": step})
     else:
       ckpts.maybe_save_best(step, _tree(step), -float(step), "val/neg_elbo")
+
   save(1)
   ckpts.wait()
   sub = {"latest": "checkpoints", "best": "best"}[which]
-  _fail_under(monkeypatch, tmp_path / sub, deny_dirs=fault == "read-only",
-              full_disk=fault == "disk full")
+  _fail_under(
+      monkeypatch, tmp_path / sub, deny_dirs=fault == "read-only", full_disk=fault == "disk full"
+  )
   with pytest.raises(ckpt_lib.CheckpointSaveError) as caught:
     save(2)
     ckpts.wait()
-  why = ("PermissionError: [Errno 13] Permission denied" if fault == "read-only" else
-         "OSError: [Errno 28] No space left on device")
+  why = (
+      "PermissionError: [Errno 13] Permission denied"
+      if fault == "read-only"
+      else "OSError: [Errno 28] No space left on device"
+  )
   assert caught.value.code.startswith(
-      f"error: saving step 2 to {ckpt_lib.absolute(tmp_path) / sub / '2'} failed: {why}: ")
+      f"error: saving step 2 to {ckpt_lib.absolute(tmp_path) / sub / '2'} failed: {why}: "
+  )
   assert "\n" not in caught.value.code
   assert not [r.getMessage() for r in caplog.records if r.exc_info]
   monkeypatch.undo()
@@ -176,8 +193,10 @@ def test_a_failed_eval_json_write_keeps_the_previous_file(tmp_path, monkeypatch)
   path = tmp_path / "eval.json"
   ckpt_lib.write_text_atomically(path, '{"old": 1}\n')
   _fail_under(monkeypatch, tmp_path, full_disk=True)
-  with pytest.raises(ckpt_lib.CheckpointSaveError,
-                     match=rf"^error: writing {path} failed: OSError: \[Errno 28\] No space"):
+  with pytest.raises(
+      ckpt_lib.CheckpointSaveError,
+      match=rf"^error: writing {path} failed: OSError: \[Errno 28\] No space",
+  ):
     ckpt_lib.write_text_atomically(path, '{"new": 2}\n')
   assert path.read_text() == '{"old": 1}\n'
   assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
@@ -193,11 +212,12 @@ def slow_matmuls(step, n):
 
   def body(i, x):
     return jnp.tanh(x @ x * 1e-3 + step.astype(jnp.float32))
+
   x = jax.lax.fori_loop(0, n, body, jnp.ones((512, 512)))
   return step + (x[0, 0] * 0).astype(step.dtype)
 
 
-_FAULTY_TRAIN = '''
+_FAULTY_TRAIN = """
 import errno, os, sys, time
 import jax, jax.numpy as jnp
 from test_checkpoint_damage import slow_matmuls
@@ -219,7 +239,7 @@ if slow_n:  # a slow step: its new step counter depends on slow_n 512x512 matmul
   train_lib.train_step = train_step
 sys.argv[0] = "train.py"
 train_command.run()
-'''
+"""
 
 
 def _faulty_train(tmp_path, tfds_dir, workdir, env_extra, **extra):
@@ -227,27 +247,39 @@ def _faulty_train(tmp_path, tfds_dir, workdir, env_extra, **extra):
   import subprocess
   import sys
   from test_train import ROOT, flag_overrides
+
   script = tmp_path / "faulty_train.py"
   script.write_text(_FAULTY_TRAIN)
-  cmd = [sys.executable, str(script), "--config", str(ROOT / "configs/demo.py"), "--phase", "1",
-         "--workdir", str(workdir)] + flag_overrides(tfds_dir, **extra)
+  cmd = [
+      sys.executable,
+      str(script),
+      "--config",
+      str(ROOT / "configs/demo.py"),
+      "--phase",
+      "1",
+      "--workdir",
+      str(workdir),
+  ] + flag_overrides(tfds_dir, **extra)
   env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", **env_extra)
-  return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+      cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
 
 
 def test_train_py_exits_1_with_one_line_when_a_save_fails(tmp_path, tfds_dir):
   """Step 4's directory cannot be made: exit status 1, the last line names step and path, no
   traceback; step 2 (saved before) is intact and the run stopped there."""
   workdir = tmp_path / "work"
-  proc = _faulty_train(tmp_path, tfds_dir, workdir, {"DENY_MKDIR": "/checkpoints/4."},
-                       checkpoint_every_steps=2)
+  proc = _faulty_train(
+      tmp_path, tfds_dir, workdir, {"DENY_MKDIR": "/checkpoints/4."}, checkpoint_every_steps=2
+  )
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 1, err[-3000:]
   ckpt_dir = workdir / "phase1" / "checkpoints"
   assert err.splitlines()[-1].startswith(
       f"error: saving step 4 to {ckpt_dir / '4'} failed: PermissionError: [Errno 13] "
-      f"Permission denied: '{ckpt_dir}/4.orbax-checkpoint-tmp"), err[-3000:]
+      f"Permission denied: '{ckpt_dir}/4.orbax-checkpoint-tmp"
+  ), err[-3000:]
   assert "Traceback" not in err, err[-3000:]
   assert sorted(p.name for p in ckpt_dir.iterdir()) == ["2"]
   assert ckpt_lib.restore_params(workdir / "phase1")[1] == 2
@@ -263,6 +295,7 @@ def test_sigterm_is_honoured_within_a_few_step_times(tmp_path, tfds_dir):
   import time
   import jax
   import jax.numpy as jnp
+
   slow = jax.jit(slow_matmuls, static_argnums=1)
   slow(jnp.int32(0), 200).block_until_ready()
   t = time.perf_counter()
@@ -272,9 +305,15 @@ def test_sigterm_is_honoured_within_a_few_step_times(tmp_path, tfds_dir):
   slow(jnp.int32(0), n).block_until_ready()
   step_s = max(1.0, time.perf_counter() - t)
   workdir = tmp_path / "work"
-  proc = _faulty_train(tmp_path, tfds_dir, workdir, {"SLOW_MATMULS": str(n)},
-                       log_every_steps=1000, checkpoint_every_steps=1000,
-                       **{"phase1.epochs": 2.0})  # 32 steps
+  proc = _faulty_train(
+      tmp_path,
+      tfds_dir,
+      workdir,
+      {"SLOW_MATMULS": str(n)},
+      log_every_steps=1000,
+      checkpoint_every_steps=1000,
+      **{"phase1.epochs": 2.0},
+  )  # 32 steps
   lines = []
   try:
     for line in proc.stderr:

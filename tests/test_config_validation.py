@@ -1,5 +1,6 @@
 """Config validation: every key's type and allowed values, cross-key rules, paths, the phase 1
 checkpoint that phase 2 needs, and model.json against the config."""
+
 import dataclasses
 import json
 import pathlib
@@ -48,6 +49,7 @@ def test_rules_cover_every_key_of_the_default_config():
 
 def test_every_allowed_dataset_has_a_builder():
   from t5vae_jax import datasets
+
   assert set(cv.DATASETS) == set(datasets.BUILDERS)
   assert cv.DEFAULT_MAX_LINE_CHARS == datasets.DEFAULT_MAX_LINE_CHARS
 
@@ -89,7 +91,9 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize("key,value,allowed", BAD_VALUES, ids=[f"{k}={v!r}" for k, v, _ in BAD_VALUES])
+@pytest.mark.parametrize(
+    "key,value,allowed", BAD_VALUES, ids=[f"{k}={v!r}" for k, v, _ in BAD_VALUES]
+)
 def test_a_bad_value_gives_one_line_naming_key_value_and_what_is_allowed(key, value, allowed):
   errors = errors_of(config_with(**{key: value}))
   assert len(errors) == 1, errors
@@ -105,11 +109,14 @@ def test_unknown_and_missing_keys():
   config.model.polling = "mean"
   assert errors_of(config) == [
       "config has no key 'batch_sise' (did you mean 'batch_size'?)",
-      "config has no key 'model.polling' (did you mean 'model.pooling'?)"]
+      "config has no key 'model.polling' (did you mean 'model.pooling'?)",
+  ]
   cv.validate(config, 1, allow_unknown=True)
   del config["batch_sise"], config.model["polling"], config.model["pooling"]
-  assert errors_of(config) == ["config.model.pooling is missing; allowed: one of 'max', 'mean' "
-                               "(configs start from configs/default.py's get_config())"]
+  assert errors_of(config) == [
+      "config.model.pooling is missing; allowed: one of 'max', 'mean' "
+      "(configs start from configs/default.py's get_config())"
+  ]
 
 
 @pytest.mark.parametrize("phase", [0, 3, "1", None])
@@ -119,17 +126,21 @@ def test_phase_must_be_1_or_2(phase):
     return
   assert errors_of(default.get_config(), phase) == [
       f"--phase={phase} is not allowed; allowed: 1 (encoder warm-up) or 2 (full VAE, from "
-      "phase 1)"]
+      "phase 1)"
+  ]
 
 
-@pytest.mark.parametrize("buckets,max_len,message", [
-    ((16, 16, 64), 64, "strictly increasing"),
-    ((32, 16, 64), 64, "strictly increasing"),
-    ((0, 64), 64, "strictly increasing integers >= 1"),
-    ((16, 32, 128), 64, "has lengths above config.data.max_len=64"),
-    ((16, 32), 64, "ends below config.data.max_len=64"),
-    ((16, "32"), 32, "not a tuple of integers"),
-])
+@pytest.mark.parametrize(
+    "buckets,max_len,message",
+    [
+        ((16, 16, 64), 64, "strictly increasing"),
+        ((32, 16, 64), 64, "strictly increasing"),
+        ((0, 64), 64, "strictly increasing integers >= 1"),
+        ((16, 32, 128), 64, "has lengths above config.data.max_len=64"),
+        ((16, 32), 64, "ends below config.data.max_len=64"),
+        ((16, "32"), 32, "not a tuple of integers"),
+    ],
+)
 def test_bucket_lengths_against_max_len(buckets, max_len, message):
   errors = errors_of(config_with(**{"data.bucket_lengths": buckets, "data.max_len": max_len}))
   assert len(errors) == 1 and errors[0].startswith("config.data.bucket_lengths=")
@@ -138,6 +149,7 @@ def test_bucket_lengths_against_max_len(buckets, max_len, message):
 
 def test_empty_buckets_mean_the_defaults():
   from t5vae_jax import data as data_lib
+
   empty = config_with(**{"data.bucket_lengths": (), "data.max_len": 100})
   cv.validate(empty, 1)
   # Powers of two and their midpoints, multiples of 8, below max_len; then max_len.
@@ -148,47 +160,59 @@ def test_empty_buckets_mean_the_defaults():
 
 
 def test_every_error_is_reported_one_per_line():
-  errors = errors_of(config_with(**{"model.pooling": "avg", "batch_size": 0,
-                                    "denoise_rate": 1.5}), phase=3)
+  errors = errors_of(
+      config_with(**{"model.pooling": "avg", "batch_size": 0, "denoise_rate": 1.5}), phase=3
+  )
   assert len(errors) == 4
   assert errors[0].startswith("--phase=3 ")
   assert sorted(e.split("=")[0] for e in errors[1:]) == [
-      "config.batch_size", "config.denoise_rate", "config.model.pooling"]
+      "config.batch_size",
+      "config.denoise_rate",
+      "config.model.pooling",
+  ]
   assert str(cv.ConfigError(errors)).startswith(errors[0] + " (and 3 more: ")
 
 
 def test_paths_named_by_the_config_must_exist(tmp_path):
   missing = tmp_path / "no_such_dir"
   assert errors_of(config_with(**{"data.dir": str(missing)})) == [
-      f"config.data.dir={str(missing)!r}: no such directory ({missing})"]
+      f"config.data.dir={str(missing)!r}: no such directory ({missing})"
+  ]
   (tmp_path / "file.txt").write_text("x")
   assert "is a file" in errors_of(config_with(**{"data.dir": str(tmp_path / "file.txt")}))[0]
-  error, = errors_of(config_with(**{"model.pretrained": str(missing)}))
-  assert error.startswith(f"config.model.pretrained={str(missing)!r}: no such checkpoint "
-                          f"directory ({missing})")
-  error, = errors_of(config_with(**{"data.tokenizer": "./tokenizers/nope"}))
+  (error,) = errors_of(config_with(**{"model.pretrained": str(missing)}))
+  assert error.startswith(
+      f"config.model.pretrained={str(missing)!r}: no such checkpoint " f"directory ({missing})"
+  )
+  (error,) = errors_of(config_with(**{"data.tokenizer": "./tokenizers/nope"}))
   assert "config.data.tokenizer='./tokenizers/nope': no such tokenizer directory" in error
   # Hub ids and bucket paths are left to the loaders.
-  cv.validate(config_with(**{"model.pretrained": "google/t5-v1_1-small",
-                             "data.dir": "gs://bucket/ptb"}), 1)
+  cv.validate(
+      config_with(**{"model.pretrained": "google/t5-v1_1-small", "data.dir": "gs://bucket/ptb"}), 1
+  )
   cv.validate(config_with(**{"data.dir": str(missing)}), 1, check_paths=False)
 
 
 def test_extra_ids_must_leave_room_in_a_scratch_vocabulary():
-  error, = errors_of(config_with(**{"model.pretrained": "", "model.t5.vocab_size": 64,
-                                    "data.extra_ids": 61}))
+  (error,) = errors_of(
+      config_with(**{"model.pretrained": "", "model.t5.vocab_size": 64, "data.extra_ids": 61})
+  )
   assert error.startswith("config.data.extra_ids=61 leaves no room")
 
 
 def test_batch_size_against_devices():
   config = default.get_config()
   cv.check_devices(config, device_count=8)
-  with pytest.raises(cv.ConfigError, match=r"config\.batch_size=32 is not allowed; allowed: a "
-                                           r"multiple of the number of devices \(3\)"):
+  with pytest.raises(
+      cv.ConfigError,
+      match=r"config\.batch_size=32 is not allowed; allowed: a "
+      r"multiple of the number of devices \(3\)",
+  ):
     cv.check_devices(config, device_count=3)
   config.mesh_devices = 16
-  with pytest.raises(cv.ConfigError, match=r"config\.mesh_devices=16 is not allowed; allowed: "
-                                           r"0 \(all\) to 8"):
+  with pytest.raises(
+      cv.ConfigError, match=r"config\.mesh_devices=16 is not allowed; allowed: " r"0 \(all\) to 8"
+  ):
     cv.check_devices(config, device_count=8)
   config.mesh_devices = 1
   with pytest.raises(cv.ConfigError, match=r"number of processes \(3\)"):
@@ -198,8 +222,11 @@ def test_batch_size_against_devices():
 def test_phase2_needs_a_phase1_checkpoint(tmp_path):
   config = default.get_config()
   cv.check_workdir(config, tmp_path, 1)
-  with pytest.raises(cv.ConfigError, match=rf"no phase 1 checkpoint in {tmp_path}/phase1/"
-                                           r"checkpoints; run --phase 1 with the same --workdir"):
+  with pytest.raises(
+      cv.ConfigError,
+      match=rf"no phase 1 checkpoint in {tmp_path}/phase1/"
+      r"checkpoints; run --phase 1 with the same --workdir",
+  ):
     cv.check_workdir(config, tmp_path, 2)
   (tmp_path / "phase1" / "checkpoints" / "120.orbax-checkpoint-tmp-3").mkdir(parents=True)
   with pytest.raises(cv.ConfigError):  # an unfinished save is no checkpoint
@@ -213,18 +240,22 @@ def test_phase2_needs_a_phase1_checkpoint(tmp_path):
 def test_model_json_must_match_the_config(tmp_path):
   from t5vae_jax import model as model_lib
   from t5vae_jax import t5 as t5_lib
+
   t5 = t5_lib.T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
   vae = model_lib.VAEConfig(latent_dim=16)
-  (tmp_path / "model.json").write_text(json.dumps(
-      {"t5": t5.to_hf_dict(), "vae": dataclasses.asdict(vae), "dtype": "float32"}))
+  (tmp_path / "model.json").write_text(
+      json.dumps({"t5": t5.to_hf_dict(), "vae": dataclasses.asdict(vae), "dtype": "float32"})
+  )
   cv.check_model_matches(tmp_path, t5, vae)
   cv.check_model_matches(tmp_path / "absent", t5, dataclasses.replace(vae, latent_dim=4))
   other = dataclasses.replace(t5, d_model=64)
   with pytest.raises(cv.ConfigError) as info:
     cv.check_model_matches(tmp_path, other, dataclasses.replace(vae, latent_dim=8))
   message = str(info.value)
-  assert message.startswith(f"the checkpoint in {tmp_path} is of another model than the config "
-                            f"({tmp_path / 'model.json'}): ")
+  assert message.startswith(
+      f"the checkpoint in {tmp_path} is of another model than the config "
+      f"({tmp_path / 'model.json'}): "
+  )
   assert "config.model.t5.d_model=64 but 32 there" in message
   assert "config.model.latent_dim=8 but 16 there" in message
   assert "use a new --workdir" in message
@@ -244,18 +275,28 @@ def test_eval_overrides_parse_as_the_key_and_are_checked_by_its_rule():
   """eval.py's --config.key=value on a saved config: parsed as train.py's flags parse them
   (the key's type; bools as absl's), checked by the same rules, all problems in one error."""
   import ml_collections
+
   config = ml_collections.ConfigDict(default.get_config().to_dict())
   config.data.bucket_lengths = [16, 32]  # as config.json gives it back
-  cv.apply_overrides(config, ["data.max_len=32", "data.dir=/x/y", "pack_tokens=false",
-                              "optimizer.learning_rate=1", "data.bucket_lengths=(8, 16)",
-                              "model.pooling=mean"])
+  cv.apply_overrides(
+      config,
+      [
+          "data.max_len=32",
+          "data.dir=/x/y",
+          "pack_tokens=false",
+          "optimizer.learning_rate=1",
+          "data.bucket_lengths=(8, 16)",
+          "model.pooling=mean",
+      ],
+  )
   assert config.data.max_len == 32 and config.data.dir == "/x/y" and config.pack_tokens is False
-  assert config.optimizer.learning_rate == 1.0 and isinstance(config.optimizer.learning_rate,
-                                                              float)
+  assert config.optimizer.learning_rate == 1.0 and isinstance(config.optimizer.learning_rate, float)
   assert list(config.data.bucket_lengths) == [8, 16] and config.model.pooling == "mean"
   with pytest.raises(cv.ConfigError) as info:
-    cv.apply_overrides(config, ["data.max_lne=3", "pack_tokens=yes", "model.pooling=avg",
-                                "batch_size=many", "seed"])
+    cv.apply_overrides(
+        config,
+        ["data.max_lne=3", "pack_tokens=yes", "model.pooling=avg", "batch_size=many", "seed"],
+    )
   lines = info.value.errors
   assert len(lines) == 5
   assert "no key 'data.max_lne'" in lines[0] and "did you mean 'data.max_len'" in lines[0]
@@ -269,6 +310,7 @@ def test_eval_overrides_parse_as_the_key_and_are_checked_by_its_rule():
 def test_a_saved_config_without_a_newer_key_loads_with_the_value_it_trained_with(tmp_path):
   import json
   from t5vae_jax import api
+
   saved = default.get_config().to_dict()
   del saved["pack_tokens"]
   (tmp_path / "config.json").write_text(json.dumps(saved))

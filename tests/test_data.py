@@ -35,7 +35,10 @@ def test_ptb_builder_strips_lines_and_counts_empty_ones(tmp_path):
       test=[" d e "],
   )
   builder = datasets.get_builder("ptb", data_dir=tmp_path / "tfds", raw_dir=raw)
-  assert texts_and_labels(builder, "train") == [("no it was n't black monday", -1), ("the N <unk> fell", -1)]
+  assert texts_and_labels(builder, "train") == [
+      ("no it was n't black monday", -1),
+      ("the N <unk> fell", -1),
+  ]
   assert texts_and_labels(builder, "validation") == [("a b c", -1)]
   assert builder.info.metadata["num_skipped_empty"] == {"train": 2, "validation": 0, "test": 0}
   assert builder.info.splits["train"].num_examples == 2
@@ -62,7 +65,9 @@ def test_yelp_builder_reads_labels(tmp_path):
 
 
 def test_bad_files_fail_naming_the_file(tmp_path):
-  raw = write_split_files(tmp_path / "raw", train=["1\tfine", "five\tnot a number"], valid=["1\tx"], test=["1\ty"])
+  raw = write_split_files(
+      tmp_path / "raw", train=["1\tfine", "five\tnot a number"], valid=["1\tx"], test=["1\ty"]
+  )
   with pytest.raises(ValueError, match=r"train\.txt:2"):
     datasets.get_builder("yelp", data_dir=tmp_path / "tfds", raw_dir=raw)
   raw = write_split_files(tmp_path / "raw2", train=["a"], valid=["", " "], test=["b"])
@@ -71,8 +76,12 @@ def test_bad_files_fail_naming_the_file(tmp_path):
 
 
 def test_missing_split_names_its_file_and_others_still_build(tmp_path):
-  raw = write_split_files(tmp_path / "raw", valid=["a man sleeps ."], test=["a dog runs .", "two cats ."])
-  config = ml_collections.ConfigDict({"name": "snli", "dir": str(raw), "tfds_dir": str(tmp_path / "tfds")})
+  raw = write_split_files(
+      tmp_path / "raw", valid=["a man sleeps ."], test=["a dog runs .", "two cats ."]
+  )
+  config = ml_collections.ConfigDict(
+      {"name": "snli", "dir": str(raw), "tfds_dir": str(tmp_path / "tfds")}
+  )
   builder = data.get_builder(config)
   assert texts_and_labels(builder, "test") == [("a dog runs .", -1), ("two cats .", -1)]
   with pytest.raises(FileNotFoundError, match=str(raw / "train.txt")):
@@ -109,7 +118,10 @@ def test_synthetic_is_deterministic_and_varied():
 def test_synthetic_files_go_through_the_builder(tmp_path):
   paths = synthetic.write_splits(tmp_path / "raw", 30, 5, 6, seed=3)
   lines = paths["train"].read_text().splitlines()
-  attributes = [json.loads(line) for line in (tmp_path / "raw" / "train.attributes.jsonl").read_text().splitlines()]
+  attributes = [
+      json.loads(line)
+      for line in (tmp_path / "raw" / "train.attributes.jsonl").read_text().splitlines()
+  ]
   assert [r["text"] for r in synthetic.generate(30, seed=(3, 0))] == lines
   assert [synthetic.render(a) for a in attributes] == lines
 
@@ -133,7 +145,10 @@ def tokenizer(tmp_path_factory):
 
 
 def test_tokenize_appends_eos_and_truncates_keeping_it(tokenizer):
-  texts = ["the dog saw the ball .", "the children will paint the old wooden chair near the river ."]
+  texts = [
+      "the dog saw the ball .",
+      "the children will paint the old wooden chair near the river .",
+  ]
   full = tokenizer(texts)["input_ids"]  # T5 tokenizers append EOS themselves
   ids, num_truncated = data.tokenize(texts, tokenizer, max_len=100)
   assert [list(x) for x in ids] == full and num_truncated == 0
@@ -147,17 +162,21 @@ def test_tokenize_appends_eos_and_truncates_keeping_it(tokenizer):
 
 
 def test_load_split_on_synthetic_data(tmp_path, tokenizer):
-  config = ml_collections.ConfigDict({
-      "name": "synthetic",
-      "tfds_dir": str(tmp_path / "tfds"),
-      "max_len": 12,
-      "synthetic": {"num_train": 200, "num_valid": 20, "num_test": 20, "seed": 1},
-  })
+  config = ml_collections.ConfigDict(
+      {
+          "name": "synthetic",
+          "tfds_dir": str(tmp_path / "tfds"),
+          "max_len": 12,
+          "synthetic": {"num_train": 200, "num_valid": 20, "num_test": 20, "seed": 1},
+      }
+  )
   examples, stats = data.load_split(config, "validation", tokenizer)
   assert stats["num_examples"] == len(examples) == 20
   assert stats["num_skipped_empty"] == 0
   lengths = [len(e["input_ids"]) for e in examples]
-  assert stats["num_tokens"] == sum(lengths) and stats["mean_length"] == pytest.approx(np.mean(lengths))
+  assert stats["num_tokens"] == sum(lengths) and stats["mean_length"] == pytest.approx(
+      np.mean(lengths)
+  )
   assert max(lengths) <= 12 and all(e["input_ids"][-1] == 1 for e in examples)
   untruncated = [len(ids) for ids in tokenizer([e["text"] for e in examples])["input_ids"]]
   assert stats["num_truncated"] == sum(n > 12 for n in untruncated) > 0
@@ -226,11 +245,15 @@ def test_one_epoch_holds_every_example_once(options):
   examples = random_examples(203)
   iterator = make_iterator(examples, num_epochs=1, drop_remainder=False, **options)
   batches = list(iterator)
-  assert len(batches) == iterator.num_batches_per_epoch == data.steps_per_epoch(
-      examples,
-      bucket_lengths=BUCKETS,
-      batch_size=8,
-      drop_remainder=False,
+  assert (
+      len(batches)
+      == iterator.num_batches_per_epoch
+      == data.steps_per_epoch(
+          examples,
+          bucket_lengths=BUCKETS,
+          batch_size=8,
+          drop_remainder=False,
+      )
   )
   ids = np.concatenate([b["example_ids"] for b in batches])
   weights = np.concatenate([b["example_weights"] for b in batches])
@@ -249,10 +272,16 @@ def test_drop_remainder_gives_only_full_batches():
 def test_process_shards_are_disjoint_and_cover_the_global_batch():
   examples = random_examples(150)
   global_batches = take(make_iterator(examples, seed=5), 25)
-  shards = [take(make_iterator(examples, seed=5, process_index=i, process_count=2), 25) for i in range(2)]
+  shards = [
+      take(make_iterator(examples, seed=5, process_index=i, process_count=2), 25) for i in range(2)
+  ]
   for step, global_batch in enumerate(global_batches):
     first, second = shards[0][step], shards[1][step]
-    assert first["input_ids"].shape == second["input_ids"].shape == (4, global_batch["input_ids"].shape[1])
+    assert (
+        first["input_ids"].shape
+        == second["input_ids"].shape
+        == (4, global_batch["input_ids"].shape[1])
+    )
     for key in global_batch:
       np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), global_batch[key])
     real = set(first["example_ids"][first["example_ids"] >= 0])
@@ -288,7 +317,9 @@ def test_order_is_a_function_of_seed_and_epoch():
   np.testing.assert_array_equal(epoch_order(0, 0), epoch_order(0, 0))
   assert not np.array_equal(epoch_order(0, 0), epoch_order(0, 1))
   assert not np.array_equal(epoch_order(0, 0), epoch_order(1, 0))
-  unshuffled = np.concatenate([b["example_ids"] for b in make_iterator(examples, shuffle=False, num_epochs=2)])
+  unshuffled = np.concatenate(
+      [b["example_ids"] for b in make_iterator(examples, shuffle=False, num_epochs=2)]
+  )
   half = len(unshuffled) // 2
   np.testing.assert_array_equal(unshuffled[:half], unshuffled[half:])
 
@@ -315,5 +346,6 @@ def test_every_example_once_for_any_lengths(lengths, batch_size, seed):
   assert sorted(ids[ids >= 0]) == list(range(len(lengths)))
   assert all(b["input_ids"].shape[1] in BUCKETS for b in batches)
   np.testing.assert_array_equal(
-      np.concatenate([b["attention_mask"].sum(1) for b in batches])[ids >= 0], np.asarray(lengths)[ids[ids >= 0]]
+      np.concatenate([b["attention_mask"].sum(1) for b in batches])[ids >= 0],
+      np.asarray(lengths)[ids[ids >= 0]],
   )

@@ -4,6 +4,7 @@ one with the model's full (uncached) forward, log-softmax in float64 numpy. A be
 the number of prefixes must find exactly the best hypotheses under the same length penalty;
 a narrow beam must report the true scores of what it returns (the cache rows follow the
 beams)."""
+
 import itertools
 
 import jax
@@ -21,9 +22,18 @@ VOCAB, MAX_LEN, LATENT = 6, 4, 4
 def tiny():
   """(model, params, z): 2 decoder layers, 3 latents scaled up so the distributions are peaked
   enough for EOS to come at different lengths."""
-  config = t5_lib.T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=1,
-                           num_decoder_layers=2, num_heads=2, relative_attention_num_buckets=8,
-                           relative_attention_max_distance=16, dropout_rate=0.0)
+  config = t5_lib.T5Config(
+      vocab_size=VOCAB,
+      d_model=16,
+      d_kv=4,
+      d_ff=32,
+      num_layers=1,
+      num_decoder_layers=2,
+      num_heads=2,
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=16,
+      dropout_rate=0.0,
+  )
   model = model_lib.T5VAEModel(config, vae=model_lib.VAEConfig(latent_dim=LATENT))
   params = jax.jit(model_lib.init_params, static_argnums=0)(model, jax.random.key(3))
   z = 4.0 * np.asarray(jax.random.normal(jax.random.key(5), (3, LATENT)), np.float32)
@@ -48,13 +58,15 @@ def exhaustive_scores(model, params, z, sequences, alpha):
   lengths = np.asarray([len(s) for s in sequences])
   tokens = np.full((len(sequences), MAX_LEN), cfg.pad_token_id, np.int32)
   for i, s in enumerate(sequences):
-    tokens[i, :len(s)] = s
+    tokens[i, : len(s)] = s
   inputs = np.asarray(t5_lib.shift_right(tokens, cfg.decoder_start_token_id))
   scores = []
   for row in z:
     zs = np.broadcast_to(row, (len(sequences), LATENT))
-    logits = np.asarray(model.apply({"params": params}, zs, inputs,
-                                    method=model_lib.T5VAEModel.decode_latent), np.float64)
+    logits = np.asarray(
+        model.apply({"params": params}, zs, inputs, method=model_lib.T5VAEModel.decode_latent),
+        np.float64,
+    )
     logp = logits - logits.max(-1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
     picked = np.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
@@ -70,7 +82,8 @@ def test_wide_beam_equals_exhaustive_search(tiny, alpha):
   tokens, want = exhaustive_scores(model, params, z, sequences, alpha)
   beam = (VOCAB - 1) ** (MAX_LEN - 1)  # every unfinished prefix of length 3 fits in the beam
   got_tokens, got_scores = jax.device_get(
-      decoding.beam_search(model, params, z, max_len=MAX_LEN, beam=beam, alpha=alpha))
+      decoding.beam_search(model, params, z, max_len=MAX_LEN, beam=beam, alpha=alpha)
+  )
   assert got_tokens.shape == (3, beam, MAX_LEN) and got_scores.shape == (3, beam)
   lengths = []
   for b in range(3):
@@ -102,13 +115,13 @@ def test_narrow_beam_reports_true_scores(tiny):
   tokens, want = exhaustive_scores(model, params, z, sequences, 0.6)
   index = {tuple(t): i for i, t in enumerate(tokens.tolist())}
   got_tokens, got_scores = jax.device_get(
-      decoding.beam_search(model, params, z, max_len=MAX_LEN, beam=3, alpha=0.6))
+      decoding.beam_search(model, params, z, max_len=MAX_LEN, beam=3, alpha=0.6)
+  )
   for b in range(3):
     assert np.all(np.diff(got_scores[b]) <= 1e-6)
     assert got_scores[b, 0] <= want[b].max() + 1e-5
     for k in range(3):
       row = got_tokens[b, k].tolist()
-      np.testing.assert_allclose(got_scores[b, k], want[b, index[tuple(row)]], rtol=1e-4,
-                                 atol=1e-4)
+      np.testing.assert_allclose(got_scores[b, k], want[b, index[tuple(row)]], rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match="beam"):
     decoding.beam_search(model, params, z, max_len=MAX_LEN, beam=0)

@@ -40,7 +40,9 @@ def recorded(body: bytes, *, sha256: bool = True) -> checksums.FileChecksum:
   blob = hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest()
   if not sha256:
     return checksums.FileChecksum(git_blob=blob)
-  return checksums.FileChecksum(git_blob=blob, size=len(body), sha256=hashlib.sha256(body).hexdigest())
+  return checksums.FileChecksum(
+      git_blob=blob, size=len(body), sha256=hashlib.sha256(body).hexdigest()
+  )
 
 
 class MirrorServer(http.server.ThreadingHTTPServer):
@@ -86,7 +88,9 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def serving(files):
   server = MirrorServer(files)
-  thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+  thread = threading.Thread(
+      target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+  )
   thread.start()
   try:
     yield server
@@ -127,9 +131,11 @@ def test_download_builds_a_verified_dataset_and_reuses_it(mirror, tmp_path):
   assert texts(builder, "test") == [("h i", -1), ("j k l", -1), ("m", -1)]
   valid_path = checksums.PTB_DIR + "ptb.valid.txt"
   assert builder.info.metadata["downloads"]["validation"] == {
-      "url": f"{mirror.url}/{valid_path}", "size": len(PTB_FILES[valid_path]),
+      "url": f"{mirror.url}/{valid_path}",
+      "size": len(PTB_FILES[valid_path]),
       "sha256": hashlib.sha256(PTB_FILES[valid_path]).hexdigest(),
-      "git_blob": checksums.CHECKSUMS[valid_path].git_blob}
+      "git_blob": checksums.CHECKSUMS[valid_path].git_blob,
+  }
   assert sorted(mirror.requests) == sorted(PTB_FILES)
   again = datasets.get_builder("ptb", data_dir=tmp_path / "tfds")
   assert texts(again, "validation") == [("a b c", -1), ("d e f g", -1)]
@@ -146,7 +152,8 @@ def test_a_file_recorded_by_git_blob_only_is_verified_by_it(mirror, tmp_path):
   assert str(error.value).startswith(
       f"{mirror.url}/{changed}: the downloaded file is not the recorded one: expected git blob "
       f"{recorded(YELP_FILES[changed]).git_blob}, got git blob {recorded(bad).git_blob} "
-      f"(sha256 {recorded(bad).sha256}, {len(bad)} bytes)")
+      f"(sha256 {recorded(bad).sha256}, {len(bad)} bytes)"
+  )
   assert_nothing_built_or_left(tmp_path / "tfds2")
 
 
@@ -161,7 +168,8 @@ def test_a_changed_or_truncated_file_is_refused_and_nothing_is_built(mirror, tmp
   expected, got = recorded(good), recorded(bad)
   assert str(error.value).startswith(
       f"{mirror.url}/{path}: the downloaded file is not the recorded one: expected sha256 "
-      f"{expected.sha256} ({len(good)} bytes), got sha256 {got.sha256} ({len(bad)} bytes)")
+      f"{expected.sha256} ({len(good)} bytes), got sha256 {got.sha256} ({len(bad)} bytes)"
+  )
   assert "--config.data.dir=DIR" in str(error.value)
   assert_nothing_built_or_left(tmp_path / "tfds")
   assert not (tmp_path / "tfds" / "downloads" / "t5vae_jax" / path).exists()
@@ -183,7 +191,8 @@ def test_a_server_that_is_down_is_one_error_naming_the_url(monkeypatch, tmp_path
       rf"snli: config\.data\.dir is empty, so the files would be downloaded from 127\.0\.0\.1:{port} "
       rf"\({re.escape(url)}\), which cannot be reached \(ConnectionRefusedError: .*\); offline, put "
       r"train\.txt, valid\.txt and test\.txt in a directory and pass --config\.data\.dir=DIR",
-      str(error.value))
+      str(error.value),
+  )
   assert_nothing_built_or_left(tmp_path / "tfds")
 
 
@@ -196,7 +205,8 @@ def test_an_interrupted_download_is_retried_and_a_rerun_succeeds(mirror, tmp_pat
     datasets.get_builder("ptb", data_dir=tmp_path / "tfds")
   assert str(error.value).startswith(
       f"{mirror.url}/{path}: the download failed {download._ATTEMPTS} times, last: the "
-      f"connection closed after {size // 2} of {size} bytes; rerun to try again, or offline")
+      f"connection closed after {size // 2} of {size} bytes; rerun to try again, or offline"
+  )
   assert_nothing_built_or_left(tmp_path / "tfds")
   builder = datasets.get_builder("ptb", data_dir=tmp_path / "tfds")
   assert texts(builder, "validation") == [("a b c", -1), ("d e f g", -1)]
@@ -215,8 +225,10 @@ def test_a_kept_download_is_verified_again_before_it_is_used(mirror, tmp_path):
 
 
 def test_a_file_without_a_recorded_checksum_is_not_downloaded(mirror, tmp_path):
-  with pytest.raises(datasets.DataError, match=r"^http://127\.0\.0\.1:\d+/some/repo/"
-                                               r"0{40}/x\.txt: no checksum is recorded"):
+  with pytest.raises(
+      datasets.DataError,
+      match=r"^http://127\.0\.0\.1:\d+/some/repo/" r"0{40}/x\.txt: no checksum is recorded",
+  ):
     download.fetch("some/repo/" + "0" * 40 + "/x.txt", tmp_path, table={})
   assert mirror.requests == []
 
@@ -224,8 +236,14 @@ def test_a_file_without_a_recorded_checksum_is_not_downloaded(mirror, tmp_path):
 def test_git_blob_ids_are_gits(tmp_path):
   (tmp_path / "empty").write_bytes(b"")
   (tmp_path / "hello").write_bytes(b"hello world\n")
-  assert download.file_digests(tmp_path / "empty").git_blob == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
-  assert download.file_digests(tmp_path / "hello").git_blob == "3b18e512dba79e4c8300dd08aeb37f8e728b8dad"
+  assert (
+      download.file_digests(tmp_path / "empty").git_blob
+      == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+  )
+  assert (
+      download.file_digests(tmp_path / "hello").git_blob
+      == "3b18e512dba79e4c8300dd08aeb37f8e728b8dad"
+  )
 
 
 def test_every_file_a_builder_downloads_has_a_recorded_checksum(monkeypatch):
@@ -235,7 +253,9 @@ def test_every_file_a_builder_downloads_has_a_recorded_checksum(monkeypatch):
     for path, url in zip(builder.FILES.values(), datasets.download_urls(builder)):
       fetched.add(path)
       # https, on GitHub's raw host, at a full commit id.
-      assert re.fullmatch(r"https://raw\.githubusercontent\.com/[\w.-]+/[\w.-]+/[0-9a-f]{40}/.+", url)
+      assert re.fullmatch(
+          r"https://raw\.githubusercontent\.com/[\w.-]+/[\w.-]+/[0-9a-f]{40}/.+", url
+      )
       entry = checksums.CHECKSUMS[path]
       assert re.fullmatch(r"[0-9a-f]{40}", entry.git_blob), path
       if path in SHA256_UNKNOWN:

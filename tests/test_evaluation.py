@@ -1,5 +1,6 @@
 """Evaluation on a trained tiny model: IW-NLL, MI and AU against independent numpy code, the
 same numbers on 1 and 8 devices, and eval.py end to end."""
+
 import functools
 import json
 import math
@@ -24,9 +25,17 @@ from t5vae_jax import tokenizer as tokenizer_lib
 LOG_2PI = math.log(2 * math.pi)
 
 
-CLI_ARGS = ["--num_samples=16", "--iw_chunk=4", "--batch_size=24", "--mi_batch_size=16",
-            "--max_examples=40", "--noprogress", "--config.data.bucket_lengths=(16,)",
-            "--output=eval_cli.json", "--config.pack_tokens=True"]
+CLI_ARGS = [
+    "--num_samples=16",
+    "--iw_chunk=4",
+    "--batch_size=24",
+    "--mi_batch_size=16",
+    "--max_examples=40",
+    "--noprogress",
+    "--config.data.bucket_lengths=(16,)",
+    "--output=eval_cli.json",
+    "--config.pack_tokens=True",
+]
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +44,14 @@ def eval_cli(tmp_path_factory):
   exists (it overlaps with the in-process tests); yields the Popen."""
   workdir = demo_workdir(tmp_path_factory)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.Popen([sys.executable, str(ROOT / "eval.py"), f"--workdir={workdir}",
-                           *CLI_ARGS], env=env, cwd=str(ROOT), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+      [sys.executable, str(ROOT / "eval.py"), f"--workdir={workdir}", *CLI_ARGS],
+      env=env,
+      cwd=str(ROOT),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
   yield proc
   if proc.poll() is None:
     proc.kill()
@@ -60,10 +74,13 @@ def _batch(examples, length=16):
   ids = np.zeros((len(examples), length), np.int32)
   mask = np.zeros_like(ids)
   for i, e in enumerate(examples):
-    ids[i, :len(e["input_ids"])] = e["input_ids"]
-    mask[i, :len(e["input_ids"])] = 1
-  return {"input_ids": ids, "attention_mask": mask,
-          "example_ids": np.arange(len(examples), dtype=np.int32)}
+    ids[i, : len(e["input_ids"])] = e["input_ids"]
+    mask[i, : len(e["input_ids"])] = 1
+  return {
+      "input_ids": ids,
+      "attention_mask": mask,
+      "example_ids": np.arange(len(examples), dtype=np.int32),
+  }
 
 
 def _np_gauss(z, mu, logvar):
@@ -103,8 +120,9 @@ def test_iw_nll_matches_numpy_and_k1_is_the_single_sample_elbo(trained):
   mu, logvar = out1["mu"].astype(np.float64), out1["logvar"].astype(np.float64)
   log_w = []
   for c in range(4):
-    z = np.asarray(evaluation.iw_latents(rng, batch["example_ids"], out1["mu"], out1["logvar"],
-                                         c, 1))[:, 0]
+    z = np.asarray(
+        evaluation.iw_latents(rng, batch["example_ids"], out1["mu"], out1["logvar"], c, 1)
+    )[:, 0]
     eps = (z - mu) / np.exp(0.5 * logvar)
     assert np.all(np.abs(eps) < 6)
     rec = _np_rec(model, params, batch, z)
@@ -117,19 +135,18 @@ def test_iw_nll_matches_numpy_and_k1_is_the_single_sample_elbo(trained):
   expected = -(m + np.log(np.exp(log_w - m[:, None]).sum(1)) - np.log(4))
   np.testing.assert_allclose(out4["nll"], expected, rtol=1e-4, atol=1e-3)
   # rec at its own draw and the analytic KL.
-  z0 = np.asarray(evaluation.elbo_latents(rng, batch["example_ids"], out1["mu"],
-                                          out1["logvar"]))
-  np.testing.assert_allclose(out1["rec"], _np_rec(model, params, batch, z0), rtol=1e-4,
-                             atol=1e-3)
-  kl = 0.5 * np.sum(mu ** 2 + np.exp(logvar) - 1 - logvar, -1)
+  z0 = np.asarray(evaluation.elbo_latents(rng, batch["example_ids"], out1["mu"], out1["logvar"]))
+  np.testing.assert_allclose(out1["rec"], _np_rec(model, params, batch, z0), rtol=1e-4, atol=1e-3)
+  kl = 0.5 * np.sum(mu**2 + np.exp(logvar) - 1 - logvar, -1)
   np.testing.assert_allclose(out1["kl"], kl, rtol=1e-4, atol=1e-4)
 
   # Token packing (2 data shards, 2 samples per decoder pass: the tiled copies are packed too)
   # gives the same numbers at the same draws.
   capacity = packing_lib.capacity(batch["attention_mask"], 2)
   assert capacity < 8 * 16  # the batch has padding to skip
-  packed = jax.device_get(evaluation.compiled_batch_statistics(model, 2, capacity, 2)(
-      params, batch, rng, jnp.int32(2)))
+  packed = jax.device_get(
+      evaluation.compiled_batch_statistics(model, 2, capacity, 2)(params, batch, rng, jnp.int32(2))
+  )
   for key in ("mu", "logvar", "rec", "kl", "num_tokens"):
     np.testing.assert_allclose(packed[key], out1[key], rtol=1e-5, atol=1e-5, err_msg=key)
   np.testing.assert_allclose(packed["nll"], out4["nll"], rtol=1e-5, atol=1e-4)
@@ -144,7 +161,7 @@ def test_iw_nll_tightens_with_k(trained):
   nll = {1: [], 8: [], 64: []}
   neg_elbo = []
   for start in range(0, 64, 16):
-    batch = _batch(examples[start:start + 16])
+    batch = _batch(examples[start : start + 16])
     batch["example_ids"] += start
     for k in nll:
       out = jax.device_get(fn(params, batch, rng, jnp.int32(k)))
@@ -166,21 +183,30 @@ def test_eval_same_on_1_and_8_devices_cli_and_independent_mi_au(trained, eval_cl
   examples = examples[:40]  # 3 batches of 16, the last one partly filler
   mesh = sharding.make_mesh(jax.devices()[:1])
   one = evaluation.evaluate(
-      jax.device_put(params, sharding.replicated(mesh)), examples, model=model, mesh=mesh,
-      batch_size=16, bucket_lengths=(16,), num_samples=16, iw_chunk=8, mi_batch_size=16,
-      pack_tokens=False, progress=False, return_arrays=True)
+      jax.device_put(params, sharding.replicated(mesh)),
+      examples,
+      model=model,
+      mesh=mesh,
+      batch_size=16,
+      bucket_lengths=(16,),
+      num_samples=16,
+      iw_chunk=8,
+      mi_batch_size=16,
+      pack_tokens=False,
+      progress=False,
+      return_arrays=True,
+  )
   assert one["num_examples"] == 40 and one["num_devices"] == 1 and one["iw_chunks"] == [8]
   assert one["nll"] < one["neg_elbo"]
   assert one["neg_elbo"] == pytest.approx(one["rec"] + one["kl"], rel=1e-12)
-  np.testing.assert_allclose(one["ppl"], math.exp(one["nll"] * 40 / one["num_tokens"]),
-                             rtol=1e-6)
+  np.testing.assert_allclose(one["ppl"], math.exp(one["nll"] * 40 / one["num_tokens"]), rtol=1e-6)
   # Per word of the raw lines, plus one EOS per sentence.
   words = sum(len(e["text"].split()) for e in examples)
   assert one["num_words"] == words
-  np.testing.assert_allclose(one["ppl_word"], math.exp(one["nll"] * 40 / (words + 40)),
-                             rtol=1e-9)
-  np.testing.assert_allclose(one["ppl_word_elbo"],
-                             math.exp(one["neg_elbo"] * 40 / (words + 40)), rtol=1e-9)
+  np.testing.assert_allclose(one["ppl_word"], math.exp(one["nll"] * 40 / (words + 40)), rtol=1e-9)
+  np.testing.assert_allclose(
+      one["ppl_word_elbo"], math.exp(one["neg_elbo"] * 40 / (words + 40)), rtol=1e-9
+  )
 
   # eval.py on 8 devices (started by the fixture).
   stdout, stderr = eval_cli.communicate(timeout=300)
@@ -188,8 +214,21 @@ def test_eval_same_on_1_and_8_devices_cli_and_independent_mi_au(trained, eval_cl
   eight = json.loads((pdir / "eval_cli.json").read_text())
   assert eight["num_devices"] == 8 and eight["split"] == "test" and eight["num_samples"] == 16
   assert eight["iw_chunks"] == [4] and eight["pack_tokens"] is True and one["pack_tokens"] is False
-  for key in ("rec", "kl", "neg_elbo", "nll", "ppl", "ppl_elbo", "mi", "mi_batch", "ppl_word",
-              "rec_per_token", "kl_per_token", "nll_per_token", "neg_elbo_per_token"):
+  for key in (
+      "rec",
+      "kl",
+      "neg_elbo",
+      "nll",
+      "ppl",
+      "ppl_elbo",
+      "mi",
+      "mi_batch",
+      "ppl_word",
+      "rec_per_token",
+      "kl_per_token",
+      "nll_per_token",
+      "neg_elbo_per_token",
+  ):
     np.testing.assert_allclose(one[key], eight[key], rtol=2e-5, err_msg=key)
   assert one["au"] == eight["au"] and one["num_tokens"] == eight["num_tokens"]
   lines = stdout.strip().splitlines()
@@ -218,14 +257,18 @@ def test_eval_same_on_1_and_8_devices_cli_and_independent_mi_au(trained, eval_cl
     m = pair.max(1)
     log_agg = m + np.log(np.exp(pair - m[:, None]).sum(1)) - np.log(len(idx))
     return np.sum(_np_gauss(z[idx], mu[idx], logvar[idx]) - log_agg)
+
   np.testing.assert_allclose(one["mi"], np_mi(np.arange(40)) / 40, rtol=1e-4)
   batches = [np.arange(i, min(i + 16, 40)) for i in range(0, 40, 16)]
+
   # The per-batch MI as the released code: the analytic entropy, consecutive batches.
   def np_mi_analytic(idx):
     neg_entropy = -0.5 * np.sum(1 + logvar[idx] + LOG_2PI, -1)
     return np_mi(idx) + np.sum(neg_entropy - _np_gauss(z[idx], mu[idx], logvar[idx]))
-  np.testing.assert_allclose(one["mi_batch"], sum(np_mi_analytic(b) for b in batches) / 40,
-                             rtol=1e-4)
+
+  np.testing.assert_allclose(
+      one["mi_batch"], sum(np_mi_analytic(b) for b in batches) / 40, rtol=1e-4
+  )
 
 
 def test_helpers():
@@ -238,10 +281,21 @@ def test_helpers():
   assert evaluation.parse_checkpoint("120") == ("latest", 120)
   with pytest.raises(ValueError):
     evaluation.parse_checkpoint("last")
-  row = evaluation.markdown_row("r", {"ppl": 2.5, "kl": 1.0, "neg_elbo": 3.0, "mi": 0.5,
-                                      "au": 3, "rec": 2.0, "mi_batch": 0.4,
-                                      "ppl_elbo": 2.9e12, "num_samples": 500,
-                                      "ppl_word": 7.254})
+  row = evaluation.markdown_row(
+      "r",
+      {
+          "ppl": 2.5,
+          "kl": 1.0,
+          "neg_elbo": 3.0,
+          "mi": 0.5,
+          "au": 3,
+          "rec": 2.0,
+          "mi_batch": 0.4,
+          "ppl_elbo": 2.9e12,
+          "num_samples": 500,
+          "ppl_word": 7.254,
+      },
+  )
   assert row == "| r | 2.50 | 1.00 | 3.00 | 0.50 | 3 | 2.00 | 0.40 | 2.9e+12 | 500 | 7.25 |"
 
 
@@ -255,20 +309,34 @@ def test_eval_cli_on_a_checkpoint_step_equals_training_validation(tmp_path_facto
   config = api.load_config(pdir)
   assert config.eval_num_samples > 0  # val/nll and val/ppl are there to compare
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"--workdir={workdir}",
-                         "--phase=2", "--checkpoint=400", "--split=validation",
-                         f"--num_samples={config.eval_num_samples}",
-                         f"--seed={config.eval_seed}", "--batch_size=24",
-                         "--noprogress", "--output=eval_step400.json"],
-                        env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          str(ROOT / "eval.py"),
+          f"--workdir={workdir}",
+          "--phase=2",
+          "--checkpoint=400",
+          "--split=validation",
+          f"--num_samples={config.eval_num_samples}",
+          f"--seed={config.eval_seed}",
+          "--batch_size=24",
+          "--noprogress",
+          "--output=eval_step400.json",
+      ],
+      env=env,
+      cwd=str(ROOT),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((pdir / "eval_step400.json").read_text())
   assert result["step"] == 400 and result["checkpoint"] == "latest"
   assert result["split"] == "validation" and result["num_examples"] == 64
   assert proc.stdout.strip().splitlines()[-1] == result["row"] and "@400 |" in result["row"]
   from t5vae_jax import train_lib
-  logged = {r["step"]: r for r in train_lib.read_metrics(pdir / "metrics.jsonl")
-            if "val/kl" in r}
+
+  logged = {r["step"]: r for r in train_lib.read_metrics(pdir / "metrics.jsonl") if "val/kl" in r}
   for key in evaluation.METRICS:
     assert logged[400][f"val/{key}"] == pytest.approx(result[key], rel=2e-5), key
   assert result["kl"] != pytest.approx(logged[800]["val/kl"], rel=1e-3)
@@ -280,30 +348,39 @@ def test_validation_mi_batch_is_calc_mi_in_split_order_and_word_ppl(trained):
   (analytic entropy, consecutive lines of the split) at the same draws, and ppl_word_elbo is
   the -ELBO per word of the raw lines plus one EOS each."""
   from t5vae_jax import train_lib
+
   pdir, model, params, examples = trained
   examples = examples[:40]
   config = api.load_config(pdir)
   config.data.bucket_lengths = (12, 16)
   config.eval_seed = 5
-  iterator = data_lib.BatchIterator(examples, bucket_lengths=(12, 16), batch_size=16,
-                                    shuffle=False, num_epochs=1)
+  iterator = data_lib.BatchIterator(
+      examples, bucket_lengths=(12, 16), batch_size=16, shuffle=False, num_epochs=1
+  )
   batch_order = np.concatenate([b["example_ids"][b["example_ids"] >= 0] for b in iterator])
   assert not np.array_equal(batch_order, np.arange(40))  # the test needs a reordering
   mesh = sharding.make_mesh(jax.devices()[:1])
-  result = train_lib.validation_metrics(jax.device_put(params, sharding.replicated(mesh)),
-                                        examples, model=model, config=config, mesh=mesh,
-                                        batch_size=16)
+  result = train_lib.validation_metrics(
+      jax.device_put(params, sharding.replicated(mesh)),
+      examples,
+      model=model,
+      config=config,
+      mesh=mesh,
+      batch_size=16,
+  )
   vae = api.T5VAE(model, params, tokenizer_lib.load_tokenizer(pdir / "tokenizer"), max_len=16)
   mu, logvar = (np.asarray(a, np.float64) for a in vae.encode([e["text"] for e in examples]))
   eps = np.asarray(jax.random.normal(evaluation.mi_key(5), mu.shape), np.float64)
   z = mu + np.exp(0.5 * logvar) * eps
   # calc_mi of one batch (40 < 256 lines), written out in float64.
-  log_density = -0.5 * np.sum((z[:, None] - mu[None]) ** 2 / np.exp(logvar)[None] +
-                              logvar[None] + LOG_2PI, -1)  # (z, x)
+  log_density = -0.5 * np.sum(
+      (z[:, None] - mu[None]) ** 2 / np.exp(logvar)[None] + logvar[None] + LOG_2PI, -1
+  )  # (z, x)
   top = log_density.max(1, keepdims=True)
   log_qz = top[:, 0] + np.log(np.exp(log_density - top).sum(1)) - math.log(40)
   neg_entropy = np.mean(-0.5 * mu.shape[1] * LOG_2PI - 0.5 * np.sum(1 + logvar, -1))
   assert result["mi_batch"] == pytest.approx(neg_entropy - log_qz.mean(), abs=2e-4)
   words = sum(len(e["text"].split()) for e in examples)
   assert result["ppl_word_elbo"] == pytest.approx(
-      math.exp(result["neg_elbo"] * 40 / (words + 40)), rel=1e-9)
+      math.exp(result["neg_elbo"] * 40 / (words + 40)), rel=1e-9
+  )

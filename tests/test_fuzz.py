@@ -1,5 +1,6 @@
 """Property-based fuzzing of what users feed in: dataset files (line parser, builder, TFDS
 preparation, tokenization) and config overrides (validation and flag parsing)."""
+
 import contextlib
 import io
 import pathlib
@@ -27,9 +28,19 @@ WORDS = st.sampled_from(["the", "cat", "sat", ".", "N", "<unk>", "café", "über
 TEXT_LINE = st.lists(WORDS, min_size=0, max_size=12).map(lambda ws: " ".join(ws).encode())
 NOISE_LINE = st.binary(max_size=60).map(lambda b: b.replace(b"\n", b" "))
 LONG_LINE = st.integers(50, 400).map(lambda n: b"x" * n)
-TAB_LINE = st.tuples(st.sampled_from([b"3", b"12", b" 4", b"", b"x"]), TEXT_LINE).map(lambda t: t[0] + b"\t" + t[1])
-LINE = st.one_of(TEXT_LINE, TEXT_LINE, TEXT_LINE, TEXT_LINE, NOISE_LINE, LONG_LINE, TAB_LINE,
-                 st.sampled_from([b"", b"  ", b"\r", b"\xef\xbb\xbfbom", b"\x00", b"\xff\xfe"]))
+TAB_LINE = st.tuples(st.sampled_from([b"3", b"12", b" 4", b"", b"x"]), TEXT_LINE).map(
+    lambda t: t[0] + b"\t" + t[1]
+)
+LINE = st.one_of(
+    TEXT_LINE,
+    TEXT_LINE,
+    TEXT_LINE,
+    TEXT_LINE,
+    NOISE_LINE,
+    LONG_LINE,
+    TAB_LINE,
+    st.sampled_from([b"", b"  ", b"\r", b"\xef\xbb\xbfbom", b"\x00", b"\xff\xfe"]),
+)
 MAX_CHARS = 120
 
 
@@ -48,7 +59,9 @@ def count_lines(content: bytes) -> int:
 @given(raw=st.one_of(NOISE_LINE, LINE), has_labels=st.booleans(), first=st.booleans())
 def test_parse_line_returns_an_example_or_a_reason(raw, has_labels, first):
   try:
-    result = datasets.parse_line(raw, has_labels=has_labels, max_line_chars=MAX_CHARS, first_line=first)
+    result = datasets.parse_line(
+        raw, has_labels=has_labels, max_line_chars=MAX_CHARS, first_line=first
+    )
   except ValueError as e:  # only a Yelp label that is not an integer
     assert has_labels and "expected an integer label" in str(e)
     return
@@ -64,32 +77,50 @@ def test_parse_line_returns_an_example_or_a_reason(raw, has_labels, first):
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tmp_path_factory):
   from t5vae_jax import tokenizer as tokenizer_lib
+
   sentences = ["the cat sat .", "a cat sat on the mat .", "N <unk> the", "café über 日本"] * 10
   return tokenizer_lib.train_sentencepiece_tokenizer(
-      sentences, tmp_path_factory.mktemp("tok"), vocab_size=40, extra_ids=0,
-      model_type="char", hard_vocab_limit=False)
+      sentences,
+      tmp_path_factory.mktemp("tok"),
+      vocab_size=40,
+      extra_ids=0,
+      model_type="char",
+      hard_vocab_limit=False,
+  )
 
 
 @FUZZ
-@given(lines=st.lists(LINE, max_size=25), final_newline=st.booleans(),
-       builder_cls=st.sampled_from([datasets.Ptb, datasets.Yelp]),
-       policy=st.sampled_from(["skip", "skip", "fail"]), max_len=st.integers(2, 12))
-def test_reading_random_files_counts_every_line(lines, final_newline, builder_cls, policy, max_len,
-                                                tiny_tokenizer):
+@given(
+    lines=st.lists(LINE, max_size=25),
+    final_newline=st.booleans(),
+    builder_cls=st.sampled_from([datasets.Ptb, datasets.Yelp]),
+    policy=st.sampled_from(["skip", "skip", "fail"]),
+    max_len=st.integers(2, 12),
+)
+def test_reading_random_files_counts_every_line(
+    lines, final_newline, builder_cls, policy, max_len, tiny_tokenizer
+):
   content = file_bytes(lines, final_newline)
   with tempfile.TemporaryDirectory() as tmp:
     path = pathlib.Path(tmp) / "train.txt"
     path.write_bytes(content)
-    builder = builder_cls(data_dir=pathlib.Path(tmp) / "tfds", raw_dir=tmp,
-                          config=datasets.TextLinesConfig(on_bad_line=policy, max_line_chars=MAX_CHARS))
+    builder = builder_cls(
+        data_dir=pathlib.Path(tmp) / "tfds",
+        raw_dir=tmp,
+        config=datasets.TextLinesConfig(on_bad_line=policy, max_line_chars=MAX_CHARS),
+    )
     try:
       examples = [example for _, example in builder._generate_examples("train", path)]
     except datasets.DataError as e:  # the documented failures, naming the file
       event("DataError")
       message = str(e)
       assert str(path) in message
-      assert (policy == "fail" or "expected an integer label" in message
-              or "has no non-empty line" in message or "has no usable line" in message)
+      assert (
+          policy == "fail"
+          or "expected an integer label" in message
+          or "has no non-empty line" in message
+          or "has no usable line" in message
+      )
       return
     skipped = builder.info.metadata["num_skipped"]["train"]
   event(f"read, {'some' if sum(skipped.values()) else 'no'} lines skipped")
@@ -99,11 +130,15 @@ def test_reading_random_files_counts_every_line(lines, final_newline, builder_cl
     assert sum(skipped.values()) == 0
   ids, num_truncated = data.tokenize([e["text"] for e in examples], tiny_tokenizer, max_len)
   assert len(ids) == len(examples) and 0 <= num_truncated <= len(examples)
-  assert all(2 <= len(x) + 1 and len(x) <= max_len and x[-1] == tiny_tokenizer.eos_token_id for x in ids)
+  assert all(
+      2 <= len(x) + 1 and len(x) <= max_len and x[-1] == tiny_tokenizer.eos_token_id for x in ids
+  )
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lines=st.lists(LINE, min_size=1, max_size=15), policy=st.sampled_from(["skip", "skip", "fail"]))
+@given(
+    lines=st.lists(LINE, min_size=1, max_size=15), policy=st.sampled_from(["skip", "skip", "fail"])
+)
 def test_prepared_datasets_agree_with_the_reader(lines, policy, tiny_tokenizer):
   """A few whole TFDS preparations: load_split's counts add up to the file's lines."""
   content = file_bytes(lines, True)
@@ -113,8 +148,16 @@ def test_prepared_datasets_agree_with_the_reader(lines, policy, tiny_tokenizer):
     (raw / "train.txt").write_bytes(content)
     (raw / "valid.txt").write_bytes(b"a cat .\n")
     (raw / "test.txt").write_bytes(b"the mat .\n")
-    config = ml_collections.ConfigDict({"name": "snli", "dir": str(raw), "tfds_dir": f"{tmp}/tfds",
-                                        "max_len": 8, "on_bad_line": policy, "max_line_chars": MAX_CHARS})
+    config = ml_collections.ConfigDict(
+        {
+            "name": "snli",
+            "dir": str(raw),
+            "tfds_dir": f"{tmp}/tfds",
+            "max_len": 8,
+            "on_bad_line": policy,
+            "max_line_chars": MAX_CHARS,
+        }
+    )
     try:
       examples, stats = data.load_split(config, "train", tiny_tokenizer)
     except datasets.DataError as e:
@@ -132,9 +175,14 @@ def test_prepared_datasets_agree_with_the_reader(lines, policy, tiny_tokenizer):
 ALL_KEYS = sorted(cv.flatten(default.get_config()))
 KEY = st.one_of(st.sampled_from(ALL_KEYS), st.from_regex(r"\A[a-z_]{1,8}(\.[a-z_]{1,8}){0,2}\Z"))
 VALUE = st.one_of(
-    st.integers(-3, 300), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(),
-    st.text(max_size=12), st.sampled_from(["max", "mean", "skip", "fail", "linear", "ptb", "float32"]),
-    st.lists(st.integers(-2, 300), max_size=4).map(tuple))
+    st.integers(-3, 300),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=12),
+    st.sampled_from(["max", "mean", "skip", "fail", "linear", "ptb", "float32"]),
+    st.lists(st.integers(-2, 300), max_size=4).map(tuple),
+)
 
 
 def mentions(line: str, key: str) -> bool:
@@ -142,7 +190,9 @@ def mentions(line: str, key: str) -> bool:
 
 
 @FUZZ
-@given(overrides=st.dictionaries(KEY, VALUE, min_size=1, max_size=3), phase=st.sampled_from([1, 2, 3]))
+@given(
+    overrides=st.dictionaries(KEY, VALUE, min_size=1, max_size=3), phase=st.sampled_from([1, 2, 3])
+)
 def test_validation_of_random_overrides_names_the_keys(overrides, phase):
   config = default.get_config()
   config.unlock()
@@ -170,11 +220,30 @@ def test_validation_of_random_overrides_names_the_keys(overrides, phase):
     assert errors and errors[0].startswith("--phase=3")
 
 
-FLAG_VALUE = st.one_of(st.integers(-5, 500).map(str), st.floats(allow_nan=False).map(str),
-                       st.sampled_from(["True", "false", "max", "avg", "()", "(8, 16)", "[1]", "",
-                                        "none", "1e3", "skip", "fail", "0.5"]),
-                       st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00"),
-                               max_size=10))
+FLAG_VALUE = st.one_of(
+    st.integers(-5, 500).map(str),
+    st.floats(allow_nan=False).map(str),
+    st.sampled_from(
+        [
+            "True",
+            "false",
+            "max",
+            "avg",
+            "()",
+            "(8, 16)",
+            "[1]",
+            "",
+            "none",
+            "1e3",
+            "skip",
+            "fail",
+            "0.5",
+        ]
+    ),
+    st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00"), max_size=10
+    ),
+)
 
 
 @FUZZ
@@ -193,7 +262,9 @@ def test_random_flags_parse_or_fail_with_one_line_naming_the_key(items):
     assert e.code == 2
     lines = err.getvalue().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()
-    assert any(f"--config.{key}" in lines[0] or f"'{key}'" in lines[0] for key, _ in items), lines[0]
+    assert any(f"--config.{key}" in lines[0] or f"'{key}'" in lines[0] for key, _ in items), lines[
+        0
+    ]
     return
   errors = cv.collect_errors(flag_values.config, 1, check_paths=False)
   event("parsed, invalid" if errors else "parsed, valid")

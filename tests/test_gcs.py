@@ -6,6 +6,7 @@ metrics.jsonl, eval.json) through gcsfs, orbax's arrays through tensorstore's gc
 TensorBoard events through tensorboardX's google-cloud-storage writer. The subprocesses run in
 an empty directory that must stay empty (a gs:// path taken for a local one lands there).
 """
+
 import json
 import os
 import pathlib
@@ -28,12 +29,21 @@ TOTAL_STEPS = 24  # 1.5 epochs of 256 sentences in batches of 16
 LOG_EVERY = 2
 CHECKPOINT_EVERY = 4
 OVERRIDES = {
-    "data.synthetic.num_train": 256, "data.synthetic.num_valid": 32,
-    "data.synthetic.num_test": 32, "batch_size": 16, "phase1.epochs": 1.5,
-    "log_every_steps": LOG_EVERY, "eval_every_steps": 1000,
-    "checkpoint_every_steps": CHECKPOINT_EVERY, "progress_bar": False,
-    "model.t5.d_model": 32, "model.t5.d_ff": 64, "model.t5.d_kv": 8, "model.latent_dim": 4,
-    "data.bucket_lengths": "(16,)", "mesh_devices": 1,
+    "data.synthetic.num_train": 256,
+    "data.synthetic.num_valid": 32,
+    "data.synthetic.num_test": 32,
+    "batch_size": 16,
+    "phase1.epochs": 1.5,
+    "log_every_steps": LOG_EVERY,
+    "eval_every_steps": 1000,
+    "checkpoint_every_steps": CHECKPOINT_EVERY,
+    "progress_bar": False,
+    "model.t5.d_model": 32,
+    "model.t5.d_ff": 64,
+    "model.t5.d_kv": 8,
+    "model.latent_dim": 4,
+    "data.bucket_lengths": "(16,)",
+    "mesh_devices": 1,
 }
 
 
@@ -53,9 +63,11 @@ def gcs(monkeypatch):
       monkeypatch.setenv(key, value)
     # google-auth reads NO_GCE_CHECK when first imported, which may have been before now.
     from google.auth.compute_engine import _metadata
+
     monkeypatch.setattr(_metadata, "_NO_GCE_CHECK", True)
     fresh_file_systems()
     import gcsfs
+
     yield dict(os.environ, **env), gcsfs.GCSFileSystem()
   fresh_file_systems()
 
@@ -63,14 +75,18 @@ def gcs(monkeypatch):
 def objects(fs, prefix=f"{BUCKET}/run") -> list[str]:
   """Names of the objects under ``prefix``, relative to it, listed anew."""
   fs.invalidate_cache()
-  return sorted(name[len(prefix) + 1:] for name in fs.find(prefix))
+  return sorted(name[len(prefix) + 1 :] for name in fs.find(prefix))
 
 
 def committed_steps(fs) -> list[int]:
   """Steps of the complete checkpoints (orbax marks a finished save on GCS so)."""
-  return sorted(int(name.split("/")[2]) for name in objects(fs)
-                if name.startswith("phase1/checkpoints/") and name.count("/") == 3
-                and name.endswith("/commit_success.txt"))
+  return sorted(
+      int(name.split("/")[2])
+      for name in objects(fs)
+      if name.startswith("phase1/checkpoints/")
+      and name.count("/") == 3
+      and name.endswith("/commit_success.txt")
+  )
 
 
 def metric_rows(fs) -> list[dict]:
@@ -83,10 +99,11 @@ def event_scalars(data: bytes) -> dict[str, list[int]]:
   """tag -> steps of the scalars in a TensorBoard event file (TFRecord framing: length,
   its CRC, the Event proto, its CRC)."""
   from tensorboardX.proto import event_pb2
+
   scalars, offset = {}, 0
   while offset < len(data):
     (length,) = struct.unpack_from("<Q", data, offset)
-    event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+    event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
     offset += 12 + length + 4
     for value in event.summary.value:
       scalars.setdefault(value.tag, []).append(event.step)
@@ -97,6 +114,7 @@ def test_stand_in_has_cloud_storage_generations_and_preconditions(gcs):
   """What tensorstore relies on and the bare emulator lacks (see tests/gcs_stand_in.py)."""
   import urllib.error
   import urllib.request
+
   env, _ = gcs
   base = env["STORAGE_EMULATOR_HOST"]
   opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -133,9 +151,15 @@ def test_stand_in_has_cloud_storage_generations_and_preconditions(gcs):
 
 
 def train_cmd(tfds_dir) -> list[str]:
-  return [sys.executable, str(ROOT / "train.py"), f"--config={ROOT / 'configs/demo.py'}",
-          "--phase=1", f"--workdir={RUN}", f"--config.data.tfds_dir={tfds_dir}",
-          *[f"--config.{k}={v}" for k, v in OVERRIDES.items()]]
+  return [
+      sys.executable,
+      str(ROOT / "train.py"),
+      f"--config={ROOT / 'configs/demo.py'}",
+      "--phase=1",
+      f"--workdir={RUN}",
+      f"--config.data.tfds_dir={tfds_dir}",
+      *[f"--config.{k}={v}" for k, v in OVERRIDES.items()],
+  ]
 
 
 def test_gs_workdir_train_kill_resume_eval_load(gcs, tmp_path):
@@ -153,8 +177,9 @@ def test_gs_workdir_train_kill_resume_eval_load(gcs, tmp_path):
     # 1. Train until a checkpoint is complete in the bucket, then SIGKILL (no chance to save).
     first_checkpoint = f"{BUCKET}/run/phase1/checkpoints/{CHECKPOINT_EVERY}/commit_success.txt"
     with open(tmp_path / "first_run.log", "w+") as log:
-      proc = subprocess.Popen(train_cmd(tfds_dir), cwd=cwd, env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+      proc = subprocess.Popen(
+          train_cmd(tfds_dir), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+      )
       started.append(proc)
       deadline = time.monotonic() + 240
       while not fs.exists(first_checkpoint):  # one request per poll
@@ -171,35 +196,56 @@ def test_gs_workdir_train_kill_resume_eval_load(gcs, tmp_path):
     rows_before = metric_rows(fs)
 
     # 2. The same command resumes from the saved step and finishes the phase.
-    resumed = subprocess.run(train_cmd(tfds_dir), cwd=cwd, env=env, capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        train_cmd(tfds_dir), cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     assert f"resuming {PHASE_DIR} at step {saved}" in resumed.stderr, resumed.stderr[-3000:]
     rows = metric_rows(fs)
-    assert rows[:len(rows_before)] == rows_before  # the first run's rows are kept
-    resumed_train_steps = [r["step"] for r in rows[len(rows_before):] if "train/loss" in r]
+    assert rows[: len(rows_before)] == rows_before  # the first run's rows are kept
+    resumed_train_steps = [r["step"] for r in rows[len(rows_before) :] if "train/loss" in r]
     assert resumed_train_steps == list(range(saved + LOG_EVERY, TOTAL_STEPS + 1, LOG_EVERY))
     assert committed_steps(fs)[-1] == TOTAL_STEPS
 
     # 3. eval.py on the bucket, in the background while this process checks the rest (4, 5).
     eval_log = open(tmp_path / "eval.log", "w+")  # not a pipe: nobody reads it meanwhile
     evaluation = subprocess.Popen(
-        [sys.executable, str(ROOT / "eval.py"), f"--workdir={RUN}", "--num_samples=4",
-         "--iw_chunk=4", "--batch_size=16", "--mi_batch_size=16", "--progress=false"],
-        cwd=cwd, env=env, stdout=eval_log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            str(ROOT / "eval.py"),
+            f"--workdir={RUN}",
+            "--num_samples=4",
+            "--iw_chunk=4",
+            "--batch_size=16",
+            "--mi_batch_size=16",
+            "--progress=false",
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=eval_log,
+        stderr=subprocess.STDOUT,
+    )
     started.append(evaluation)
 
     # 4. What the bucket holds.
     names = objects(fs)
-    for name in ("phase1/config.json", "phase1/model.json", "phase1/metrics.jsonl",
-                 "phase1/tokenizer/tokenizer.json", "phase1/tokenizer/tokenizer_config.json",
-                 "tokenizer/spiece.model", f"phase1/best/{TOTAL_STEPS}/commit_success.txt",
-                 f"phase1/checkpoints/{TOTAL_STEPS}/params/manifest.ocdbt"):
+    for name in (
+        "phase1/config.json",
+        "phase1/model.json",
+        "phase1/metrics.jsonl",
+        "phase1/tokenizer/tokenizer.json",
+        "phase1/tokenizer/tokenizer_config.json",
+        "tokenizer/spiece.model",
+        f"phase1/best/{TOTAL_STEPS}/commit_success.txt",
+        f"phase1/checkpoints/{TOTAL_STEPS}/params/manifest.ocdbt",
+    ):
       assert name in names, (name, names)
     event_files = [n for n in names if n.startswith("phase1/tensorboard/events.out.tfevents.")]
     assert len(event_files) == 2, event_files  # one per process
-    first, second = sorted((event_scalars(fs.cat(f"{BUCKET}/run/{n}")) for n in event_files),
-                           key=lambda scalars: scalars["train/loss"][0])
+    first, second = sorted(
+        (event_scalars(fs.cat(f"{BUCKET}/run/{n}")) for n in event_files),
+        key=lambda scalars: scalars["train/loss"][0],
+    )
     assert first["train/loss"][0] == LOG_EVERY and "val/neg_elbo" not in first
     assert second["train/loss"] == resumed_train_steps
     assert second["val/neg_elbo"] == [TOTAL_STEPS]
@@ -207,6 +253,7 @@ def test_gs_workdir_train_kill_resume_eval_load(gcs, tmp_path):
     # 5. The notebook API loads the phase straight from the bucket, and gives the same numbers
     # as from a local copy of the same objects.
     from t5vae_jax import T5VAE
+
     vae = T5VAE.load(PHASE_DIR)
     assert vae.step == TOTAL_STEPS
     mu, logvar = vae.encode(["the cat sat on the mat ."])
@@ -230,6 +277,7 @@ def test_gs_workdir_train_kill_resume_eval_load(gcs, tmp_path):
     assert not pathlib.Path("/" + BUCKET).exists()
     # Nothing there: errors that name the gs:// path (not gcsfs's URL-encoded object name).
     from t5vae_jax import tokenizer as tokenizer_lib
+
     with pytest.raises(FileNotFoundError, match=f"'{RUN}/phase2/tokenizer': no such directory"):
       tokenizer_lib.load_tokenizer(f"{RUN}/phase2/tokenizer")
     with pytest.raises(FileNotFoundError, match=f"{RUN}/phase2/model.json is missing"):

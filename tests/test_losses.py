@@ -11,8 +11,17 @@ from t5vae_jax import losses
 vae_loss = jax.jit(losses.vae_loss, static_argnames=("kl_threshold_mode",))
 thresholded_kl = jax.jit(losses.thresholded_kl, static_argnames=("mode",))
 
-AUX_KEYS = {"loss", "rec", "rec_per_token", "kl", "kl_thresholded", "neg_elbo", "elbo",
-            "num_tokens", "beta"}
+AUX_KEYS = {
+    "loss",
+    "rec",
+    "rec_per_token",
+    "kl",
+    "kl_thresholded",
+    "neg_elbo",
+    "elbo",
+    "num_tokens",
+    "beta",
+}
 
 
 # ---------------------------------------------------------------------------- numpy refs
@@ -75,8 +84,7 @@ def test_kl_per_dim_is_zero_at_prior_and_float32_for_bf16_inputs():
 
 
 def test_thresholded_kl_hand_computed():
-  kl = jnp.array([[0.1, 2.0],
-                  [1.9, 0.0]])
+  kl = jnp.array([[0.1, 2.0], [1.9, 0.0]])
   # batch: dim means [1.0, 1.0] -> max(1, .) = [1, 1] -> 2.0
   np.testing.assert_allclose(thresholded_kl(kl, 1.0, "batch"), 2.0, rtol=1e-6)
   # example: [[1, 2], [1.9, 1]] -> sums [3.0, 2.9] -> mean 2.95
@@ -100,8 +108,9 @@ def test_thresholded_kl_modes_against_numpy():
   np.testing.assert_allclose(got_example, want_example, rtol=1e-5)
   assert got_example > got_batch + 0.1  # the modes really differ here
   for mode in ("batch", "example"):
-    np.testing.assert_allclose(thresholded_kl(jnp.asarray(kl), 0.0, mode),
-                               kl.sum(1).mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        thresholded_kl(jnp.asarray(kl), 0.0, mode), kl.sum(1).mean(), rtol=1e-5
+    )
 
 
 def test_thresholded_kl_unknown_mode():
@@ -181,8 +190,7 @@ def test_vae_loss_matches_numpy(mode):
   batch = make_batch(seed=2, batch=6)
   _, _, _, mu, logvar = batch
   floor = float(np.median(np_gaussian_kl(mu, logvar).mean(0)))
-  loss, aux = vae_loss(*map(jnp.asarray, batch), beta=0.3, kl_floor=floor,
-                              kl_threshold_mode=mode)
+  loss, aux = vae_loss(*map(jnp.asarray, batch), beta=0.3, kl_floor=floor, kl_threshold_mode=mode)
   want = np_vae_loss(*batch, beta=0.3, floor=floor, mode=mode)
   assert set(aux) == AUX_KEYS
   np.testing.assert_allclose(loss, want["loss"], rtol=1e-5)
@@ -215,8 +223,9 @@ def test_zero_example_weight_equals_dropping_the_example(mode):
   for key in AUX_KEYS:
     np.testing.assert_allclose(aux_w[key], aux_d[key], rtol=1e-6, err_msg=key)
   kl_j = jnp.asarray(kl, jnp.float32)
-  np.testing.assert_allclose(thresholded_kl(kl_j, floor, mode, weights),
-                             thresholded_kl(kl_j[keep], floor, mode), rtol=1e-6)
+  np.testing.assert_allclose(
+      thresholded_kl(kl_j, floor, mode, weights), thresholded_kl(kl_j[keep], floor, mode), rtol=1e-6
+  )
 
 
 def test_all_zero_example_weights_are_finite():
@@ -242,9 +251,13 @@ def test_vae_loss_jit_matches_eager_and_takes_traced_beta():
   for mode in ("batch", "example"):
     want = np_vae_loss(*(x[keep] for x in batch), beta=0.25, floor=floor, mode=mode)
     assert want["kl_thresholded"] > want["kl"] + 1e-3  # the floor binds
-    loss_j, aux_j = jitted(*map(jnp.asarray, batch), jnp.float32(0.25),
-                           kl_floor=jnp.float32(floor), kl_threshold_mode=mode,
-                           example_weights=weights)
+    loss_j, aux_j = jitted(
+        *map(jnp.asarray, batch),
+        jnp.float32(0.25),
+        kl_floor=jnp.float32(floor),
+        kl_threshold_mode=mode,
+        example_weights=weights,
+    )
     np.testing.assert_allclose(loss_j, want["loss"], rtol=1e-5)
     for key in AUX_KEYS:
       np.testing.assert_allclose(aux_j[key], want[key], rtol=1e-5, err_msg=key)
@@ -255,15 +268,24 @@ def test_vae_loss_bfloat16_logits():
   logits_bf16 = jnp.asarray(logits, jnp.bfloat16)
   loss, aux = jax.jit(losses.vae_loss)(logits_bf16, targets, mask, mu, logvar, 1.0)
   assert loss.dtype == jnp.float32
-  want = np_vae_loss(np.asarray(logits_bf16.astype(jnp.float32)), targets, mask, mu, logvar,
-                     beta=1.0, floor=0.0, mode="batch")
+  want = np_vae_loss(
+      np.asarray(logits_bf16.astype(jnp.float32)),
+      targets,
+      mask,
+      mu,
+      logvar,
+      beta=1.0,
+      floor=0.0,
+      mode="batch",
+  )
   np.testing.assert_allclose(loss, want["loss"], rtol=1e-5)
   np.testing.assert_allclose(aux["rec_per_token"], want["rec_per_token"], rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------- rec_normalizer
 vae_loss_normalized = jax.jit(
-    losses.vae_loss, static_argnames=("kl_threshold_mode", "rec_normalizer", "padded_length"))
+    losses.vae_loss, static_argnames=("kl_threshold_mode", "rec_normalizer", "padded_length")
+)
 
 
 def pad_to(batch, length, seed=0):
@@ -272,8 +294,13 @@ def pad_to(batch, length, seed=0):
   extra = length - targets.shape[1]
   rng = np.random.default_rng(seed)
   pad_logits = rng.normal(size=(len(targets), extra, logits.shape[2])).astype(np.float32) * 2
-  return (np.concatenate([logits, pad_logits], 1), np.pad(targets, ((0, 0), (0, extra))),
-          np.pad(mask, ((0, 0), (0, extra))), mu, logvar)
+  return (
+      np.concatenate([logits, pad_logits], 1),
+      np.pad(targets, ((0, 0), (0, extra))),
+      np.pad(mask, ((0, 0), (0, extra))),
+      mu,
+      logvar,
+  )
 
 
 def np_released_loss(logits, targets, mu, logvar, beta, floor, pad_id=0):
@@ -291,13 +318,19 @@ def test_max_len_normalizer_is_the_released_codes_mean_over_padded_positions():
   batch = pad_to(make_batch(seed=8, batch=4), 256)
   _, targets, _, mu, logvar = batch
   floor = float(np.median(np_gaussian_kl(mu, logvar)))
-  loss, aux = vae_loss_normalized(*map(jnp.asarray, batch), beta=0.3, kl_floor=floor,
-                                  kl_threshold_mode="example", rec_normalizer="max_len")
+  loss, aux = vae_loss_normalized(
+      *map(jnp.asarray, batch),
+      beta=0.3,
+      kl_floor=floor,
+      kl_threshold_mode="example",
+      rec_normalizer="max_len",
+  )
   want = np_released_loss(batch[0], targets, mu, logvar, beta=0.3, floor=floor)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   per_sentence = np_vae_loss(*batch, beta=0.3, floor=floor, mode="example")
-  np.testing.assert_allclose(loss, per_sentence["rec"] / 256 + 0.3 * per_sentence["kl_thresholded"],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      loss, per_sentence["rec"] / 256 + 0.3 * per_sentence["kl_thresholded"], rtol=1e-5
+  )
   for key in AUX_KEYS - {"loss"}:
     np.testing.assert_allclose(aux[key], per_sentence[key], rtol=1e-5, err_msg=key)
 
@@ -316,5 +349,11 @@ def test_max_len_normalizer_divides_by_padded_length_not_the_batch_width():
 
 def test_unknown_rec_normalizer():
   with pytest.raises(ValueError, match="rec_normalizer='mean' is not one of"):
-    losses.vae_loss_from_token_nll(jnp.zeros((1, 2)), jnp.ones((1, 2)), jnp.zeros((1, 1)),
-                                   jnp.zeros((1, 1)), beta=1.0, rec_normalizer="mean")
+    losses.vae_loss_from_token_nll(
+        jnp.zeros((1, 2)),
+        jnp.ones((1, 2)),
+        jnp.zeros((1, 1)),
+        jnp.zeros((1, 1)),
+        beta=1.0,
+        rec_normalizer="mean",
+    )

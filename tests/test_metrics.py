@@ -1,4 +1,5 @@
 """Tests for t5vae_jax.metrics: analytic values and float64 numpy references."""
+
 import math
 
 import jax
@@ -32,7 +33,7 @@ def np_mutual_information(mu, logvar, z, batch_size=None, entropy="sample"):
   size = n if batch_size is None else batch_size
   total = 0.0
   for start in range(0, n, size):
-    m, lv, zz = mu[start:start + size], logvar[start:start + size], z[start:start + size]
+    m, lv, zz = mu[start : start + size], logvar[start : start + size], z[start : start + size]
     log_q = np_gaussian_log_density(zz[:, None, :], m[None], lv[None])  # (n, m)
     log_q_z = np_logsumexp(log_q, axis=1) - np.log(len(m))
     if entropy == "sample":
@@ -73,7 +74,9 @@ def test_log_densities_match_numpy_and_broadcast():
   np.testing.assert_allclose(got, want, rtol=1e-5)
   np.testing.assert_allclose(
       metrics.standard_normal_log_density(z),
-      np_gaussian_log_density(z.astype(np.float64), 0.0, 0.0), rtol=1e-5)
+      np_gaussian_log_density(z.astype(np.float64), 0.0, 0.0),
+      rtol=1e-5,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -104,16 +107,22 @@ def test_per_batch_mi_is_capped_at_log_batch_size():
 
 # Shapes and static options shared by the next three tests reuse compilations.
 REFERENCE_CASES = [  # (batch_size, entropy, block_size); N = 301 is no multiple.
-    (None, "sample", 7), (None, "sample", 64), (None, "sample", 1024),
-    (None, "analytic", 64), (100, "sample", 7), (100, "sample", 1024),
-    (500, "analytic", 64)]
+    (None, "sample", 7),
+    (None, "sample", 64),
+    (None, "sample", 1024),
+    (None, "analytic", 64),
+    (100, "sample", 7),
+    (100, "sample", 1024),
+    (500, "analytic", 64),
+]
 
 
 @pytest.mark.parametrize("batch_size, entropy, block_size", REFERENCE_CASES)
 def test_mi_matches_numpy_reference(batch_size, entropy, block_size):
   mu, logvar, z = random_posteriors(3, 301, 5, scale=1.5)
   got = metrics.mutual_information_from_samples(
-      mu, logvar, z, batch_size=batch_size, block_size=block_size, entropy=entropy)
+      mu, logvar, z, batch_size=batch_size, block_size=block_size, entropy=entropy
+  )
   want = np_mutual_information(mu, logvar, z, batch_size, entropy)
   np.testing.assert_allclose(float(got), want, rtol=1e-4, atol=1e-4)
 
@@ -122,8 +131,11 @@ def test_mi_matches_numpy_reference(batch_size, entropy, block_size):
 def test_mi_does_not_depend_on_block_size(batch_size, blocks):
   mu, logvar, z = random_posteriors(4, 301, 5)
   results = [
-      float(metrics.mutual_information_from_samples(
-          mu, logvar, z, batch_size=batch_size, block_size=block))
+      float(
+          metrics.mutual_information_from_samples(
+              mu, logvar, z, batch_size=batch_size, block_size=block
+          )
+      )
       for block in blocks
   ]
   np.testing.assert_allclose(results, results[0], rtol=1e-5, atol=1e-6)
@@ -136,7 +148,8 @@ def test_mi_uses_one_reparameterised_draw_per_example():
   np.testing.assert_allclose(
       metrics.mutual_information(mu, logvar, rng),
       metrics.mutual_information_from_samples(mu, logvar, z),
-      rtol=1e-6)
+      rtol=1e-6,
+  )
 
 
 def test_mi_accurate_for_narrow_offset_posteriors():
@@ -149,7 +162,8 @@ def test_mi_accurate_for_narrow_offset_posteriors():
   logvar = np.full((n, latent_dim), -14.0)
   z = mu + np.exp(0.5 * logvar) * eps
   got = metrics.mutual_information_from_samples(
-      *(a.astype(np.float32) for a in (mu, logvar, z)), block_size=64)
+      *(a.astype(np.float32) for a in (mu, logvar, z)), block_size=64
+  )
   want = np_mutual_information(mu, logvar, z)
   assert want == pytest.approx(math.log(n), abs=1e-6)
   assert float(got) == pytest.approx(want, abs=1e-4)
@@ -182,9 +196,11 @@ def test_mi_sample_and_analytic_entropy_agree():
 def test_mi_never_materialises_n_by_n():
   n = 4096
   mu = jnp.zeros((n, 8))
-  compiled = jax.jit(
-      lambda mu: metrics.mutual_information_from_samples(mu, mu, mu, block_size=256)
-  ).lower(mu).compile()
+  compiled = (
+      jax.jit(lambda mu: metrics.mutual_information_from_samples(mu, mu, mu, block_size=256))
+      .lower(mu)
+      .compile()
+  )
   temp_bytes = compiled.memory_analysis().temp_size_in_bytes
   assert temp_bytes < n * n * 4 // 16, temp_bytes  # N x N floats would be 64 MiB.
 
@@ -236,16 +252,20 @@ def iw_inputs(seed, batch, num_samples, latent_dim):
 
 def iw_log_likelihood(log_px_given_z, z, mu, logvar):
   """log p(x) of all K samples in one chunk, as evaluation.batch_statistics folds them."""
-  acc = metrics.logsumexp_merge(jnp.full(mu.shape[:1], -jnp.inf),
-                                metrics.iw_log_weights(log_px_given_z, z, mu, logvar))
+  acc = metrics.logsumexp_merge(
+      jnp.full(mu.shape[:1], -jnp.inf), metrics.iw_log_weights(log_px_given_z, z, mu, logvar)
+  )
   return acc - jnp.log(float(z.shape[1]))
 
 
 def test_iw_single_sample_is_the_elbo_term():
   log_px_given_z, z, mu, logvar = iw_inputs(0, 5, 1, 4)
   got = iw_log_likelihood(log_px_given_z, z, mu, logvar)
-  want = (log_px_given_z[:, 0] + metrics.standard_normal_log_density(z[:, 0]) -
-          metrics.gaussian_log_density(z[:, 0], mu, logvar))
+  want = (
+      log_px_given_z[:, 0]
+      + metrics.standard_normal_log_density(z[:, 0])
+      - metrics.gaussian_log_density(z[:, 0], mu, logvar)
+  )
   assert got.shape == (5,)
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -253,11 +273,13 @@ def test_iw_single_sample_is_the_elbo_term():
 def test_iw_matches_numpy_reference():
   log_px_given_z, z, mu, logvar = iw_inputs(1, 4, 50, 6)
   z64 = z.astype(np.float64)
-  log_w = (log_px_given_z + np_gaussian_log_density(z64, 0.0, 0.0) -
-           np_gaussian_log_density(z64, mu[:, None].astype(np.float64), logvar[:, None]))
+  log_w = (
+      log_px_given_z
+      + np_gaussian_log_density(z64, 0.0, 0.0)
+      - np_gaussian_log_density(z64, mu[:, None].astype(np.float64), logvar[:, None])
+  )
   want = np_logsumexp(log_w, axis=1) - np.log(50)
-  np.testing.assert_allclose(
-      iw_log_likelihood(log_px_given_z, z, mu, logvar), want, rtol=1e-5)
+  np.testing.assert_allclose(iw_log_likelihood(log_px_given_z, z, mu, logvar), want, rtol=1e-5)
 
 
 def test_iw_chunked_merge_equals_one_shot():
@@ -266,10 +288,11 @@ def test_iw_chunked_merge_equals_one_shot():
   for start in range(0, 60, 16):  # Uneven last chunk.
     chunk = slice(start, start + 16)
     acc = metrics.logsumexp_merge(
-        acc, metrics.iw_log_weights(log_px_given_z[:, chunk], z[:, chunk], mu, logvar))
+        acc, metrics.iw_log_weights(log_px_given_z[:, chunk], z[:, chunk], mu, logvar)
+    )
   np.testing.assert_allclose(
-      acc - jnp.log(60.0), iw_log_likelihood(log_px_given_z, z, mu, logvar),
-      rtol=1e-6)
+      acc - jnp.log(60.0), iw_log_likelihood(log_px_given_z, z, mu, logvar), rtol=1e-6
+  )
 
 
 def test_iw_is_exact_with_the_true_posterior():
@@ -279,11 +302,12 @@ def test_iw_is_exact_with_the_true_posterior():
   x = np.array([[0.3, -1.2, 2.0], [0.0, 0.5, -0.1]])
   mu = x / (1 + s2)
   logvar = np.log(np.full_like(x, s2 / (1 + s2)))
-  z = mu[:, None] + np.exp(0.5 * logvar[:, None]) * np.random.default_rng(0).standard_normal((2, 7, 3))
+  z = mu[:, None] + np.exp(0.5 * logvar[:, None]) * np.random.default_rng(0).standard_normal(
+      (2, 7, 3)
+  )
   log_px_given_z = np_gaussian_log_density(x[:, None], z, math.log(s2))
   got = iw_log_likelihood(log_px_given_z, z, mu, logvar)
-  np.testing.assert_allclose(got, np_gaussian_log_density(x, 0.0, math.log(1 + s2)),
-                             rtol=1e-5)
+  np.testing.assert_allclose(got, np_gaussian_log_density(x, 0.0, math.log(1 + s2)), rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------
@@ -297,10 +321,10 @@ def repeated_posteriors(logvar, offset, n=400, repeats=60, latent_dim=32, seed=0
   the same float32 numbers in float64)."""
   rng = np.random.default_rng(seed)
   mu = offset + rng.standard_normal((n, latent_dim))
-  mu[n - repeats:] = mu[rng.choice(n - repeats, repeats)]
+  mu[n - repeats :] = mu[rng.choice(n - repeats, repeats)]
   logvar = np.broadcast_to(logvar, (n, latent_dim)).astype(np.float32)
   mu = mu.astype(np.float32)
-  z = (mu + np.exp(0.5 * logvar) * rng.standard_normal((n, latent_dim)))
+  z = mu + np.exp(0.5 * logvar) * rng.standard_normal((n, latent_dim))
   return mu, logvar, z.astype(np.float32)
 
 
@@ -327,7 +351,8 @@ def test_mi_exact_for_mixed_widths_and_all_rows_repeated():
   got = metrics.mutual_information_from_samples(mu, logvar, z, block_size=64)
   assert float(got) == pytest.approx(np_mutual_information(mu, logvar, z), abs=1e-3)
   got = metrics.mutual_information_from_samples(
-      mu, logvar, z, batch_size=150, block_size=64, entropy="analytic")
+      mu, logvar, z, batch_size=150, block_size=64, entropy="analytic"
+  )
   want = np_mutual_information(mu, logvar, z, 150, "analytic")
   assert float(got) == pytest.approx(want, abs=1e-3)
 
@@ -344,12 +369,13 @@ def he_et_al_calc_mi(mu, logvar, z, batch_size=256):
   mu, logvar, z = (np.asarray(a, np.float64) for a in (mu, logvar, z))
   total, count = 0.0, 0
   for start in range(0, len(mu), batch_size):
-    m, lv, zz = (a[start:start + batch_size] for a in (mu, logvar, z))
+    m, lv, zz = (a[start : start + batch_size] for a in (mu, logvar, z))
     b, nz = m.shape
     neg_entropy = np.mean(-0.5 * nz * LOG_2PI - 0.5 * np.sum(1 + lv, -1))
     dev = zz[:, None, :] - m[None]  # (z_batch, x_batch, nz)
-    log_density = (-0.5 * np.sum(dev ** 2 / np.exp(lv)[None], -1)
-                   - 0.5 * (nz * LOG_2PI + np.sum(lv, -1))[None])
+    log_density = (
+        -0.5 * np.sum(dev**2 / np.exp(lv)[None], -1) - 0.5 * (nz * LOG_2PI + np.sum(lv, -1))[None]
+    )
     top = log_density.max(1, keepdims=True)
     log_qz = top[:, 0] + np.log(np.exp(log_density - top).sum(1)) - math.log(b)
     total += (neg_entropy - log_qz.mean()) * b

@@ -1,4 +1,5 @@
 """The T5-VAE on top of T5: pooling, bottleneck, per-example injection, pretrained loading."""
+
 import dataclasses
 
 import jax
@@ -40,6 +41,7 @@ def vae_factory(tiny_t5):
     params = model_lib.merge_pretrained(params, t5_params)
     params["memory_proj"]["kernel"] = params["memory_proj"]["kernel"] * 4.0
     return model, params
+
   return build
 
 
@@ -48,8 +50,13 @@ def test_vae_contains_t5_params_unchanged(vae_factory, tiny_t5, fixtures_dir):
   model, params = vae_factory()
   assert set(params) == {"shared", "encoder", "decoder", "mu", "logvar", "memory_proj"}
   g = dict(np.load(fixtures_dir / "t5_v1_0" / "golden.npz"))
-  logits = jit_apply(model)({"params": params}, g["input_ids"], g["attention_mask"],
-                       g["decoder_input_ids"], method=t5_lib.T5.__call__)
+  logits = jit_apply(model)(
+      {"params": params},
+      g["input_ids"],
+      g["attention_mask"],
+      g["decoder_input_ids"],
+      method=t5_lib.T5.__call__,
+  )
   np.testing.assert_allclose(logits, g["logits"], atol=1e-4)
 
 
@@ -61,14 +68,18 @@ def test_no_batch_mixing(vae_factory, injection):
   dec = t5_lib.shift_right(ids, 0)
   perm = np.array([3, 0, 4, 1, 2])
   out = jit_apply(model)({"params": params}, ids, mask, dec, sample_latent=False)
-  out_p = jit_apply(model)({"params": params}, ids[perm], mask[perm], dec[perm], sample_latent=False)
+  out_p = jit_apply(model)(
+      {"params": params}, ids[perm], mask[perm], dec[perm], sample_latent=False
+  )
   np.testing.assert_allclose(out_p["logits"], out["logits"][perm], atol=1e-5)
   # Each example's logits must depend on its own z: a batch of one gives the same answer.
   single = jit_apply(model)({"params": params}, ids[2:3], mask[2:3], dec[2:3], sample_latent=False)
   np.testing.assert_allclose(single["logits"][0], out["logits"][2], atol=1e-5)
   # ... and different examples' latents really differ (the test would be vacuous otherwise).
   z_other = out["mu"][::-1]
-  swapped = jit_apply(model)({"params": params}, z_other, dec, method=model_lib.T5VAEModel.decode_latent)
+  swapped = jit_apply(model)(
+      {"params": params}, z_other, dec, method=model_lib.T5VAEModel.decode_latent
+  )
   assert np.abs(swapped - out["logits"]).max() > 1e-3
 
 
@@ -86,6 +97,7 @@ def test_decoder_sees_only_z(vae_factory, injection):
       if context.method_name == "latent_memory":
         args = (z,)
       return next_fun(*args, **kwargs)
+
     with jax.disable_jit(), __import__("flax").linen.intercept_methods(force_z):
       return model.apply({"params": params}, ids, mask, dec, sample_latent=False)
 
@@ -105,8 +117,12 @@ def test_padding_changes_neither_mu_nor_logvar(vae_factory, pooling, pool_layers
   pad = 5
   ids_p = jnp.pad(ids, ((0, 0), (0, pad)))
   mask_p = jnp.pad(mask, ((0, 0), (0, pad)))
-  mu, logvar = jit_apply(model)({"params": params}, ids, mask, method=model_lib.T5VAEModel.posterior)
-  mu_p, logvar_p = jit_apply(model)({"params": params}, ids_p, mask_p, method=model_lib.T5VAEModel.posterior)
+  mu, logvar = jit_apply(model)(
+      {"params": params}, ids, mask, method=model_lib.T5VAEModel.posterior
+  )
+  mu_p, logvar_p = jit_apply(model)(
+      {"params": params}, ids_p, mask_p, method=model_lib.T5VAEModel.posterior
+  )
   np.testing.assert_allclose(mu_p, mu, atol=1e-5)
   np.testing.assert_allclose(logvar_p, logvar, atol=1e-5)
 
@@ -116,8 +132,12 @@ def test_pool_padding_ablation_does_see_pads(vae_factory):
   model, params = vae_factory(pooling="mean", pool_padding=True)
   ids, mask = _batch(model.config.vocab_size, length=8)
   mu, _ = jit_apply(model)({"params": params}, ids, mask, method=model_lib.T5VAEModel.posterior)
-  mu_p, _ = jit_apply(model)({"params": params}, jnp.pad(ids, ((0, 0), (0, 4))),
-                        jnp.pad(mask, ((0, 0), (0, 4))), method=model_lib.T5VAEModel.posterior)
+  mu_p, _ = jit_apply(model)(
+      {"params": params},
+      jnp.pad(ids, ((0, 0), (0, 4))),
+      jnp.pad(mask, ((0, 0), (0, 4))),
+      method=model_lib.T5VAEModel.posterior,
+  )
   assert np.abs(mu_p - mu).max() > 1e-4
 
 
@@ -129,12 +149,17 @@ def test_pool_states_against_numpy():
     n = mask[b].sum()
     want_max = states[b, :, :n].reshape(-1, 4).max(0)
     want_mean = states[b, :, :n].reshape(-1, 4).mean(0)
-    np.testing.assert_allclose(model_lib.pool_states(states, mask, "max", False)[b], want_max,
-                               rtol=1e-6)
-    np.testing.assert_allclose(model_lib.pool_states(states, mask, "mean", False)[b], want_mean,
-                               rtol=1e-5)
-    np.testing.assert_allclose(model_lib.pool_states(states[:, -1], mask, "mean", True)[b],
-                               states[b, -1].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(
+        model_lib.pool_states(states, mask, "max", False)[b], want_max, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        model_lib.pool_states(states, mask, "mean", False)[b], want_mean, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        model_lib.pool_states(states[:, -1], mask, "mean", True)[b],
+        states[b, -1].mean(0),
+        rtol=1e-5,
+    )
 
 
 def test_reparameterised_sampling(vae_factory):
@@ -144,8 +169,10 @@ def test_reparameterised_sampling(vae_factory):
   det = jit_apply(model)({"params": params}, ids, mask, dec, sample_latent=False)
   np.testing.assert_array_equal(det["z"], det["mu"])
   apply = jit_apply(model)
-  draws = [apply({"params": params}, ids, mask, dec, rngs={"latent": jax.random.key(s)})
-           for s in range(100)]
+  draws = [
+      apply({"params": params}, ids, mask, dec, rngs={"latent": jax.random.key(s)})
+      for s in range(100)
+  ]
   eps = np.stack([(d["z"] - d["mu"]) / np.exp(0.5 * d["logvar"]) for d in draws])
   assert abs(eps.mean()) < 0.1 and abs(eps.std() - 1.0) < 0.1, (eps.mean(), eps.std())
   same = apply({"params": params}, ids, mask, dec, rngs={"latent": jax.random.key(0)})
@@ -164,8 +191,13 @@ def test_vae_decode_cache_matches_full(vae_factory, injection):
   step = jit_apply(dmodel)
   steps = []
   for t in range(dec.shape[1]):
-    logits, mut = step({"params": params, "cache": cache}, z, dec[:, t:t + 1],
-                       method=model_lib.T5VAEModel.decode_latent, mutable=("cache",))
+    logits, mut = step(
+        {"params": params, "cache": cache},
+        z,
+        dec[:, t : t + 1],
+        method=model_lib.T5VAEModel.decode_latent,
+        mutable=("cache",),
+    )
     cache = mut["cache"]
     steps.append(logits[:, 0])
   np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5)
@@ -185,6 +217,7 @@ def test_finetuned_checkpoint_restores_into_a_fresh_model(vae_factory, tmp_path)
   replaces them), which a freshly initialised VAE has no leaf for: eval.py and T5VAE.load
   build the model fresh and must still restore the checkpoint, extra leaves and all."""
   from t5vae_jax import checkpoint as ckpt_lib
+
   model, params = vae_factory()
   fresh = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
   extra = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
@@ -219,13 +252,21 @@ def test_pooled_encoder_output_skips_the_final_dropout(tiny_t5):
     vae = model_lib.VAEConfig(latent_dim=config.d_model, pool_dropout=pool_dropout)
     model = model_lib.T5VAEModel(config, vae=vae)
     params = model_lib.merge_pretrained(
-        jax.jit(model_lib.init_params, static_argnums=0)(model, jax.random.key(1)), t5_params)
+        jax.jit(model_lib.init_params, static_argnums=0)(model, jax.random.key(1)), t5_params
+    )
     params["mu"]["kernel"] = jnp.eye(config.d_model)
-    mu_train = model.apply({"params": params}, ids, mask, False,
-                           method=model_lib.T5VAEModel.posterior, rngs={"dropout": jax.random.key(3)})[0]
+    mu_train = model.apply(
+        {"params": params},
+        ids,
+        mask,
+        False,
+        method=model_lib.T5VAEModel.posterior,
+        rngs={"dropout": jax.random.key(3)},
+    )[0]
     zeros[pool_dropout] = float(np.mean(np.asarray(mu_train) == 0.0))
-    mu_eval[pool_dropout] = np.asarray(model.apply({"params": params}, ids, mask, True,
-                                                   method=model_lib.T5VAEModel.posterior)[0])
+    mu_eval[pool_dropout] = np.asarray(
+        model.apply({"params": params}, ids, mask, True, method=model_lib.T5VAEModel.posterior)[0]
+    )
   assert zeros[True] > 0.2 and zeros[False] < zeros[True] / 5, zeros
   np.testing.assert_array_equal(mu_eval[False], mu_eval[True])
 
@@ -240,8 +281,7 @@ def test_pool_all_layers_against_hugging_face_hidden_states(tiny_t5, fixtures_di
   transformers = pytest.importorskip("transformers")
   config, t5_params = tiny_t5
   ids, mask = _batch(config.vocab_size, batch=4, length=10, seed=3)
-  hf = transformers.T5ForConditionalGeneration.from_pretrained(
-      str(fixtures_dir / "t5_v1_0")).eval()
+  hf = transformers.T5ForConditionalGeneration.from_pretrained(str(fixtures_dir / "t5_v1_0")).eval()
   # A final-norm weight far from 1 on both sides, so that a norm applied twice, or without its
   # weight, shows.
   norm_weight = np.random.default_rng(4).uniform(0.3, 3.0, config.d_model).astype(np.float32)
@@ -249,8 +289,11 @@ def test_pool_all_layers_against_hugging_face_hidden_states(tiny_t5, fixtures_di
   t5_params["encoder"]["final_layer_norm"]["weight"] = jnp.asarray(norm_weight)
   with torch.no_grad():
     hf.encoder.final_layer_norm.weight.copy_(torch.tensor(norm_weight))
-    out = hf.encoder(input_ids=torch.tensor(np.asarray(ids), dtype=torch.long),
-                     attention_mask=torch.tensor(np.asarray(mask)), output_hidden_states=True)
+    out = hf.encoder(
+        input_ids=torch.tensor(np.asarray(ids), dtype=torch.long),
+        attention_mask=torch.tensor(np.asarray(mask)),
+        output_hidden_states=True,
+    )
   layers = [h.numpy().astype(np.float64) for h in out.hidden_states[1:]]  # last one normed
   assert len(layers) == config.num_layers >= 2
   weight = norm_weight.astype(np.float64)
@@ -258,8 +301,11 @@ def test_pool_all_layers_against_hugging_face_hidden_states(tiny_t5, fixtures_di
 
   def rms_norm(x):
     return weight * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
-  readings = {"all": np.stack([rms_norm(h) for h in layers[:-1]] + [layers[-1]], axis=1),
-              "all_raw": np.stack(layers, axis=1)}  # (B, layers, T, D)
+
+  readings = {
+      "all": np.stack([rms_norm(h) for h in layers[:-1]] + [layers[-1]], axis=1),
+      "all_raw": np.stack(layers, axis=1),
+  }  # (B, layers, T, D)
   m = np.asarray(mask).astype(bool)
 
   def reference(states, pooling):
@@ -272,11 +318,17 @@ def test_pool_all_layers_against_hugging_face_hidden_states(tiny_t5, fixtures_di
     model = model_lib.T5VAEModel(config, vae=vae)
     if params is None:  # the pooling options leave the parameter tree as it is
       params = model_lib.merge_pretrained(
-          jax.jit(model_lib.init_params, static_argnums=0)(model, jax.random.key(1)), t5_params)
+          jax.jit(model_lib.init_params, static_argnums=0)(model, jax.random.key(1)), t5_params
+      )
       params["mu"]["kernel"] = jnp.eye(config.d_model)
-    got[pool_layers, pooling] = np.asarray(jit_apply(model)(
-        {"params": params}, ids, mask, method=model_lib.T5VAEModel.posterior)[0])
-    np.testing.assert_allclose(got[pool_layers, pooling],
-                               reference(readings[pool_layers], pooling), rtol=1e-4, atol=1e-5,
-                               err_msg=f"{pool_layers}/{pooling}")
+    got[pool_layers, pooling] = np.asarray(
+        jit_apply(model)({"params": params}, ids, mask, method=model_lib.T5VAEModel.posterior)[0]
+    )
+    np.testing.assert_allclose(
+        got[pool_layers, pooling],
+        reference(readings[pool_layers], pooling),
+        rtol=1e-4,
+        atol=1e-5,
+        err_msg=f"{pool_layers}/{pooling}",
+    )
   assert np.abs(got["all", "max"] - got["all_raw", "max"]).max() > 1e-2  # the readings differ

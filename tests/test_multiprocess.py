@@ -3,6 +3,7 @@
 One launch of each topology does everything (data shards, training with multi-process
 checkpoints, gathered validation, cross-topology restore); the tests below read its results.
 """
+
 import os
 import pathlib
 import signal
@@ -27,17 +28,34 @@ def _free_port() -> int:
 
 def _launch(out_dir: pathlib.Path, num_processes: int, devices_per_process: int, tfds_dir):
   out_dir.mkdir(parents=True, exist_ok=True)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=str(ROOT),
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+  )
   port = str(_free_port())
   logs = [out_dir / f"process{i}.log" for i in range(num_processes)]
   procs = []
   try:
     for i, log in enumerate(logs):
       with log.open("w") as log_file:
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out_dir), str(i),
-                                       str(num_processes), port, str(tfds_dir)],
-                                      env=env, stdout=log_file, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(WORKER),
+                    str(out_dir),
+                    str(i),
+                    str(num_processes),
+                    port,
+                    str(tfds_dir),
+                ],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        )
     deadline = time.monotonic() + TIMEOUT_S
     for p in procs:
       p.wait(timeout=max(1.0, deadline - time.monotonic()))
@@ -51,8 +69,10 @@ def _launch(out_dir: pathlib.Path, num_processes: int, devices_per_process: int,
       if p.poll() is None:
         p.kill()
         p.wait()
-  tails = "\n".join(f"--- process {i} (exit {p.returncode}):\n{log.read_text()[-3000:]}"
-                    for i, (p, log) in enumerate(zip(procs, logs)))
+  tails = "\n".join(
+      f"--- process {i} (exit {p.returncode}):\n{log.read_text()[-3000:]}"
+      for i, (p, log) in enumerate(zip(procs, logs))
+  )
   assert all(p.returncode == 0 for p in procs), tails
   return [dict(np.load(out_dir / f"process{i}.npz")) for i in range(num_processes)]
 
@@ -69,7 +89,7 @@ def runs(tmp_path_factory):
 
 
 def _params(record, prefix="param"):
-  return {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)}
+  return {k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)}
 
 
 def test_multiprocess_data_shards_are_disjoint_and_cover_the_global_batch(runs):
@@ -101,9 +121,12 @@ def test_multiprocess_checkpoints_restore_across_process_counts(runs):
   # 2 -> 1: this (single) process restores the 2-process checkpoint bit-identically.
   from t5vae_jax import checkpoint as ckpt_lib
   import jax
+
   params, _ = ckpt_lib.restore_params(base / "multi" / "work" / "phase1")
-  flat = {jax.tree_util.keystr(p): np.asarray(v)
-          for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  flat = {
+      jax.tree_util.keystr(p): np.asarray(v)
+      for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   for k, v in _params(multi[0]).items():
     np.testing.assert_array_equal(flat[k], v, err_msg=k)
 

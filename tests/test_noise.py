@@ -13,8 +13,9 @@ from t5vae_jax import noise
 
 EOS, PAD = 1, 0
 
-delete_tokens_jit = jax.jit(noise.delete_tokens,
-                            static_argnames=("rate", "mode", "eos_id", "pad_id"))
+delete_tokens_jit = jax.jit(
+    noise.delete_tokens, static_argnames=("rate", "mode", "eos_id", "pad_id")
+)
 
 
 def make_inputs(seed, batch, length, min_len=1, vocab=50):

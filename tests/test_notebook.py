@@ -1,6 +1,7 @@
 """notebooks/latent_space.ipynb runs top to bottom: its install cell against the freshly built
 wheel, then on a checkpoint of non-synthetic data (no attributes: the PCA is coloured by length),
 loaded, not trained. The attribute colouring of the synthetic grammar runs on its own below."""
+
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ def ptb_like_checkpoint(demo_phase_dir, root):
   """A copy of the demo's phase directory whose config names PTB-format files (train.txt,
   valid.txt, test.txt: text only, no attributes), as a checkpoint trained on PTB would."""
   from t5vae_jax import synthetic
+
   phase_dir = root / "ptb_run" / "phase2"
   shutil.copytree(demo_phase_dir, phase_dir)
   data_dir = root / "ptb"
@@ -40,17 +42,21 @@ def test_notebook_runs(tmp_path_factory, tmp_path):
   wheel = built_wheel(tmp_path_factory)
   site = tmp_path / "site"
   nb = nbformat.read(NOTEBOOK, as_version=4)
-  env = {"T5VAE_CHECKPOINT": str(checkpoint), "T5VAE_WORKDIR": str(tmp_path / "unused"),
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-         # The install cell's source: the wheel instead of the repository, offline, no deps.
-         "T5VAE_INSTALL_FROM": wheel.as_uri(),
-         "T5VAE_PIP_ARGS": f"--no-deps --no-index --target {site}"}
+  env = {
+      "T5VAE_CHECKPOINT": str(checkpoint),
+      "T5VAE_WORKDIR": str(tmp_path / "unused"),
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+      # The install cell's source: the wheel instead of the repository, offline, no deps.
+      "T5VAE_INSTALL_FROM": wheel.as_uri(),
+      "T5VAE_PIP_ARGS": f"--no-deps --no-index --target {site}",
+  }
   saved = {k: os.environ.get(k) for k in [*env, "MPLBACKEND"]}
   os.environ.update(env)  # the kernel inherits this process's environment
   os.environ.pop("MPLBACKEND", None)  # the notebook's inline backend draws the figure
   try:
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
   finally:
     for k, v in saved.items():
@@ -62,8 +68,13 @@ def test_notebook_runs(tmp_path_factory, tmp_path):
   assert (site / "t5vae_jax" / "api.py").is_file()
   assert not (site / "configs").exists()
   imported = subprocess.run(
-      [sys.executable, "-c", "import t5vae_jax; print(t5vae_jax.__file__)"], cwd=tmp_path,
-      env=dict(os.environ, PYTHONPATH=str(site)), capture_output=True, text=True, timeout=60)
+      [sys.executable, "-c", "import t5vae_jax; print(t5vae_jax.__file__)"],
+      cwd=tmp_path,
+      env=dict(os.environ, PYTHONPATH=str(site)),
+      capture_output=True,
+      text=True,
+      timeout=60,
+  )
   assert imported.returncode == 0, imported.stderr
   assert imported.stdout.strip() == str(site / "t5vae_jax" / "__init__.py")
 
@@ -85,11 +96,16 @@ def test_pca_cell_colours_by_the_grammar_attributes(capsys):
   of the two attributes that separate best, one scatter per value of each."""
   nbformat = pytest.importorskip("nbformat")
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   from t5vae_jax import synthetic
-  cell = next(c for c in nbformat.read(NOTEBOOK, as_version=4).cells
-              if c.cell_type == "code" and "np.linalg.svd" in c.source)
+
+  cell = next(
+      c
+      for c in nbformat.read(NOTEBOOK, as_version=4).cells
+      if c.cell_type == "code" and "np.linalg.svd" in c.source
+  )
   source = "\n".join(line for line in cell.source.splitlines() if not line.startswith("%"))
   records = synthetic.generate(200, 0)
   # A code in which the subject's number moves z along one axis: the PCA must find it.

@@ -4,6 +4,7 @@ Two processes on 127.0.0.1 (gloo), SIGTERM to one of them only: both save the sa
 143, and the resumed run ends bit-identical to an uninterrupted 2-process run. A first SIGINT
 saves and exits 130; a second one exits at once.
 """
+
 import contextlib
 import json
 import os
@@ -27,9 +28,16 @@ WORKER = ROOT / "tests" / "_preemption_worker.py"
 TIMEOUT_S = 240  # per launch of the two processes; a hang shows their stacks, not a stuck suite
 # 1 epoch of 16 steps, the mesh over both processes' devices, validation of 16 lines at the end
 # (no importance samples); one layer each side: few and small compilations.
-CONFIG_OVERRIDES = {"mesh_devices": 0, "log_every_steps": 1, "checkpoint_every_steps": 1000,
-                    "eval_max_examples": 16, "eval_num_samples": 0, "phase1.epochs": 1.0,
-                    "model.t5.num_layers": 1, "model.t5.num_decoder_layers": 1}
+CONFIG_OVERRIDES = {
+    "mesh_devices": 0,
+    "log_every_steps": 1,
+    "checkpoint_every_steps": 1000,
+    "eval_max_examples": 16,
+    "eval_num_samples": 0,
+    "phase1.epochs": 1.0,
+    "model.t5.num_layers": 1,
+    "model.t5.num_decoder_layers": 1,
+}
 STEP_SLEEP_S = 0.25
 
 
@@ -44,7 +52,9 @@ def slow_compile_train_step(sleep_s: float):
     def slow_step_fn(*step_args, **step_kwargs):
       time.sleep(sleep_s)
       return step_fn(*step_args, **step_kwargs)
+
     return slow_step_fn
+
   return compile_train_step
 
 
@@ -61,8 +71,13 @@ def prepared(tmp_path_factory):
 def _two_processes(base: pathlib.Path, mode: str, prepared, **env_extra):
   """Starts both workers; on leaving, waits for them (a hard deadline: on timeout every Python
   thread's stack goes into each log, then they are killed) and kills any stray."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-             XLA_FLAGS="--xla_force_host_platform_device_count=1", **env_extra)
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=str(ROOT),
+      XLA_FLAGS="--xla_force_host_platform_device_count=1",
+      **env_extra,
+  )
   port = str(_free_port())
   logs = [base / f"{mode}{i}.log" for i in range(2)]
   procs = []
@@ -70,10 +85,23 @@ def _two_processes(base: pathlib.Path, mode: str, prepared, **env_extra):
   try:
     for i, log in enumerate(logs):
       with log.open("w") as log_file:
-        procs.append(subprocess.Popen(
-            [sys.executable, str(WORKER), str(base), str(i), "2", port, *map(str, prepared),
-             mode],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(WORKER),
+                    str(base),
+                    str(i),
+                    "2",
+                    port,
+                    *map(str, prepared),
+                    mode,
+                ],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        )
     yield result
     deadline = time.monotonic() + TIMEOUT_S
     try:
@@ -95,8 +123,10 @@ def _two_processes(base: pathlib.Path, mode: str, prepared, **env_extra):
 
 
 def _tails(run) -> str:
-  return "\n".join(f"--- process {i} (exit {p.poll()}):\n{log.read_text()[-3000:]}"
-                   for i, (p, log) in enumerate(zip(run["procs"], run["logs"], strict=True)))
+  return "\n".join(
+      f"--- process {i} (exit {p.poll()}):\n{log.read_text()[-3000:]}"
+      for i, (p, log) in enumerate(zip(run["procs"], run["logs"], strict=True))
+  )
 
 
 def _metric_rows(workdir) -> int:
@@ -105,16 +135,21 @@ def _metric_rows(workdir) -> int:
 
 
 def test_sigterm_on_one_process_stops_both_at_one_step_and_resume_is_bit_identical(
-    tmp_path, prepared):
+    tmp_path, prepared
+):
   base = tmp_path
   with _two_processes(base, "interrupted", prepared, STEP_SLEEP_S=str(STEP_SLEEP_S)) as run:
     deadline = time.monotonic() + TIMEOUT_S
-    while (_metric_rows(base / "killed") < 3 and time.monotonic() < deadline
-           and all(p.poll() is None for p in run["procs"])):
+    while (
+        _metric_rows(base / "killed") < 3
+        and time.monotonic() < deadline
+        and all(p.poll() is None for p in run["procs"])
+    ):
       time.sleep(0.05)
     rows_at_signal = _metric_rows(base / "killed")
-    assert rows_at_signal >= 3 and all(p.poll() is None for p in run["procs"]), (
-        "no 3 logged steps while both ran\n" + _tails(run))
+    assert rows_at_signal >= 3 and all(
+        p.poll() is None for p in run["procs"]
+    ), "no 3 logged steps while both ran\n" + _tails(run)
     sent = time.perf_counter()
     run["procs"][1].send_signal(signal.SIGTERM)  # the non-lead process only
   assert not run.get("timed_out"), run["tails"]  # with both processes' stacks at the end
@@ -126,8 +161,10 @@ def test_sigterm_on_one_process_stops_both_at_one_step_and_resume_is_bit_identic
   assert rows_at_signal <= stopped < 16, (rows_at_signal, stopped)
   assert ckpt_lib.PhaseCheckpoints(base / "killed" / "phase1").latest_step() == stopped
   assert f"SIGTERM on another process: saved step {stopped} in" in run["logs"][0].read_text()
-  print(f"SIGTERM to process 1 after {rows_at_signal} logged steps; both saved step {stopped} "
-        f"and exited 143 {took:.2f} s after the signal")
+  print(
+      f"SIGTERM to process 1 after {rows_at_signal} logged steps; both saved step {stopped} "
+      f"and exited 143 {took:.2f} s after the signal"
+  )
 
   with _two_processes(base, "resume", prepared) as run:
     pass
@@ -137,7 +174,7 @@ def test_sigterm_on_one_process_stops_both_at_one_step_and_resume_is_bit_identic
   for i in range(2):
     record = dict(np.load(base / f"params{i}.npz"))
     assert record["killed_step"] == record["straight_step"] == 16
-    keys = [k[len("straight"):] for k in record if k.startswith("straight[")]
+    keys = [k[len("straight") :] for k in record if k.startswith("straight[")]
     assert keys
     for k in keys:
       np.testing.assert_array_equal(record["killed" + k], record["straight" + k], err_msg=k)
@@ -148,8 +185,9 @@ def test_first_sigint_saves_and_exits_130(tmp_path, prepared, monkeypatch, capsy
   the previous SIGINT handler back afterwards."""
   monkeypatch.setattr(train_lib, "compile_train_step", slow_compile_train_step(0.2))
   workdir = tmp_path / "work"
-  config = tiny_config(prepared[0], **{**CONFIG_OVERRIDES, "mesh_devices": 1,
-                                       "data.tokenizer": str(prepared[1])})
+  config = tiny_config(
+      prepared[0], **{**CONFIG_OVERRIDES, "mesh_devices": 1, "data.tokenizer": str(prepared[1])}
+  )
 
   def interrupt():  # once two steps are logged
     deadline = time.monotonic() + 120
@@ -174,7 +212,7 @@ def test_first_sigint_saves_and_exits_130(tmp_path, prepared, monkeypatch, capsy
   assert f"SIGINT: saved step {saved} in {workdir / 'phase1'}" in err
 
 
-_SECOND_SIGINT = '''
+_SECOND_SIGINT = """
 import sys, time
 from t5vae_jax.preemption import PreemptionFlag
 with PreemptionFlag() as flag:
@@ -184,13 +222,18 @@ with PreemptionFlag() as flag:
   print("requested", flush=True)
   time.sleep(60)  # a long step: only the second Ctrl-C ends it early
 print("not killed", flush=True)
-'''
+"""
 
 
 def test_second_sigint_exits_at_once():
-  proc = subprocess.Popen([sys.executable, "-c", _SECOND_SIGINT], cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+      [sys.executable, "-c", _SECOND_SIGINT],
+      cwd=ROOT,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
   try:
     assert proc.stdout.readline() == "ready\n"
     proc.send_signal(signal.SIGINT)

@@ -5,6 +5,7 @@ T5 for 20 steps on 2 of the 8 simulated devices, and its output directory must l
 code and, with torch installed, in Hugging Face's PyTorch T5 with the same logits. The resume and
 budget tests reuse the compiled step of that run (same settings, same process).
 """
+
 import json
 import shutil
 import subprocess
@@ -50,8 +51,9 @@ def test_hand_checked_spans_at_both_ends():
 
 def test_too_many_spans_for_the_sentinels_is_an_error():
   with pytest.raises(ValueError, match="sentinels"):
-    corruption.apply_noise_mask(np.arange(10, 16), np.array([1, 0, 1, 0, 1, 0], bool), SENT0, EOS,
-                                num_sentinels=2)
+    corruption.apply_noise_mask(
+        np.arange(10, 16), np.array([1, 0, 1, 0, 1, 0], bool), SENT0, EOS, num_sentinels=2
+    )
 
 
 def test_noise_counts_follow_t5():
@@ -73,10 +75,17 @@ def test_spans_reconstruct_exactly(rotate):
     span = float(rng.choice([1.0, 2.0, 3.0, 5.0]))
     tokens = rng.integers(3, 99, length)
     inputs, targets = corruption.span_corruption(
-        tokens, np.random.default_rng(case), noise_density=density, mean_span_length=span,
-        first_sentinel_id=SENT0, eos_id=EOS, rotate=rotate)
+        tokens,
+        np.random.default_rng(case),
+        noise_density=density,
+        mean_span_length=span,
+        first_sentinel_id=SENT0,
+        eos_id=EOS,
+        rotate=rotate,
+    )
     np.testing.assert_array_equal(
-        corruption.merge_span_corruption(inputs, targets, SENT0, EOS), tokens)
+        corruption.merge_span_corruption(inputs, targets, SENT0, EOS), tokens
+    )
     # EOS exactly once, at the end of both.
     assert inputs[-1] == EOS and targets[-1] == EOS
     assert EOS not in inputs[:-1] and EOS not in targets[:-1]
@@ -119,13 +128,23 @@ def test_noise_fraction_span_length_and_uniform_positions():
 
 def test_eos_handling():
   with pytest.raises(ValueError, match="without EOS"):
-    corruption.span_corruption(np.array([5, 6, EOS, 7]), np.random.default_rng(0),
-                               noise_density=0.15, mean_span_length=3, first_sentinel_id=SENT0,
-                               eos_id=EOS)
+    corruption.span_corruption(
+        np.array([5, 6, EOS, 7]),
+        np.random.default_rng(0),
+        noise_density=0.15,
+        mean_span_length=3,
+        first_sentinel_id=SENT0,
+        eos_id=EOS,
+    )
   for tokens in ([], [5]):  # too short to mask: the text and EOS; the target is EOS alone
     inputs, targets = corruption.span_corruption(
-        np.array(tokens, np.int64), np.random.default_rng(0), noise_density=0.15,
-        mean_span_length=3, first_sentinel_id=SENT0, eos_id=EOS)
+        np.array(tokens, np.int64),
+        np.random.default_rng(0),
+        noise_density=0.15,
+        mean_span_length=3,
+        first_sentinel_id=SENT0,
+        eos_id=EOS,
+    )
     assert inputs.tolist() == tokens + [EOS] and targets.tolist() == [EOS]
   with pytest.raises(ValueError, match="EOS"):
     corruption.merge_span_corruption([5, SENT0], [SENT0, 6, EOS], SENT0, EOS)
@@ -139,8 +158,13 @@ def test_fit_length_fills_max_len():
   lengths_in, lengths_tg = set(), set()
   for i in range(300):
     inputs, targets = corruption.span_corruption(
-        rng.integers(3, 99, content), rng, noise_density=0.15, mean_span_length=3,
-        first_sentinel_id=SENT0, eos_id=EOS)
+        rng.integers(3, 99, content),
+        rng,
+        noise_density=0.15,
+        mean_span_length=3,
+        first_sentinel_id=SENT0,
+        eos_id=EOS,
+    )
     lengths_in.add(len(inputs))
     lengths_tg.add(len(targets))
   assert max(lengths_in) == 128 and max(lengths_tg) <= target
@@ -153,8 +177,9 @@ def _spec(**kw):
 def test_batches_are_deterministic_and_cover_the_text():
   rng = np.random.default_rng(4)
   lines = [rng.integers(3, 99, int(n)) for n in rng.integers(1, 30, 200)]
-  make = lambda: corruption.SpanCorruptionData(lines, mode="chunks", max_len=32,  # noqa: E731
-                                               spec=_spec(), seed=7)
+  make = lambda: corruption.SpanCorruptionData(
+      lines, mode="chunks", max_len=32, spec=_spec(), seed=7  # noqa: E731
+  )
   a, b = make(), make()
   for step in (0, 5, 3 * a.num_examples // 4):  # the last batch crosses into later epochs
     x, y = a.train_batch(step, 4), b.train_batch(step, 4)
@@ -163,40 +188,56 @@ def test_batches_are_deterministic_and_cover_the_text():
   batch = a.train_batch(0, 4)
   assert batch["input_ids"].shape == (4, 32) and batch["targets"].shape == (4, a.target_len)
   # Every chunk of an epoch, merged back, is a piece of that epoch's reshuffled text.
-  epoch0 = np.concatenate([corruption.merge_span_corruption(
-      *[r[m > 0] for r, m in ((bt["input_ids"][i], bt["attention_mask"][i]),
-                              (bt["targets"][i], bt["target_mask"][i]))], SENT0, EOS)
-      for bt in [a.batch_from(range(a.num_examples))] for i in range(a.num_examples)])
+  epoch0 = np.concatenate(
+      [
+          corruption.merge_span_corruption(
+              *[
+                  r[m > 0]
+                  for r, m in (
+                      (bt["input_ids"][i], bt["attention_mask"][i]),
+                      (bt["targets"][i], bt["target_mask"][i]),
+                  )
+              ],
+              SENT0,
+              EOS,
+          )
+          for bt in [a.batch_from(range(a.num_examples))]
+          for i in range(a.num_examples)
+      ]
+  )
   assert len(epoch0) == a.num_examples * a.content_len
   stream = a._epoch_stream(0)
-  np.testing.assert_array_equal(epoch0, stream[:len(epoch0)])
+  np.testing.assert_array_equal(epoch0, stream[: len(epoch0)])
   np.testing.assert_array_equal(np.sort(stream), np.sort(np.concatenate(lines)))
   # Another epoch: other chunk boundaries (the lines are reshuffled) and other noise.
   assert not np.array_equal(a.content(0)[0], a.content(a.num_examples)[0])
   # The same seed and step in a different stream (validation) gives different noise.
-  v = corruption.SpanCorruptionData(lines, mode="chunks", max_len=32, spec=_spec(), seed=7,
-                                    stream=1)
+  v = corruption.SpanCorruptionData(
+      lines, mode="chunks", max_len=32, spec=_spec(), seed=7, stream=1
+  )
   assert not np.array_equal(v.train_batch(0, 4)["input_ids"], batch["input_ids"])
 
 
 def test_lines_mode_pads_per_batch():
   lines = [np.arange(3, 3 + n) for n in (2, 5, 9, 40, 1)]
-  data = corruption.SpanCorruptionData(lines, mode="lines", max_len=16, spec=_spec(), seed=0,
-                                       shuffle=False, pad_multiple=8)
+  data = corruption.SpanCorruptionData(
+      lines, mode="lines", max_len=16, spec=_spec(), seed=0, shuffle=False, pad_multiple=8
+  )
   assert data.num_examples == 4 and data.num_truncated == 1  # the 1-token line is dropped
   batch = data.batch_from([0, 1])
   assert batch["input_ids"].shape[1] == 8 and batch["input_ids"].shape[1] % 8 == 0
   for i in range(4):
     inputs, targets = data.example(i)
     merged = corruption.merge_span_corruption(inputs, targets, SENT0, EOS)
-    np.testing.assert_array_equal(merged, lines[i][:data.content_len])
+    np.testing.assert_array_equal(merged, lines[i][: data.content_len])
     assert len(inputs) <= 16
 
 
 def test_span_mask_marks_the_masked_words_only():
   lines = [np.arange(3, 3 + n) for n in (12, 20, 30, 7)]
-  data = corruption.SpanCorruptionData(lines, mode="lines", max_len=32, spec=_spec(), seed=3,
-                                       shuffle=False)
+  data = corruption.SpanCorruptionData(
+      lines, mode="lines", max_len=32, spec=_spec(), seed=3, shuffle=False
+  )
   batch = data.batch_from(range(4), rows=5)
   assert batch["span_mask"].shape == batch["target_mask"].shape
   for r in range(4):
@@ -212,12 +253,14 @@ def test_span_mask_marks_the_masked_words_only():
 
 def test_embedding_lr_multiplier_scales_only_the_shared_embedding():
   import jax.numpy as jnp
+
   params = {"shared": {"embedding": jnp.ones((4, 3))}, "encoder": {"kernel": jnp.ones((3, 3))}}
   grads = jax.tree.map(lambda x: 0.5 * x, params)
   updates = {}
   for k in (1.0, 7.0):
-    opt = pretrain_lib.OptimizerSettings(lr=1e-2, schedule="constant", warmup_steps=0,
-                                         weight_decay=0.0, embedding_lr_multiplier=k)
+    opt = pretrain_lib.OptimizerSettings(
+        lr=1e-2, schedule="constant", warmup_steps=0, weight_decay=0.0, embedding_lr_multiplier=k
+    )
     tx = pretrain_lib.make_optimizer(opt, pretrain_lib.make_schedule(opt))
     updates[k], _ = tx.update(grads, tx.init(params), params)
   # Adam's first step is -lr * sign(g) (up to eps): the embedding's is k times the others'.
@@ -239,19 +282,59 @@ def _write_text(path, n, seed):
   rng = np.random.default_rng(seed)
   with open(path, "w") as f:
     for _ in range(n):
-      words = ["the", rng.choice(_ADJS), rng.choice(_NOUNS), rng.choice(_VERBS), "the",
-               rng.choice(_NOUNS)]
+      words = [
+          "the",
+          rng.choice(_ADJS),
+          rng.choice(_NOUNS),
+          rng.choice(_VERBS),
+          "the",
+          rng.choice(_NOUNS),
+      ]
       if rng.random() < 0.5:
         words += ["and", "the", rng.choice(_NOUNS), rng.choice(_VERBS)]
       f.write(" ".join(words) + "\n")
 
 
 def _args(text, valid, out, *extra):
-  return ["--text", str(text), "--valid", str(valid), "--out", str(out), "--vocab_size", "40",
-          "--d_model", "32", "--num_layers", "1", "--num_heads", "2", "--d_kv", "16",
-          "--d_ff", "64", "--max_len", "32", "--batch_size", "16", "--steps", "20",
-          "--lr", "3e-3", "--warmup_steps", "2", "--log_every", "5", "--eval_every", "10",
-          "--save_every", "10", "--num_devices", "2", *extra]
+  return [
+      "--text",
+      str(text),
+      "--valid",
+      str(valid),
+      "--out",
+      str(out),
+      "--vocab_size",
+      "40",
+      "--d_model",
+      "32",
+      "--num_layers",
+      "1",
+      "--num_heads",
+      "2",
+      "--d_kv",
+      "16",
+      "--d_ff",
+      "64",
+      "--max_len",
+      "32",
+      "--batch_size",
+      "16",
+      "--steps",
+      "20",
+      "--lr",
+      "3e-3",
+      "--warmup_steps",
+      "2",
+      "--log_every",
+      "5",
+      "--eval_every",
+      "10",
+      "--save_every",
+      "10",
+      "--num_devices",
+      "2",
+      *extra,
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -280,8 +363,9 @@ def test_tiny_run_loss_goes_down(run):
   # The logged unigram baseline is that of the run's own tokenized text.
   tokenizer = pretrained.load_tokenizer(str(out))
   flat = lambda name: np.concatenate(corruption.tokenize_lines(tokenizer, root / name))  # noqa
-  want = corruption.unigram_cross_entropy(flat("train.txt"), flat("valid.txt"),
-                                          pretrained.load_t5(str(out))[0].vocab_size)
+  want = corruption.unigram_cross_entropy(
+      flat("train.txt"), flat("valid.txt"), pretrained.load_t5(str(out))[0].vocab_size
+  )
   assert [r["unigram_span_loss"] for r in valid] == pytest.approx([want, want], rel=1e-9)
 
 
@@ -295,6 +379,7 @@ def test_unigram_cross_entropy_by_hand():
 def test_output_loads_like_a_hugging_face_checkpoint(run):
   import orbax.checkpoint as ocp
   import transformers
+
   _, out, _ = run
   config, params = pretrained.load_t5(str(out))
   assert config.d_model == 32 and config.num_layers == 1 and config.feed_forward_proj == "relu"
@@ -303,21 +388,31 @@ def test_output_loads_like_a_hugging_face_checkpoint(run):
   assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1)
   assert tokenizer.convert_tokens_to_ids("<extra_id_0>") == len(tokenizer) - 1
   assert config.vocab_size % 128 == 0 and config.vocab_size >= len(tokenizer)
-  assert tokenizer.decode(tokenizer("the big cat sees the dog")["input_ids"],
-                          skip_special_tokens=True) == "the big cat sees the dog"
+  assert (
+      tokenizer.decode(tokenizer("the big cat sees the dog")["input_ids"], skip_special_tokens=True)
+      == "the big cat sees the dog"
+  )
   # The exported weights are the trained ones (the last orbax checkpoint), bit for bit.
   saved = ocp.StandardCheckpointer().restore(out / pretrain.CKPT_DIR / "20" / "params")
-  for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(params),
-                               jax.tree_util.tree_leaves_with_path(jax.device_get(saved))):
+  for (path, a), (_, b) in zip(
+      jax.tree_util.tree_leaves_with_path(params),
+      jax.tree_util.tree_leaves_with_path(jax.device_get(saved)),
+  ):
     np.testing.assert_array_equal(a, np.asarray(b), err_msg=str(path))
 
 
 def _span_corrupted_batch(root, out):
   tokenizer = pretrained.load_tokenizer(str(out))
-  spec = corruption.CorruptionSpec(first_sentinel_id=corruption.sentinel_ids(tokenizer, 100),
-                                   eos_id=1, pad_id=0)
-  data = corruption.SpanCorruptionData(corruption.tokenize_lines(tokenizer, root / "valid.txt"),
-                                       mode="lines", max_len=32, spec=spec, seed=5)
+  spec = corruption.CorruptionSpec(
+      first_sentinel_id=corruption.sentinel_ids(tokenizer, 100), eos_id=1, pad_id=0
+  )
+  data = corruption.SpanCorruptionData(
+      corruption.tokenize_lines(tokenizer, root / "valid.txt"),
+      mode="lines",
+      max_len=32,
+      spec=spec,
+      seed=5,
+  )
   batch = data.batch_from(range(4))
   batch["decoder_input_ids"] = np.asarray(t5_lib.shift_right(batch["targets"], 0))
   return batch
@@ -327,18 +422,25 @@ def _span_corrupted_batch(root, out):
 def test_parity_pretrained_output_with_hugging_face(run):
   import torch
   import transformers
+
   root, out, _ = run
   batch = _span_corrupted_batch(root, out)
   config, params = pretrained.load_t5(str(out))
-  ours = np.asarray(jax.jit(t5_lib.T5(config).apply)(
-      {"params": params}, batch["input_ids"], batch["attention_mask"],
-      batch["decoder_input_ids"]))
+  ours = np.asarray(
+      jax.jit(t5_lib.T5(config).apply)(
+          {"params": params},
+          batch["input_ids"],
+          batch["attention_mask"],
+          batch["decoder_input_ids"],
+      )
+  )
   hf = transformers.T5ForConditionalGeneration.from_pretrained(str(out)).eval()
   with torch.no_grad():
-    theirs = hf(input_ids=torch.from_numpy(batch["input_ids"].astype(np.int64)),
-                attention_mask=torch.from_numpy(batch["attention_mask"].astype(np.int64)),
-                decoder_input_ids=torch.from_numpy(batch["decoder_input_ids"].astype(np.int64))
-                ).logits.numpy()
+    theirs = hf(
+        input_ids=torch.from_numpy(batch["input_ids"].astype(np.int64)),
+        attention_mask=torch.from_numpy(batch["attention_mask"].astype(np.int64)),
+        decoder_input_ids=torch.from_numpy(batch["decoder_input_ids"].astype(np.int64)),
+    ).logits.numpy()
   assert theirs.shape == ours.shape == batch["targets"].shape + (config.vocab_size,)
   assert np.abs(ours - theirs).max() < 1e-4
   assert np.std(theirs) > 0.1  # not a vacuous comparison
@@ -361,20 +463,31 @@ def test_resume_gives_the_uninterrupted_result(run, tmp_path):
   for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(pretrain.PretrainError, match="max_len"):  # other settings than the stored run
-    pretrain.main(_args(root / "train.txt", root / "valid.txt", resumed, "--resume")
-                  + ["--max_len", "40"])
+    pretrain.main(
+        _args(root / "train.txt", root / "valid.txt", resumed, "--resume") + ["--max_len", "40"]
+    )
 
 
 def test_max_minutes_stops_and_still_writes_the_checkpoint(run, tmp_path):
   root, out, _ = run
   budget = tmp_path / "out"
-  summary = pretrain.main(_args(root / "train.txt", root / "valid.txt", budget, "--tokenizer",
-                                str(out), "--max_minutes", "0.0001"))
+  summary = pretrain.main(
+      _args(
+          root / "train.txt",
+          root / "valid.txt",
+          budget,
+          "--tokenizer",
+          str(out),
+          "--max_minutes",
+          "0.0001",
+      )
+  )
   assert summary["stopped_by"] == "max_minutes" and summary["step"] == 1
   config, _ = pretrained.load_t5(str(budget))
   assert config.vocab_size == pretrained.load_config(out).vocab_size
-  assert pretrained.load_tokenizer(str(budget)).convert_tokens_to_ids("<extra_id_0>") == \
-      pretrained.load_tokenizer(str(out)).convert_tokens_to_ids("<extra_id_0>")
+  assert pretrained.load_tokenizer(str(budget)).convert_tokens_to_ids(
+      "<extra_id_0>"
+  ) == pretrained.load_tokenizer(str(out)).convert_tokens_to_ids("<extra_id_0>")
   assert (budget / pretrain.CKPT_DIR / "1").exists()
 
 
@@ -383,30 +496,57 @@ def test_stop_at_step_equals_the_full_schedule_cut_there(run, tmp_path):
   (the run's own checkpoint at step 10), and the stop is reported as such."""
   root, out, _ = run
   cut = tmp_path / "out"
-  summary = pretrain.main(_args(root / "train.txt", root / "valid.txt", cut, "--tokenizer",
-                                str(out), "--stop_at_step", "10"))
+  summary = pretrain.main(
+      _args(
+          root / "train.txt",
+          root / "valid.txt",
+          cut,
+          "--tokenizer",
+          str(out),
+          "--stop_at_step",
+          "10",
+      )
+  )
   assert summary["stopped_by"] == "stop_at_step" and summary["step"] == 10
   assert summary["valid_loss"] is not None  # validated and written like a --max_minutes stop
   _, got = pretrained.load_t5(str(cut))
   _, full = pretrained.load_t5(str(out))
   import orbax.checkpoint as ocp
+
   restored = ocp.StandardCheckpointer().restore(
-      (out / pretrain.CKPT_DIR / "10" / "params").resolve())
+      (out / pretrain.CKPT_DIR / "10" / "params").resolve()
+  )
   assert len(jax.tree.leaves(got)) == len(jax.tree.leaves(restored))
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b)
   assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(got)))
   with pytest.raises(pretrain.PretrainError, match="--stop_at_step"):
-    pretrain.main(_args(root / "train.txt", root / "valid.txt", tmp_path / "x",
-                        "--stop_at_step", "0"))
+    pretrain.main(
+        _args(root / "train.txt", root / "valid.txt", tmp_path / "x", "--stop_at_step", "0")
+    )
 
 
 def test_help_documents_the_options():
-  result = subprocess.run([sys.executable, "-m", "t5vae_jax.pretrain", "--help"],
-                          capture_output=True, text=True, timeout=60)
+  result = subprocess.run(
+      [sys.executable, "-m", "t5vae_jax.pretrain", "--help"],
+      capture_output=True,
+      text=True,
+      timeout=60,
+  )
   assert result.returncode == 0
-  for flag in ("--text", "--out", "--tokenizer", "--noise_density", "--mean_span_length",
-               "--max_minutes", "--stop_at_step", "--resume", "--feed_forward_proj", "--dtype", "--optimizer"):
+  for flag in (
+      "--text",
+      "--out",
+      "--tokenizer",
+      "--noise_density",
+      "--mean_span_length",
+      "--max_minutes",
+      "--stop_at_step",
+      "--resume",
+      "--feed_forward_proj",
+      "--dtype",
+      "--optimizer",
+  ):
     assert flag in result.stdout
 
 
@@ -414,14 +554,18 @@ def test_check_context_use_script(run, capsys):
   """scripts/check_context_use.py on the tiny run: losses per word kind, own vs other input."""
   import importlib.util
   import pathlib
+
   root, out, _ = run
   path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "check_context_use.py"
   spec = importlib.util.spec_from_file_location("check_context_use", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   assert module.main([str(out), "--text", str(root / "valid.txt"), "--lines", "40"]) == 0
-  rows = {line[:14].strip(): line[14:].split() for line in capsys.readouterr().out.splitlines()
-          if line[:14].strip() in ("first of span", "later in span", "all")}
+  rows = {
+      line[:14].strip(): line[14:].split()
+      for line in capsys.readouterr().out.splitlines()
+      if line[:14].strip() in ("first of span", "later in span", "all")
+  }
   assert set(rows) == {"first of span", "later in span", "all"}
   counts = {k: int(v[0]) for k, v in rows.items()}
   assert counts["all"] == counts["first of span"] + counts["later in span"] > 0

@@ -2,6 +2,7 @@
 Face's PyTorch T5 on them: 2020 t5-*, t5-v1_1 and flan-t5 replicas (tests/_replicas.py) in
 every weight format and dtype they come in; keys Hugging Face ignores are dropped, others are
 errors; a checkpoint without tokenizer files stops before training."""
+
 import json
 import logging
 import os
@@ -28,22 +29,34 @@ LEGACY_BIAS = "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.w
 # name: (family, writer keywords, golden entry); "bin" replicas need torch to be written.
 VARIANTS = {
     "t5_2020_safetensors": ("t5_2020", dict(weights=("safetensors",)), "t5_2020/float32"),
-    "t5_2020_msgpack": ("t5_2020", dict(weights=("msgpack",), other_formats=True),
-                        "t5_2020/float32"),
+    "t5_2020_msgpack": (
+        "t5_2020",
+        dict(weights=("msgpack",), other_formats=True),
+        "t5_2020/float32",
+    ),
     "t5_2020_bin": ("t5_2020", dict(weights=("bin",)), "t5_2020/float32"),
     "t5_v1_1_bin": ("t5_v1_1", dict(), "t5_v1_1/float32"),
     "t5_v1_1_bin_float16": ("t5_v1_1", dict(bin_dtype="float16"), "t5_v1_1/float16"),
-    "t5_v1_1_bin_bfloat16_sharded": ("t5_v1_1", dict(bin_dtype="bfloat16", bin_shards=3),
-                                     "t5_v1_1/bfloat16"),
+    "t5_v1_1_bin_bfloat16_sharded": (
+        "t5_v1_1",
+        dict(bin_dtype="bfloat16", bin_shards=3),
+        "t5_v1_1/bfloat16",
+    ),
     "t5_v1_1_msgpack": ("t5_v1_1", dict(files=("msgpack",)), "t5_v1_1/float32"),
-    "t5_v1_1_msgpack_wrapped": ("t5_v1_1", dict(files=("msgpack",), wrap_params=True),
-                                "t5_v1_1/float32"),
+    "t5_v1_1_msgpack_wrapped": (
+        "t5_v1_1",
+        dict(files=("msgpack",), wrap_params=True),
+        "t5_v1_1/float32",
+    ),
     "flan_t5_safetensors": ("flan_t5", dict(), "flan_t5/float32"),
     "flan_t5_bfloat16_sharded": ("flan_t5", dict(dtype="bfloat16", shards=2), "flan_t5/bfloat16"),
 }
-_NEEDS_TORCH = {name for name, (family, kw, _) in VARIANTS.items()
-                if "bin" in kw.get("weights", ()) or
-                (family == "t5_v1_1" and "bin" in kw.get("files", ("bin",)))}
+_NEEDS_TORCH = {
+    name
+    for name, (family, kw, _) in VARIANTS.items()
+    if "bin" in kw.get("weights", ())
+    or (family == "t5_v1_1" and "bin" in kw.get("files", ("bin",)))
+}
 _FORWARD = {}
 
 
@@ -52,8 +65,11 @@ def _logits(config, params, inputs):
   if config not in _FORWARD:
     model = t5_lib.T5(config)
     _FORWARD[config] = jax.jit(lambda p, a, m, d: model.apply({"params": p}, a, m, d))
-  return np.asarray(_FORWARD[config](params, inputs["input_ids"], inputs["attention_mask"],
-                                     inputs["decoder_input_ids"]))
+  return np.asarray(
+      _FORWARD[config](
+          params, inputs["input_ids"], inputs["attention_mask"], inputs["decoder_input_ids"]
+      )
+  )
 
 
 def _assert_close(ours, theirs):
@@ -82,10 +98,16 @@ def test_replica_matches_hugging_face_golden(name, replicas):
   family, _, entry = VARIANTS[name]
   golden = np.load(GOLDEN)
   dtype = entry.split("/")[1]
-  weights_sum = sum(np.abs(v).astype(np.float64).sum()
-                    for v in _replicas.reference_state(family, dtype=dtype).values())
-  np.testing.assert_allclose(weights_sum, golden[f"{entry}/weights_sum"], rtol=1e-9,
-                             err_msg="the replica's weights changed: rerun make_parity_fixtures")
+  weights_sum = sum(
+      np.abs(v).astype(np.float64).sum()
+      for v in _replicas.reference_state(family, dtype=dtype).values()
+  )
+  np.testing.assert_allclose(
+      weights_sum,
+      golden[f"{entry}/weights_sum"],
+      rtol=1e-9,
+      err_msg="the replica's weights changed: rerun make_parity_fixtures",
+  )
   config, params = pretrained.load_t5(str(replicas[name]))
   inputs = {k: golden[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
   _assert_close(_logits(config, params, inputs), golden[f"{entry}/logits"])
@@ -97,15 +119,20 @@ def test_replicas_match_hugging_face_live(replicas, tmp_path):
   documents as ignored; our logits match its logits on the same directory."""
   import torch
   import transformers
+
   inputs = mpf.replica_inputs()
   for name, directory in replicas.items():
     family, kwargs, entry = VARIANTS[name]
     hf_dir = directory
     if "msgpack" in name:  # transformers 5 has no Flax: the same weights in torch's format
-      hf_dir = (_replicas.t5_2020(tmp_path / name) if family == "t5_2020" else
-                _replicas.t5_v1_1(tmp_path / name, files=("bin",)))
+      hf_dir = (
+          _replicas.t5_2020(tmp_path / name)
+          if family == "t5_2020"
+          else _replicas.t5_v1_1(tmp_path / name, files=("bin",))
+      )
     model, info = transformers.T5ForConditionalGeneration.from_pretrained(
-        hf_dir, dtype=torch.float32, output_loading_info=True)
+        hf_dir, dtype=torch.float32, output_loading_info=True
+    )
     assert not info["missing_keys"], (name, info)
     assert set(info["unexpected_keys"]) <= {LEGACY_BIAS}, (name, info)
     with torch.no_grad():
@@ -123,25 +150,40 @@ def test_2020_layout_drops_what_hugging_face_drops_in_one_log_line(replicas, cap
     config, params = pretrained.load_t5(str(directory))
   lines = [r.getMessage() for r in caplog.records if "drops on load" in r.getMessage()]
   assert len(lines) == 1, lines
-  for key in (LEGACY_BIAS, "encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
-              "lm_head.weight"):
+  for key in (
+      LEGACY_BIAS,
+      "encoder.embed_tokens.weight",
+      "decoder.embed_tokens.weight",
+      "lm_head.weight",
+  ):
     assert key in lines[0]
   assert str(directory) in lines[0]
   assert config.tie_word_embeddings and "lm_head" not in params
   # The legacy config.json: Hugging Face T5Config's defaults.
-  assert (config.feed_forward_proj, config.num_decoder_layers, config.scale_decoder_outputs,
-          config.relative_attention_max_distance) == ("relu", 2, True, 128)
+  assert (
+      config.feed_forward_proj,
+      config.num_decoder_layers,
+      config.scale_decoder_outputs,
+      config.relative_attention_max_distance,
+  ) == ("relu", 2, True, 128)
 
 
 def test_legacy_config_defaults_are_hugging_faces():
   import transformers
+
   raw = _replicas.config_2020()
   assert not {"feed_forward_proj", "tie_word_embeddings", "num_decoder_layers"} & set(raw)
   ours = t5_lib.T5Config.from_hf_dict(raw)
   theirs = transformers.T5Config(**raw)
-  for field in ("feed_forward_proj", "num_decoder_layers", "num_layers", "d_ff",
-                "relative_attention_max_distance", "scale_decoder_outputs",
-                "decoder_start_token_id"):
+  for field in (
+      "feed_forward_proj",
+      "num_decoder_layers",
+      "num_layers",
+      "d_ff",
+      "relative_attention_max_distance",
+      "scale_decoder_outputs",
+      "decoder_start_token_id",
+  ):
     assert getattr(ours, field) == getattr(theirs, field), field
   assert ours.tie_word_embeddings and ours.activation == theirs.dense_act_fn
 
@@ -157,16 +199,32 @@ def _rewrite(directory, tmp_path, edit):
   return out
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda s: s.update({"encoder.block.0.layer.0.SelfAttention.q.bias": np.zeros(32, np.float32)}),
-     "unexpected 1 (e.g. encoder.block.0.layer.0.SelfAttention.q.bias)"),
-    (lambda s: s.update({"decoder.block.1.layer.1.EncDecAttention.relative_attention_bias.weight":
-                         np.zeros((8, 4), np.float32)}),
-     "unexpected 1 (e.g. decoder.block.1.layer.1.EncDecAttention.relative_attention_bias.weight)"),
-    (lambda s: s.pop("decoder.final_layer_norm.weight"),
-     "missing 1 (e.g. decoder.final_layer_norm.weight)"),
-    (lambda s: s.pop("shared.weight"), "missing shared.weight"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda s: s.update(
+                {"encoder.block.0.layer.0.SelfAttention.q.bias": np.zeros(32, np.float32)}
+            ),
+            "unexpected 1 (e.g. encoder.block.0.layer.0.SelfAttention.q.bias)",
+        ),
+        (
+            lambda s: s.update(
+                {
+                    "decoder.block.1.layer.1.EncDecAttention.relative_attention_bias.weight": np.zeros(
+                        (8, 4), np.float32
+                    )
+                }
+            ),
+            "unexpected 1 (e.g. decoder.block.1.layer.1.EncDecAttention.relative_attention_bias.weight)",
+        ),
+        (
+            lambda s: s.pop("decoder.final_layer_norm.weight"),
+            "missing 1 (e.g. decoder.final_layer_norm.weight)",
+        ),
+        (lambda s: s.pop("shared.weight"), "missing shared.weight"),
+    ],
+)
 def test_other_unexpected_or_missing_keys_stay_errors(replicas, tmp_path, edit, message):
   directory = _rewrite(replicas["t5_2020_safetensors"], tmp_path, edit)
   with pytest.raises(pretrained.CheckpointError) as info:
@@ -181,8 +239,10 @@ def test_tf_h5_is_never_read(replicas, tmp_path):
   src = replicas["t5_v1_1_msgpack"]
   for name in ("config.json", "tf_model.h5"):
     (directory / name).write_bytes((src / name).read_bytes())
-  with pytest.raises(pretrained.CheckpointError, match="no weights found; expected one of "
-                     "model.safetensors, .*flax_model.msgpack"):
+  with pytest.raises(
+      pretrained.CheckpointError,
+      match="no weights found; expected one of " "model.safetensors, .*flax_model.msgpack",
+  ):
     pretrained.load_t5(str(directory))
 
 
@@ -192,21 +252,26 @@ def test_safetensors_reader_every_dtype_lazily(tmp_path, monkeypatch):
   read_bytes), and the arrays do not depend on the file afterwards."""
   import ml_dtypes
   from safetensors.numpy import save_file
+
   rng = np.random.default_rng(0)
   plain = {
-      "f64": rng.normal(size=(3, 5)), "f32": rng.normal(size=(7,)).astype(np.float32),
+      "f64": rng.normal(size=(3, 5)),
+      "f32": rng.normal(size=(7,)).astype(np.float32),
       "f16": rng.normal(size=(2, 3, 4)).astype(np.float16),
-      "i64": rng.integers(-9, 9, (4,)), "i32": rng.integers(-9, 9, (2, 2)).astype(np.int32),
-      "i16": np.arange(5, dtype=np.int16), "i8": np.arange(-3, 3, dtype=np.int8),
-      "u8": np.arange(6, dtype=np.uint8).reshape(2, 3), "bool": np.array([True, False, True]),
+      "i64": rng.integers(-9, 9, (4,)),
+      "i32": rng.integers(-9, 9, (2, 2)).astype(np.int32),
+      "i16": np.arange(5, dtype=np.int16),
+      "i8": np.arange(-3, 3, dtype=np.int8),
+      "u8": np.arange(6, dtype=np.uint8).reshape(2, 3),
+      "bool": np.array([True, False, True]),
       "scalar": np.array(2.5, np.float32),
   }
   save_file(plain, tmp_path / "plain.safetensors")  # the safetensors package's own writer
   bf16 = rng.normal(size=(5, 3)).astype(np.float32)
-  (tmp_path / "bf16.safetensors").write_bytes(_replicas._safetensors_bytes({"w": bf16},
-                                                                          "bfloat16"))
-  monkeypatch.setattr(type(pretrained.epath.Path(tmp_path)), "read_bytes",
-                      lambda self: pytest.fail("read whole"))
+  (tmp_path / "bf16.safetensors").write_bytes(_replicas._safetensors_bytes({"w": bf16}, "bfloat16"))
+  monkeypatch.setattr(
+      type(pretrained.epath.Path(tmp_path)), "read_bytes", lambda self: pytest.fail("read whole")
+  )
   got = pretrained.read_safetensors(tmp_path / "plain.safetensors")
   assert set(got) == set(plain)
   for name, value in plain.items():
@@ -221,10 +286,12 @@ def test_safetensors_reader_every_dtype_lazily(tmp_path, monkeypatch):
   if torch_available():  # and torch's bfloat16 bytes are read as torch reads them
     import torch
     from safetensors.torch import save_file as torch_save_file
+
     t = torch.randn(4, 6, dtype=torch.bfloat16)
     torch_save_file({"t": t}, tmp_path / "torch.safetensors")
     np.testing.assert_array_equal(
-        pretrained.read_safetensors(tmp_path / "torch.safetensors")["t"], t.float().numpy())
+        pretrained.read_safetensors(tmp_path / "torch.safetensors")["t"], t.float().numpy()
+    )
   # The file changes afterwards: what was read does not.
   before = got["f32"].copy()
   size = (tmp_path / "plain.safetensors").stat().st_size
@@ -236,8 +303,10 @@ def test_safetensors_reader_every_dtype_lazily(tmp_path, monkeypatch):
 def test_safetensors_reader_names_the_file_and_tensor(tmp_path):
   good = _replicas._safetensors_bytes({"a": np.zeros((4, 4), np.float32)}, "float32")
   (tmp_path / "short.safetensors").write_bytes(good[:-8])
-  with pytest.raises(pretrained.CheckpointError, match=r"short.safetensors: cannot read weights: "
-                     r"tensor a \(F32 \[4, 4\]\)"):
+  with pytest.raises(
+      pretrained.CheckpointError,
+      match=r"short.safetensors: cannot read weights: " r"tensor a \(F32 \[4, 4\]\)",
+  ):
     pretrained.read_safetensors(tmp_path / "short.safetensors")
   header = json.dumps({"a": {"dtype": "F8_E5M2", "shape": [1], "data_offsets": [0, 1]}}).encode()
   (tmp_path / "f8.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0")
@@ -249,11 +318,16 @@ def test_safetensors_reader_names_the_file_and_tensor(tmp_path):
 def test_torch_bin_reader_storages_and_views(tmp_path):
   """HalfStorage, BFloat16Storage, ints; views with storage offsets and strides; shared storage."""
   import torch
+
   base = torch.randn(6, 8)
   state = {
-      "f16": torch.randn(3, 4).half(), "bf16": torch.randn(5, 2).bfloat16(),
-      "i64": torch.arange(7), "transposed": base.t(), "offset_slice": base[2:4, 1:5],
-      "shared_a": base, "f64": torch.randn(2, 2, dtype=torch.float64),
+      "f16": torch.randn(3, 4).half(),
+      "bf16": torch.randn(5, 2).bfloat16(),
+      "i64": torch.arange(7),
+      "transposed": base.t(),
+      "offset_slice": base[2:4, 1:5],
+      "shared_a": base,
+      "f64": torch.randn(2, 2, dtype=torch.float64),
   }
   torch.save(state, tmp_path / "x.bin")
   got = pretrained.read_torch_zip((tmp_path / "x.bin").read_bytes())
@@ -265,15 +339,22 @@ def test_torch_bin_reader_storages_and_views(tmp_path):
 
 def test_unreadable_bin_and_msgpack_name_the_file(tmp_path):
   from flax import serialization
-  tree = {"shared": {"embedding": np.zeros((4, 2), np.float32)},
-          "encoder": {"final_layer_norm": {"scale": np.ones(2, np.float32)}}}
+
+  tree = {
+      "shared": {"embedding": np.zeros((4, 2), np.float32)},
+      "encoder": {"final_layer_norm": {"scale": np.ones(2, np.float32)}},
+  }
   (tmp_path / "flax_model.msgpack").write_bytes(serialization.to_bytes(tree))
-  with pytest.raises(pretrained.CheckpointError, match="flax_model.msgpack: cannot read weights "
-                     ".*encoder/final_layer_norm/scale"):
+  with pytest.raises(
+      pretrained.CheckpointError,
+      match="flax_model.msgpack: cannot read weights " ".*encoder/final_layer_norm/scale",
+  ):
     pretrained.load_state_dict(tmp_path)
   (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps({"a": 1}))  # torch < 1.6 style
-  with pytest.raises(pretrained.CheckpointError, match="pytorch_model.bin: cannot read weights "
-                     ".*not a torch zip checkpoint"):
+  with pytest.raises(
+      pretrained.CheckpointError,
+      match="pytorch_model.bin: cannot read weights " ".*not a torch zip checkpoint",
+  ):
     pretrained.load_state_dict(tmp_path)
 
 
@@ -282,9 +363,12 @@ def test_unreadable_bin_and_msgpack_name_the_file(tmp_path):
 def ptb_like(tmp_path_factory):
   """Tiny train/valid/test.txt in PTB's style and a real SentencePiece tokenizer of them."""
   from t5vae_jax import tokenizer as tokenizer_lib
+
   root = tmp_path_factory.mktemp("ptb")
-  words = ("the company said it expects sales to rise in the third quarter <unk> N "
-           "investors were n't sure how much the market would fall").split()
+  words = (
+      "the company said it expects sales to rise in the third quarter <unk> N "
+      "investors were n't sure how much the market would fall"
+  ).split()
   rng = np.random.default_rng(0)
   lines = [" ".join(rng.choice(words, rng.integers(4, 10))) for _ in range(60)]
   data = root / "data"
@@ -293,7 +377,8 @@ def ptb_like(tmp_path_factory):
   (data / "valid.txt").write_text("\n".join(lines[40:50]) + "\n")
   (data / "test.txt").write_text("\n".join(lines[50:]) + "\n")
   tokenizer = tokenizer_lib.train_sentencepiece_tokenizer(
-      lines, root / "tokenizer", vocab_size=40, extra_ids=4, hard_vocab_limit=False)
+      lines, root / "tokenizer", vocab_size=40, extra_ids=4, hard_vocab_limit=False
+  )
   return data, root / "tokenizer", len(tokenizer)
 
 
@@ -306,44 +391,71 @@ def test_tokenizer_less_checkpoint_is_an_error(replicas, ptb_like):
   assert "--config.data.tokenizer" in message and "\n" not in message
   # The same directory given as --config.data.tokenizer: the same trap, the same stop.
   from t5vae_jax import tokenizer as tokenizer_lib
-  with pytest.raises(FileNotFoundError, match=f"{directory}: no tokenizer files .*spiece.model "
-                     "or tokenizer.json"):
+
+  with pytest.raises(
+      FileNotFoundError,
+      match=f"{directory}: no tokenizer files .*spiece.model " "or tokenizer.json",
+  ):
     tokenizer_lib.load_tokenizer(directory)
 
 
 def test_tokenizer_with_more_ids_than_embedding_rows_is_an_error(tmp_path, ptb_like):
   from configs import ptb
   from t5vae_jax import train_lib
+
   _, tokenizer_dir, tokenizer_size = ptb_like
-  directory = _replicas.t5_2020(tmp_path / "small", vocab_size=tokenizer_size - 1,
-                                tokenizer_dir=tokenizer_dir)
+  directory = _replicas.t5_2020(
+      tmp_path / "small", vocab_size=tokenizer_size - 1, tokenizer_dir=tokenizer_dir
+  )
   config = ptb.get_config()
   config.model.pretrained = str(directory)
-  with pytest.raises(pretrained.CheckpointError, match=f"the tokenizer has {tokenizer_size} ids "
-                     f"but {directory} has {tokenizer_size - 1} embedding rows"):
+  with pytest.raises(
+      pretrained.CheckpointError,
+      match=f"the tokenizer has {tokenizer_size} ids "
+      f"but {directory} has {tokenizer_size - 1} embedding rows",
+  ):
     train_lib.build_setup(config, tmp_path / "work")
 
 
 def _train_py(tmp_path, pretrained_dir, data_dir):
-  args = [f"--config={ROOT / 'configs/ptb.py'}", "--phase=1", f"--workdir={tmp_path / 'work'}",
-          f"--config.model.pretrained={pretrained_dir}", f"--config.data.dir={data_dir}",
-          f"--config.data.tfds_dir={tmp_path / 'tfds'}", "--config.batch_size=8",
-          "--config.phase1.epochs=1", "--config.model.latent_dim=4", "--config.data.max_len=16",
-          "--config.data.bucket_lengths=(16,)", "--config.mesh_devices=1",
-          "--config.progress_bar=False", "--config.eval_max_examples=8",
-          "--config.log_every_steps=1",
-          "--config.pack_tokens=False"]  # one train-step compilation instead of two
+  args = [
+      f"--config={ROOT / 'configs/ptb.py'}",
+      "--phase=1",
+      f"--workdir={tmp_path / 'work'}",
+      f"--config.model.pretrained={pretrained_dir}",
+      f"--config.data.dir={data_dir}",
+      f"--config.data.tfds_dir={tmp_path / 'tfds'}",
+      "--config.batch_size=8",
+      "--config.phase1.epochs=1",
+      "--config.model.latent_dim=4",
+      "--config.data.max_len=16",
+      "--config.data.bucket_lengths=(16,)",
+      "--config.mesh_devices=1",
+      "--config.progress_bar=False",
+      "--config.eval_max_examples=8",
+      "--config.log_every_steps=1",
+      "--config.pack_tokens=False",
+  ]  # one train-step compilation instead of two
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+      [sys.executable, str(ROOT / "train.py"), *args],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
 
 
 def test_train_py_on_the_2020_layout_and_without_tokenizer(tmp_path, ptb_like):
   """Acceptance: phase 1 of configs/ptb.py trains on a t5-small-2020-layout directory with its
   SentencePiece tokenizer; without tokenizer files it stops with one error line."""
   data, tokenizer_dir, tokenizer_size = ptb_like
-  bare = _replicas.t5_2020(tmp_path / "bare", weights=("safetensors", "bin") if torch_available()
-                           else ("safetensors",), vocab_size=tokenizer_size + 8)
+  bare = _replicas.t5_2020(
+      tmp_path / "bare",
+      weights=("safetensors", "bin") if torch_available() else ("safetensors",),
+      vocab_size=tokenizer_size + 8,
+  )
   result = _train_py(tmp_path / "no_tok", bare, data)
   assert result.returncode == 2, result.stderr[-3000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -360,6 +472,7 @@ def test_weights_on_gs_are_read_whole_not_memory_mapped(replicas, monkeypatch):
   """A non-local path (gs://, through the Cloud Storage stand-in on 127.0.0.1) falls back to
   reading each file: the sharded bfloat16 flan-t5 replica reads as it does locally."""
   import gcs_stand_in
+
   local = replicas["flan_t5_bfloat16_sharded"]
   expected = pretrained.load_state_dict(local)
   with gcs_stand_in.emulator(bucket="weights") as env:

@@ -2,6 +2,7 @@
 and the majority baseline on data whose answer is known by construction, the label plumbing,
 and eval's probes on the shared tiny demo checkpoint (synthetic attributes, and Yelp-style
 ``label<TAB>text`` lines through the data config)."""
+
 import json
 
 import numpy as np
@@ -21,7 +22,7 @@ def _independent_objective(theta, z, y, l2, num_classes):
     logits = row @ weights + bias
     top = logits.max()
     total += -(logits[label] - top - np.log(np.sum(np.exp(logits - top))))
-  return total / len(y) + 0.5 * l2 * np.sum(weights ** 2) + 0.5e-8 * np.sum(bias ** 2)
+  return total / len(y) + 0.5 * l2 * np.sum(weights**2) + 0.5e-8 * np.sum(bias**2)
 
 
 def test_fit_is_the_optimum_an_independent_optimiser_finds():
@@ -33,16 +34,22 @@ def test_fit_is_the_optimum_an_independent_optimiser_finds():
   fitted = probe.fit(features, labels, l2=l2)
   assert fitted.converged and fitted.iterations < 30
   z = (features - features.mean(0)) / features.std(0)
-  reference = optimize.minimize(_independent_objective, np.zeros(18), args=(z, labels, l2, 3),
-                                method="L-BFGS-B", options={"gtol": 1e-10, "ftol": 1e-15})
+  reference = optimize.minimize(
+      _independent_objective,
+      np.zeros(18),
+      args=(z, labels, l2, 3),
+      method="L-BFGS-B",
+      options={"gtol": 1e-10, "ftol": 1e-15},
+  )
   ours = _independent_objective(fitted.theta.ravel(), z, labels, l2, 3)
   assert ours <= reference.fun + 1e-10
   # The softmax's free shift aside (the bias row sums to ~0 in ours), the parameters agree.
   theirs = reference.x.reshape(6, 3)
   theirs[-1] -= theirs[-1].mean()
   np.testing.assert_allclose(fitted.theta, theirs, atol=1e-4)
-  np.testing.assert_array_equal(fitted.predict(features),
-                                np.argmax(z @ theirs[:-1] + theirs[-1], axis=1))
+  np.testing.assert_array_equal(
+      fitted.predict(features), np.argmax(z @ theirs[:-1] + theirs[-1], axis=1)
+  )
 
 
 def test_held_out_accuracy_and_majority_baseline_known_by_construction():
@@ -92,8 +99,11 @@ def test_unlabelled_examples_are_left_out_and_the_split_is_fixed():
 
 
 def test_targets_from_labels_and_attributes():
-  yelp = [{"text": "good .", "label": 5}, {"text": "bad .", "label": 1},
-          {"text": "no tab .", "label": -1}]
+  yelp = [
+      {"text": "good .", "label": 5},
+      {"text": "bad .", "label": 1},
+      {"text": "no tab .", "label": -1},
+  ]
   columns = probe.targets(yelp, "auto")
   assert list(columns) == ["label"]
   np.testing.assert_array_equal(columns["label"], [5, 1, -1])
@@ -101,13 +111,15 @@ def test_targets_from_labels_and_attributes():
   assert list(probe.targets(synthetic, "auto")) == ["number", "tense"]
   assert list(probe.targets(synthetic, "tense")) == ["tense"]
   assert list(probe.targets(synthetic, ["tense", "number"])) == ["tense", "number"]
-  with pytest.raises(DataError, match=r"colour: the test split has no such label \(it has: "
-                                      r"number, tense\)"):
+  with pytest.raises(
+      DataError, match=r"colour: the test split has no such label \(it has: " r"number, tense\)"
+  ):
     probe.targets(synthetic, "tense,colour", "the test split")
   with pytest.raises(DataError, match="auto: the split has no labels"):
     probe.targets([{"text": "t", "label": -1}], "auto")
   assert probe.markdown_cell({"tense": {"accuracy": 0.975, "majority": 1 / 3}}) == (
-      "tense 0.97 (0.33)")
+      "tense 0.97 (0.33)"
+  )
 
 
 # ---------------------------------------------------------------------------- on a checkpoint
@@ -116,21 +128,29 @@ def phase_dir(tmp_path_factory):
   return demo_workdir(tmp_path_factory) / "phase2"
 
 
-def _evaluate(phase_dir, probe_labels, config_overrides=("data.bucket_lengths=(16,)",),
-              **kwargs):
+def _evaluate(phase_dir, probe_labels, config_overrides=("data.bucket_lengths=(16,)",), **kwargs):
   import jax
 
   from t5vae_jax import evaluation, sharding
   # The settings of test_report's evaluation: one set of compiled programs for both modules.
   return evaluation.evaluate_phase(
-      phase_dir, num_samples=4, iw_chunk=4, batch_size=32, mi_batch_size=32, progress=False,
-      mesh=sharding.make_mesh(jax.devices()[:1]), probe_labels=probe_labels,
-      config_overrides=list(config_overrides), **kwargs)
+      phase_dir,
+      num_samples=4,
+      iw_chunk=4,
+      batch_size=32,
+      mi_batch_size=32,
+      progress=False,
+      mesh=sharding.make_mesh(jax.devices()[:1]),
+      probe_labels=probe_labels,
+      config_overrides=list(config_overrides),
+      **kwargs,
+  )
 
 
 def test_eval_probes_the_synthetic_attributes(phase_dir):
   from t5vae_jax import api, evaluation
   from t5vae_jax import data as data_lib
+
   result = _evaluate(phase_dir, "auto", output="eval_probe.json")
   saved = json.loads((phase_dir / "eval_probe.json").read_text())
   assert set(saved["probes"]) == {"subject", "number", "verb", "tense", "object", "place"}
@@ -160,19 +180,31 @@ def test_eval_probes_yelp_style_labels(phase_dir, tmp_path):
   # label<TAB>text lines whose label is the sentence's tense (1-based, as Yelp's stars), a few
   # without a label (-1, left out of the probe).
   records = synthetic.generate(60, seed=7)
-  lines = [f"{r['attributes']['tense'] + 1}\t{r['text']}" if i % 10 else r["text"]
-           for i, r in enumerate(records)]
+  lines = [
+      f"{r['attributes']['tense'] + 1}\t{r['text']}" if i % 10 else r["text"]
+      for i, r in enumerate(records)
+  ]
   for name in ("train.txt", "valid.txt", "test.txt"):
     (tmp_path / name).write_text("\n".join(lines) + "\n")
-  result = _evaluate(phase_dir, "auto", output=None, data_dir=str(tmp_path),
-                     tfds_dir=str(tmp_path / "tfds"),
-                     config_overrides=["data.name=yelp", "data.bucket_lengths=(16,)"])
+  result = _evaluate(
+      phase_dir,
+      "auto",
+      output=None,
+      data_dir=str(tmp_path),
+      tfds_dir=str(tmp_path / "tfds"),
+      config_overrides=["data.name=yelp", "data.bucket_lengths=(16,)"],
+  )
   label = result["probes"]["label"]
   assert list(result["probes"]) == ["label"]
   assert label["num_train"] + label["num_heldout"] == 54
   assert label["num_classes"] == 3
   assert label["accuracy"] > label["majority"] + 0.2, label
   with pytest.raises(DataError, match="tense: the yelp test split has no such label"):
-    _evaluate(phase_dir, "tense", output=None, data_dir=str(tmp_path),
-              tfds_dir=str(tmp_path / "tfds"),
-              config_overrides=["data.name=yelp", "data.bucket_lengths=(16,)"])
+    _evaluate(
+        phase_dir,
+        "tense",
+        output=None,
+        data_dir=str(tmp_path),
+        tfds_dir=str(tmp_path / "tfds"),
+        config_overrides=["data.name=yelp", "data.bucket_lengths=(16,)"],
+    )

@@ -6,6 +6,7 @@ training loss in that regime is the released code's formula (numpy, written out 
 all B x 256 positions, plus beta times the per-example floored KL), and that train.py runs both
 phases with it.
 """
+
 import json
 import os
 import pathlib
@@ -29,12 +30,26 @@ default = config_files.load_module(ROOT / "configs" / "default.py")
 
 # A d_model-32 model on a few synthetic sentences, every batch still padded to 256 positions.
 TINY = {
-    "data.synthetic.num_train": 64, "data.synthetic.num_valid": 16, "data.synthetic.num_test": 16,
-    "batch_size": 8, "phase1.epochs": 0.25, "phase2.epochs": 0.25, "log_every_steps": 1,
-    "eval_every_steps": 1000, "checkpoint_every_steps": 1000, "progress_bar": False,
-    "model.t5.d_model": 32, "model.t5.d_ff": 64, "model.t5.d_kv": 8, "model.t5.num_layers": 1,
-    "model.t5.num_decoder_layers": 1, "model.latent_dim": 4, "mesh_devices": 1,
-    "kl_floor": 0.2, "beta.schedule": "constant", "beta.value": 0.3,
+    "data.synthetic.num_train": 64,
+    "data.synthetic.num_valid": 16,
+    "data.synthetic.num_test": 16,
+    "batch_size": 8,
+    "phase1.epochs": 0.25,
+    "phase2.epochs": 0.25,
+    "log_every_steps": 1,
+    "eval_every_steps": 1000,
+    "checkpoint_every_steps": 1000,
+    "progress_bar": False,
+    "model.t5.d_model": 32,
+    "model.t5.d_ff": 64,
+    "model.t5.d_kv": 8,
+    "model.t5.num_layers": 1,
+    "model.t5.num_decoder_layers": 1,
+    "model.latent_dim": 4,
+    "mesh_devices": 1,
+    "kl_floor": 0.2,
+    "beta.schedule": "constant",
+    "beta.value": 0.3,
 }
 
 
@@ -89,8 +104,10 @@ def test_every_departure_is_an_existing_key_and_the_rest_is_the_base_config():
 def test_rec_normalizer_rule():
   config = recipe.get_config()
   config.rec_normalizer = "mean"
-  with pytest.raises(cv.ConfigError, match=r"config.rec_normalizer='mean' is not allowed; "
-                     r"allowed: one of 'sum', 'max_len'"):
+  with pytest.raises(
+      cv.ConfigError,
+      match=r"config.rec_normalizer='mean' is not allowed; " r"allowed: one of 'sum', 'max_len'",
+  ):
     cv.validate(config, 1, check_paths=False)
   del config["rec_normalizer"]  # a config from before the key: the paper's sum
   cv.validate(config, 1, check_paths=False)
@@ -119,9 +136,11 @@ def test_recipe_loss_is_the_released_formula_on_a_fixed_batch():
   rngs = train_lib.step_rngs(jax.random.key(1), 0)
 
   def loss_of(batch, train=True):
-    return jax.jit(lambda p, b, r: train_lib.compute_loss(
-        p, b, r, model=model, beta=0.3, config=config, train=train))(
-            params, batch, rngs)
+    return jax.jit(
+        lambda p, b, r: train_lib.compute_loss(
+            p, b, r, model=model, beta=0.3, config=config, train=train
+        )
+    )(params, batch, rngs)
 
   loss, (aux, out) = loss_of(batch)
   assert out["logits"].shape == (rows, 256, t5_config.vocab_size)
@@ -133,8 +152,9 @@ def test_recipe_loss_is_the_released_formula_on_a_fixed_batch():
   # model.pool_padding pools over the pads' states, so z depends on the padded length: why
   # the recipe pads every batch to 256 (data.bucket_lengths) as the released code does.
   padded = loss_of(batch, train=False)[0]
-  bucketed = loss_of({k: (v[:, :16] if v.ndim == 2 else v) for k, v in batch.items()},
-                     train=False)[0]
+  bucketed = loss_of({k: (v[:, :16] if v.ndim == 2 else v) for k, v in batch.items()}, train=False)[
+      0
+  ]
   assert abs(bucketed - padded) > 1e-4 * abs(padded)
 
 
@@ -149,22 +169,38 @@ def test_train_py_runs_both_phases_in_the_recipe(tmp_path):
   flags = [f"--config.{k}={v}" for k, v in overrides.items()]
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   result = subprocess.run(
-      [sys.executable, str(ROOT / "train.py"), f"--config={spec}", "--phase=1",
-       f"--workdir={tmp_path}", *flags], cwd=ROOT, env=env, capture_output=True, text=True,
-      timeout=300)
+      [
+          sys.executable,
+          str(ROOT / "train.py"),
+          f"--config={spec}",
+          "--phase=1",
+          f"--workdir={tmp_path}",
+          *flags,
+      ],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   config = set_keys(cli.load_config_file(spec), overrides)
   train_lib.train_and_evaluate(config, str(tmp_path), phase=2)
   for phase, beta in ((1, 0.0), (2, 0.3)):
     saved = json.loads((tmp_path / f"phase{phase}" / "config.json").read_text())
     assert saved["rec_normalizer"] == "max_len" and saved["data"]["bucket_lengths"] == [256]
-    rows = [r for r in train_lib.read_metrics(tmp_path / f"phase{phase}" / "metrics.jsonl")
-            if "train/loss" in r]
+    rows = [
+        r
+        for r in train_lib.read_metrics(tmp_path / f"phase{phase}" / "metrics.jsonl")
+        if "train/loss" in r
+    ]
     assert len(rows) == 2, rows
     for row in rows:
       np.testing.assert_allclose(row["train/beta"], beta, rtol=1e-6)
       np.testing.assert_allclose(
-          row["train/loss"], row["train/rec"] / 256 + beta * row["train/kl_thresholded"],
-          rtol=1e-4)
-    assert any(np.isfinite(r.get("val/neg_elbo", np.nan))
-               for r in train_lib.read_metrics(tmp_path / f"phase{phase}" / "metrics.jsonl"))
+          row["train/loss"], row["train/rec"] / 256 + beta * row["train/kl_thresholded"], rtol=1e-4
+      )
+    assert any(
+        np.isfinite(r.get("val/neg_elbo", np.nan))
+        for r in train_lib.read_metrics(tmp_path / f"phase{phase}" / "metrics.jsonl")
+    )

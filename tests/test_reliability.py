@@ -6,6 +6,7 @@ The faults are injected from here, not by the trainer: ``poisoned_train_step`` w
 a model whose loss is NaN at some steps (the gradient stays finite: the NaN logits pass none
 back, the KL term its usual one) or whose gradient is NaN at others (the loss stays finite).
 """
+
 import importlib.util
 import math
 import pathlib
@@ -65,8 +66,10 @@ def poisoned_train_step(loss_steps=(), grad_steps=()):
   real = train_lib.train_step
 
   def step(state, batch, *, model, **kwargs):
-    return real(state, batch, model=_PoisonedModel(model, state.step, loss_steps, grad_steps),
-                **kwargs)
+    return real(
+        state, batch, model=_PoisonedModel(model, state.step, loss_steps, grad_steps), **kwargs
+    )
+
   return step
 
 
@@ -74,6 +77,7 @@ def _saved_state(phase_dir, step):
   """(params, opt_state) of a checkpoint, flattened to numpy: what a skipped step must not
   change."""
   import orbax.checkpoint as ocp
+
   path = ckpt_lib.absolute(phase_dir) / "checkpoints" / str(step)
   with ocp.StandardCheckpointer() as checkpointer:
     return _flat({k: checkpointer.restore(path / k) for k in ("params", "opt_state")})
@@ -85,13 +89,21 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, tfds_dir, monkeypatch
   across it (the checkpoints before and after), and counted; the other steps do update (Adam
   momentum alone would move the params under a zero gradient)."""
   monkeypatch.setattr(train_lib, "train_step", poisoned_train_step((1,), (4,)))
-  config = tiny_config(tfds_dir, on_nonfinite="skip", log_every_steps=1,
-                       checkpoint_every_steps=1, keep_checkpoints=100,
-                       **{"phase1.epochs": 6 / 16})  # 6 steps of 16 rows out of 256
+  config = tiny_config(
+      tfds_dir,
+      on_nonfinite="skip",
+      log_every_steps=1,
+      checkpoint_every_steps=1,
+      keep_checkpoints=100,
+      **{"phase1.epochs": 6 / 16},
+  )  # 6 steps of 16 rows out of 256
   train_lib.train_and_evaluate(config, str(tmp_path), phase=1)
   pdir = tmp_path / "phase1"
-  rows = {r["step"]: r for r in train_lib.read_metrics(pdir / "metrics.jsonl")
-          if "train/num_skipped" in r}
+  rows = {
+      r["step"]: r
+      for r in train_lib.read_metrics(pdir / "metrics.jsonl")
+      if "train/num_skipped" in r
+  }
   assert sorted(rows) == list(range(1, 7))
   assert [rows[s]["train/num_skipped"] for s in rows] == [0, 1, 1, 1, 2, 2]
   assert [rows[s]["train/finite"] for s in rows] == [1, 0, 1, 1, 0, 1]
@@ -111,11 +123,14 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, tfds_dir, monkeypatch
 
 def test_nonfinite_stop_keeps_the_last_good_checkpoint(tmp_path, tfds_dir, monkeypatch):
   monkeypatch.setattr(train_lib, "train_step", poisoned_train_step((5,)))
-  config = tiny_config(tfds_dir, on_nonfinite="stop",
-                       checkpoint_every_steps=2, **{"phase1.epochs": 0.5})
-  with pytest.raises(train_lib.TrainingError,
-                     match=r"non-finite loss or gradient at step 6 .* last good checkpoint is "
-                           r"step 4 in .*phase1/checkpoints"):
+  config = tiny_config(
+      tfds_dir, on_nonfinite="stop", checkpoint_every_steps=2, **{"phase1.epochs": 0.5}
+  )
+  with pytest.raises(
+      train_lib.TrainingError,
+      match=r"non-finite loss or gradient at step 6 .* last good checkpoint is "
+      r"step 4 in .*phase1/checkpoints",
+  ):
     train_lib.train_and_evaluate(config, str(tmp_path), phase=1)
   params, step = ckpt_lib.restore_params(tmp_path / "phase1")
   assert step == 4
@@ -128,8 +143,10 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_params(tmp_path, 
   soak = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(soak)
   log = []
-  overrides = soak.DEFAULT_OVERRIDES + [f"--config.data.tfds_dir={tfds_dir}",
-                                        "--config.phase1.epochs=1"]
+  overrides = soak.DEFAULT_OVERRIDES + [
+      f"--config.data.tfds_dir={tfds_dir}",
+      "--config.phase1.epochs=1",
+  ]
   ok = soak.run(2, tmp_path, overrides, seed=1, log=log.append)
   assert ok, "\n".join(log)
   # Each kill came after a completed checkpoint: the second start and the final run resumed.

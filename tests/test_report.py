@@ -2,6 +2,7 @@
 probes from evaluate_phase): one self-contained HTML file whose tables carry what eval.json and
 the T5VAE API say, rendered in headless Chromium (Debian's `chromium`) and checked not blank;
 user mistakes end with one ``error:`` line."""
+
 import base64
 import html.parser
 import json
@@ -14,8 +15,14 @@ from _demo_checkpoint import demo_workdir
 
 from t5vae_jax import report
 
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(name)), None)
+CHROMIUM = next(
+    (
+        shutil.which(name)
+        for name in ("chromium", "chromium-browser", "google-chrome")
+        if shutil.which(name)
+    ),
+    None,
+)
 
 
 class _Page(html.parser.HTMLParser):
@@ -65,12 +72,20 @@ def run(tmp_path_factory):
   import jax
 
   from t5vae_jax import evaluation, sharding
+
   workdir = tmp_path_factory.mktemp("report") / "demo"
   shutil.copytree(demo_workdir(tmp_path_factory), workdir)
   evaluation.evaluate_phase(
-      workdir / "phase2", num_samples=4, iw_chunk=4, batch_size=32, mi_batch_size=32,
-      progress=False, mesh=sharding.make_mesh(jax.devices()[:1]), probe_labels="auto",
-      config_overrides=["data.bucket_lengths=(16,)"])
+      workdir / "phase2",
+      num_samples=4,
+      iw_chunk=4,
+      batch_size=32,
+      mi_batch_size=32,
+      progress=False,
+      mesh=sharding.make_mesh(jax.devices()[:1]),
+      probe_labels="auto",
+      config_overrides=["data.bucket_lengths=(16,)"],
+  )
   out = workdir / "out" / "report.html"
   report.main([str(workdir), "--output", str(out)])
   return workdir, out
@@ -82,7 +97,8 @@ def test_the_page_is_self_contained_and_says_what_eval_and_the_api_say(run, caps
   page = _parse(text)
   # Self-contained: every URL is an embedded PNG, and each decodes as one.
   assert page.urls and all(u.startswith("data:image/png;base64,") for u in page.urls), [
-      u[:40] for u in page.urls]
+      u[:40] for u in page.urls
+  ]
   assert len(page.images) == 2  # the curves, the latent map of phase 2
   for src in page.images:
     assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -92,8 +108,11 @@ def test_the_page_is_self_contained_and_says_what_eval_and_the_api_say(run, caps
   assert row == [c.strip() for c in saved["row"].strip().strip("|").split("|")]
   assert header[-1] == "probe acc. (majority)" and len(header) == len(row)
   probes = {r[1]: r for r in page.tables["probe-table"][1:]}
-  assert set(probes) == set(saved["probes"]) == {"subject", "number", "verb", "tense", "object",
-                                                 "place"}
+  assert (
+      set(probes)
+      == set(saved["probes"])
+      == {"subject", "number", "verb", "tense", "object", "place"}
+  )
   assert probes["tense"][3] == f"{saved['probes']['tense']['accuracy']:.3f}"
   # Decoding: 5 reconstructions, 5 samples, 7 interpolation steps; the path starts at mu of
   # its first sentence, so its first step is that sentence's reconstruction.
@@ -104,22 +123,39 @@ def test_the_page_is_self_contained_and_says_what_eval_and_the_api_say(run, caps
   assert interpolation[0][1] == reconstructions[0][1]
   assert sum(r[2] == "yes" for r in reconstructions) >= 3  # the demo VAE reconstructs most
   from t5vae_jax import api
+
   vae = api.T5VAE.load(workdir / "phase2")
   assert vae.reconstruct([r[0] for r in reconstructions]) == [r[1] for r in reconstructions]
 
 
 def _screenshot(html_path, png_path):
   proc = subprocess.run(
-      [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-       "--window-size=1200,1800", f"--screenshot={png_path}", html_path.as_uri()],
-      capture_output=True, text=True, timeout=120, check=False)
+      [
+          CHROMIUM,
+          "--headless",
+          "--no-sandbox",
+          "--disable-gpu",
+          "--hide-scrollbars",
+          "--window-size=1200,1800",
+          f"--screenshot={png_path}",
+          html_path.as_uri(),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+  )
   assert proc.returncode == 0 and png_path.exists(), proc.stderr[-2000:]
   from matplotlib import image
+
   return image.imread(str(png_path))[..., :3]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get "
-                    "install -y chromium); the report is not rendered")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium binary on PATH (Debian: apt-get "
+    "install -y chromium); the report is not rendered",
+)
 def test_it_renders_in_headless_chromium(run, tmp_path):
   _, out = run
   pixels = _screenshot(out, tmp_path / "report.png")
@@ -131,9 +167,13 @@ def test_it_renders_in_headless_chromium(run, tmp_path):
   # The figures drew: many distinct colours (text alone is black on white, anti-aliased).
   colours = np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)
   assert len(colours) > 200, len(colours)
-  dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-                        out.as_uri()], capture_output=True, text=True, timeout=120,
-                       check=True).stdout
+  dom = subprocess.run(
+      [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", out.as_uri()],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=True,
+  ).stdout
   tables = _parse(dom).tables
   for table_id in ("eval-table", "probe-table", "reconstructions", "samples", "interpolation"):
     assert len(tables.get(table_id, [])) >= 2, table_id
@@ -147,6 +187,7 @@ def test_user_mistakes_are_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     return err[0]
+
   assert "no such workdir" in error(str(tmp_path / "missing"))
   assert "has no phase1/ or phase2/" in error(str(tmp_path))
   assert "expected latest, best or a step number" in error(str(tmp_path), "--checkpoint", "new")

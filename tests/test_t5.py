@@ -1,4 +1,5 @@
 """Our Flax T5 against Hugging Face's PyTorch T5 on the same weights, and checkpoint I/O."""
+
 import dataclasses
 import json
 import shutil
@@ -21,10 +22,17 @@ def _our_outputs(config, params, g):
   variables = {"params": params}
   logits = model.apply(variables, g["input_ids"], g["attention_mask"], g["decoder_input_ids"])
   enc = model.apply(variables, g["input_ids"], g["attention_mask"], method=model.encode)
-  prefix_logits = model.apply(variables, g["decoder_input_ids"], prefix_kv=jnp.asarray(g["prefix"]),
-                              method=model.decode_logits)
-  return dict(encoder_hidden=np.asarray(enc), logits=np.asarray(logits),
-              prefix_logits=np.asarray(prefix_logits))
+  prefix_logits = model.apply(
+      variables,
+      g["decoder_input_ids"],
+      prefix_kv=jnp.asarray(g["prefix"]),
+      method=model.decode_logits,
+  )
+  return dict(
+      encoder_hidden=np.asarray(enc),
+      logits=np.asarray(logits),
+      prefix_logits=np.asarray(prefix_logits),
+  )
 
 
 def _assert_parity(ours, theirs, attention_mask):
@@ -54,6 +62,7 @@ def test_parity_golden(variant, fixtures_dir):
 def test_parity_live_torch(variant, tmp_path):
   """A fresh random checkpoint (another seed), compared with Hugging Face live."""
   import make_parity_fixtures as mpf
+
   mpf.write_checkpoint(mpf.hf_model(variant, seed=7), tmp_path)
   hf = mpf.load_hf_model(tmp_path)
   inputs = mpf.fixed_inputs()
@@ -66,6 +75,7 @@ def test_parity_live_torch(variant, tmp_path):
 def test_parity_our_saved_checkpoint_loads_in_hugging_face(tiny_t5, tmp_path):
   """save_t5 writes a directory Hugging Face's PyTorch T5 loads to the same logits."""
   import make_parity_fixtures as mpf
+
   config, params = tiny_t5
   # Perturb so the check cannot pass by reloading the original file.
   params = jax.tree.map(lambda x: np.asarray(x) * 1.01, params)
@@ -85,10 +95,12 @@ def _only(src, dst, names):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_safetensors_and_pytorch_bin_load_identically(variant, fixtures_dir, tmp_path):
   src = fixtures_dir / variant
-  _, from_st = pretrained.load_t5(str(_only(src, tmp_path / "st", ["config.json",
-                                                                    "model.safetensors"])))
-  _, from_bin = pretrained.load_t5(str(_only(src, tmp_path / "bin", ["config.json",
-                                                                      "pytorch_model.bin"])))
+  _, from_st = pretrained.load_t5(
+      str(_only(src, tmp_path / "st", ["config.json", "model.safetensors"]))
+  )
+  _, from_bin = pretrained.load_t5(
+      str(_only(src, tmp_path / "bin", ["config.json", "pytorch_model.bin"]))
+  )
   leaves_st = jax.tree_util.tree_leaves_with_path(from_st)
   leaves_bin = jax.tree_util.tree_leaves_with_path(from_bin)
   assert [p for p, _ in leaves_st] == [p for p, _ in leaves_bin]
@@ -100,6 +112,7 @@ def test_flax_msgpack_checkpoint_loads(fixtures_dir, tmp_path):
   """Hugging Face Flax's tree (tests/_replicas.py: 'block'/'0'/'layer'/'0', Dense kernels
   transposed, nn.Embed 'embedding') reads as the same params, bare or under 'params'."""
   import _replicas
+
   src = fixtures_dir / "t5_v1_1"
   _, expected = pretrained.load_t5(str(src))
   state = pretrained.load_state_dict(src)
@@ -120,7 +133,9 @@ def test_hf_key_mapping_is_one_to_one(fixtures_dir):
     path, transpose = t5_lib.hf_key_to_path(key)
     assert t5_lib.path_to_hf_key(path) == (key, transpose)
   assert t5_lib.hf_key_to_path("decoder.block.2.layer.1.EncDecAttention.q.weight") == (
-      ("decoder", "block_2", "layer_1", "EncDecAttention", "q", "kernel"), True)
+      ("decoder", "block_2", "layer_1", "EncDecAttention", "q", "kernel"),
+      True,
+  )
 
 
 def test_save_and_load_roundtrip(tiny_t5, tmp_path):
@@ -147,8 +162,10 @@ def test_missing_and_broken_checkpoints_name_the_path(fixtures_dir, tmp_path):
   cfg = json.loads((wrong / "config.json").read_text())
   cfg["d_ff"] = 64
   (wrong / "config.json").write_text(json.dumps(cfg))
-  with pytest.raises(pretrained.CheckpointError, match=r"DenseReluDense.wi.weight: checkpoint "
-                     r"\(32, 48\), config.json implies \(32, 64\)"):
+  with pytest.raises(
+      pretrained.CheckpointError,
+      match=r"DenseReluDense.wi.weight: checkpoint " r"\(32, 48\), config.json implies \(32, 64\)",
+  ):
     pretrained.load_t5(str(wrong))
   bad = _only(fixtures_dir / "t5_v1_0", tmp_path / "bad", ["config.json"])
   (bad / "model.safetensors").write_bytes(b"not a safetensors file")
@@ -177,8 +194,9 @@ def test_relative_position_bucket_matches_reference():
     max_exact = num_buckets // 2
     if n < max_exact:
       return ret + n
-    large = max_exact + int(math.log(n / max_exact) / math.log(max_distance / max_exact)
-                            * (num_buckets - max_exact))
+    large = max_exact + int(
+        math.log(n / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    )
     return ret + min(large, num_buckets - 1)
 
   rel = np.arange(-300, 301)
@@ -192,7 +210,8 @@ def test_bfloat16_compute_stays_close(tiny_t5, fixtures_dir):
   config, params = tiny_t5
   g = dict(np.load(fixtures_dir / "t5_v1_0" / "golden.npz"))
   logits = t5_lib.T5(config, dtype=jnp.bfloat16).apply(
-      {"params": params}, g["input_ids"], g["attention_mask"], g["decoder_input_ids"])
+      {"params": params}, g["input_ids"], g["attention_mask"], g["decoder_input_ids"]
+  )
   assert logits.dtype == jnp.float32
   assert jax.tree.leaves(params)[0].dtype == np.float32
   rel = np.abs(np.asarray(logits) - g["logits"]).max() / np.abs(g["logits"]).max()
@@ -205,24 +224,36 @@ def test_decode_cache_matches_full_forward(tiny_t5, fixtures_dir):
   g = dict(np.load(fixtures_dir / "t5_v1_0" / "golden.npz"))
   dec_ids = jnp.asarray(g["decoder_input_ids"])
   prefix = jnp.asarray(g["prefix"])
-  full = t5_lib.T5(config).apply({"params": params}, dec_ids, prefix_kv=prefix,
-                                 method=t5_lib.T5.decode_logits)
+  full = t5_lib.T5(config).apply(
+      {"params": params}, dec_ids, prefix_kv=prefix, method=t5_lib.T5.decode_logits
+  )
   model = t5_lib.T5(config, decode=True)
-  cache = model.init(jax.random.key(0), dec_ids, prefix_kv=prefix,
-                     method=t5_lib.T5.decode_logits)["cache"]
+  cache = model.init(jax.random.key(0), dec_ids, prefix_kv=prefix, method=t5_lib.T5.decode_logits)[
+      "cache"
+  ]
   steps = []
   for t in range(dec_ids.shape[1]):
-    logits, mutated = model.apply({"params": params, "cache": cache}, dec_ids[:, t:t + 1],
-                                  prefix_kv=prefix, method=t5_lib.T5.decode_logits,
-                                  mutable=["cache"])
+    logits, mutated = model.apply(
+        {"params": params, "cache": cache},
+        dec_ids[:, t : t + 1],
+        prefix_kv=prefix,
+        method=t5_lib.T5.decode_logits,
+        mutable=["cache"],
+    )
     cache = mutated["cache"]
     steps.append(logits[:, 0])
   np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5)
 
 
 def test_config_roundtrip_and_validation():
-  cfg = t5_lib.T5Config(vocab_size=10, d_model=8, num_layers=1, feed_forward_proj="gated-gelu",
-                        tie_word_embeddings=False, scale_decoder_outputs=False)
+  cfg = t5_lib.T5Config(
+      vocab_size=10,
+      d_model=8,
+      num_layers=1,
+      feed_forward_proj="gated-gelu",
+      tie_word_embeddings=False,
+      scale_decoder_outputs=False,
+  )
   assert t5_lib.T5Config.from_hf_dict(cfg.to_hf_dict()) == cfg
   assert cfg.num_decoder_layers == 1 and cfg.activation == "gelu_new"
   with pytest.raises(ValueError, match="feed_forward_proj='swish-relu'"):
@@ -234,13 +265,18 @@ def test_one_slot_memory_fast_path_equals_general_attention(fixtures_dir):
   the general attention path (weights 1/2 each) and must give the same logits."""
   config, params = pretrained.load_t5(str(fixtures_dir / "t5_v1_1"))
   rng = np.random.default_rng(0)
-  memory = jnp.asarray(rng.normal(size=(3, config.num_decoder_layers, config.num_heads, 1,
-                                        config.d_kv)), jnp.float32)
+  memory = jnp.asarray(
+      rng.normal(size=(3, config.num_decoder_layers, config.num_heads, 1, config.d_kv)), jnp.float32
+  )
   dec = jnp.asarray(rng.integers(2, config.vocab_size, (3, 7)))
   model = t5_lib.T5(config)
   one = model.apply({"params": params}, dec, memory_kv=memory, method=model.decode_logits)
-  two = model.apply({"params": params}, dec, memory_kv=jnp.concatenate([memory, memory], 3),
-                    method=model.decode_logits)
+  two = model.apply(
+      {"params": params},
+      dec,
+      memory_kv=jnp.concatenate([memory, memory], 3),
+      method=model.decode_logits,
+  )
   np.testing.assert_allclose(one, two, atol=1e-5)
   assert np.abs(np.asarray(one[0]) - np.asarray(one[1])).max() > 1e-3  # per example
 
@@ -290,22 +326,33 @@ def test_remat_keeps_the_loss_gradients_and_parameter_paths(policy="full"):
   gradients (dropout on, so the recomputed masks must be the same draws). "dots" differs only
   in the policy that jax.checkpoint gets."""
   from t5vae_jax import model as model_lib
-  cfg = t5_lib.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1,
-                        num_decoder_layers=1, num_heads=2, relative_attention_num_buckets=8,
-                        relative_attention_max_distance=16, dropout_rate=0.2)
+
+  cfg = t5_lib.T5Config(
+      vocab_size=64,
+      d_model=16,
+      d_kv=4,
+      d_ff=32,
+      num_layers=1,
+      num_decoder_layers=1,
+      num_heads=2,
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=16,
+      dropout_rate=0.2,
+  )
   vae = model_lib.VAEConfig(latent_dim=4)
   plain, remat = (model_lib.T5VAEModel(cfg, vae=vae, remat=r) for r in ("none", policy))
   params = jax.jit(model_lib.init_params, static_argnums=0)(plain, jax.random.key(0))
-  assert (jax.tree.structure(jax.eval_shape(lambda k: model_lib.init_params(remat, k),
-                                            jax.random.key(0)))
-          == jax.tree.structure(params))
+  assert jax.tree.structure(
+      jax.eval_shape(lambda k: model_lib.init_params(remat, k), jax.random.key(0))
+  ) == jax.tree.structure(params)
   ids = jax.random.randint(jax.random.key(1), (4, 10), 2, 64)
   mask = jnp.ones_like(ids)
   rngs = {"latent": jax.random.key(2), "dropout": jax.random.key(3)}
 
   def loss(model, p):
-    out = model.apply({"params": p}, ids, mask, t5_lib.shift_right(ids, 0), deterministic=False,
-                      rngs=rngs)
+    out = model.apply(
+        {"params": p}, ids, mask, t5_lib.shift_right(ids, 0), deterministic=False, rngs=rngs
+    )
     return jnp.sum(jax.nn.log_softmax(out["logits"])[..., 5]) + jnp.sum(out["mu"] ** 2)
 
   value, grads = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(params)

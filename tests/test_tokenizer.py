@@ -17,7 +17,10 @@ EXTRA_IDS = 8
 def corpus_file(tmp_path_factory):
   path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
   lines = [r["text"] for r in synthetic.generate(400, seed=0)]
-  lines += ["a quick brown fox jumps over the lazy dog .", "pack my box with five dozen liquor jugs !"] * 20
+  lines += [
+      "a quick brown fox jumps over the lazy dog .",
+      "pack my box with five dozen liquor jugs !",
+  ] * 20
   path.write_text("\n".join(lines) + "\n")
   return path
 
@@ -30,8 +33,13 @@ def tokenizer_dir(corpus_file, tmp_path_factory):
 
 
 def test_writes_the_files_transformers_loads(tokenizer_dir):
-  assert {"spiece.model", "tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(tokenizer_dir))
-  for load in (transformers.T5TokenizerFast.from_pretrained, transformers.AutoTokenizer.from_pretrained):
+  assert {"spiece.model", "tokenizer.json", "tokenizer_config.json"} <= set(
+      os.listdir(tokenizer_dir)
+  )
+  for load in (
+      transformers.T5TokenizerFast.from_pretrained,
+      transformers.AutoTokenizer.from_pretrained,
+  ):
     tokenizer = load(str(tokenizer_dir), local_files_only=True)
     assert tokenizer.is_fast
     assert len(tokenizer) == VOCAB_SIZE + EXTRA_IDS
@@ -39,7 +47,11 @@ def test_writes_the_files_transformers_loads(tokenizer_dir):
 
 def test_t5_special_tokens(tokenizer_dir):
   tokenizer = tokenizer_lib.load_tokenizer(tokenizer_dir)
-  assert (tokenizer.pad_token, tokenizer.eos_token, tokenizer.unk_token) == ("<pad>", "</s>", "<unk>")
+  assert (tokenizer.pad_token, tokenizer.eos_token, tokenizer.unk_token) == (
+      "<pad>",
+      "</s>",
+      "<unk>",
+  )
   assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
   assert tokenizer.bos_token is None
   # Sentinels follow the vocabulary in reverse order, as in T5: <extra_id_0> is the last id.
@@ -51,7 +63,10 @@ def test_t5_special_tokens(tokenizer_dir):
 
 def test_encoding_appends_eos_and_decodes_back(tokenizer_dir):
   tokenizer = tokenizer_lib.load_tokenizer(tokenizer_dir)
-  texts = ["the children will paint the old wooden chair near the river .", "the cat sees the ball ."]
+  texts = [
+      "the children will paint the old wooden chair near the river .",
+      "the cat sees the ball .",
+  ]
   for ids, text in zip(tokenizer(texts)["input_ids"], texts):
     assert ids[-1] == tokenizer.eos_token_id
     assert tokenizer.eos_token_id not in ids[:-1]
@@ -69,7 +84,9 @@ def test_bare_spiece_model_loads(tokenizer_dir, tmp_path):
 
 def test_trains_from_an_iterable_of_sentences(corpus_file, tmp_path):
   sentences = (line for line in corpus_file.read_text().splitlines())
-  tokenizer = tokenizer_lib.train_sentencepiece_tokenizer(sentences, tmp_path, VOCAB_SIZE, extra_ids=0)
+  tokenizer = tokenizer_lib.train_sentencepiece_tokenizer(
+      sentences, tmp_path, VOCAB_SIZE, extra_ids=0
+  )
   assert len(tokenizer) == VOCAB_SIZE
   assert tokenizer("the dog")["input_ids"][-1] == 1
 

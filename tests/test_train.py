@@ -1,4 +1,5 @@
 """The two-phase trainer: freezing, sharding invariance, phase hand-over, kill and resume."""
+
 import json
 import os
 import pathlib
@@ -21,10 +22,20 @@ sys.path.insert(0, str(ROOT))
 from configs import demo  # noqa: E402
 
 TINY_OVERRIDES = {
-    "data.synthetic.num_train": 256, "data.synthetic.num_valid": 48, "data.synthetic.num_test": 48,
-    "batch_size": 16, "phase1.epochs": 1.5, "phase2.epochs": 1.0, "log_every_steps": 2,
-    "eval_every_steps": 1000, "checkpoint_every_steps": 4, "progress_bar": False,
-    "model.t5.d_model": 32, "model.t5.d_ff": 64, "model.t5.d_kv": 8, "model.latent_dim": 4,
+    "data.synthetic.num_train": 256,
+    "data.synthetic.num_valid": 48,
+    "data.synthetic.num_test": 48,
+    "batch_size": 16,
+    "phase1.epochs": 1.5,
+    "phase2.epochs": 1.0,
+    "log_every_steps": 2,
+    "eval_every_steps": 1000,
+    "checkpoint_every_steps": 4,
+    "progress_bar": False,
+    "model.t5.d_model": 32,
+    "model.t5.d_ff": 64,
+    "model.t5.d_kv": 8,
+    "model.latent_dim": 4,
     "mesh_devices": 1,  # whole runs on one device (fast); sharding has its own test below
     "data.bucket_lengths": (16,),  # one shape: one compilation
 }
@@ -62,8 +73,10 @@ def phase1_run(tmp_path_factory, tfds_dir):
 
 
 def _flat(tree):
-  return {jax.tree_util.keystr(p): np.asarray(v)
-          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+      jax.tree_util.keystr(p): np.asarray(v)
+      for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def random_batch(rows=8, length=12, vocab=64, seed=0):
@@ -73,8 +86,11 @@ def random_batch(rows=8, length=12, vocab=64, seed=0):
   ids = rng.integers(3, vocab, (rows, length)).astype(np.int32)
   mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
   ids[np.arange(rows), lengths - 1] = 1
-  return {"input_ids": np.where(mask > 0, ids, 0), "attention_mask": mask,
-          "example_weights": np.ones(rows, np.float32)}
+  return {
+      "input_ids": np.where(mask > 0, ids, 0),
+      "attention_mask": mask,
+      "example_weights": np.ones(rows, np.float32),
+  }
 
 
 def tiny_step(dtype="float32", phase=2, config=None):
@@ -83,21 +99,33 @@ def tiny_step(dtype="float32", phase=2, config=None):
   step_fn(state, host_batch); ``config`` defaults to configs/demo.py's."""
   from t5vae_jax import model as model_lib
   from t5vae_jax import t5 as t5_lib
-  t5_config = t5_lib.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1,
-                              num_decoder_layers=1, num_heads=4,
-                              relative_attention_num_buckets=8,
-                              relative_attention_max_distance=16, dropout_rate=0.0)
-  model = model_lib.T5VAEModel(t5_config, vae=model_lib.VAEConfig(latent_dim=4),
-                               dtype=jnp.dtype(dtype))
-  params = jax.device_get(jax.jit(model_lib.init_params, static_argnums=0)(
-      model, jax.random.key(0)))
+
+  t5_config = t5_lib.T5Config(
+      vocab_size=64,
+      d_model=32,
+      d_kv=8,
+      d_ff=64,
+      num_layers=1,
+      num_decoder_layers=1,
+      num_heads=4,
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=16,
+      dropout_rate=0.0,
+  )
+  model = model_lib.T5VAEModel(
+      t5_config, vae=model_lib.VAEConfig(latent_dim=4), dtype=jnp.dtype(dtype)
+  )
+  params = jax.device_get(
+      jax.jit(model_lib.init_params, static_argnums=0)(model, jax.random.key(0))
+  )
   config = demo.get_config() if config is None else config
   tx = train_lib.make_optimizer(config, phase, params)
   mesh = sharding.make_mesh(jax.devices()[:1])
   state, shardings = train_lib.create_train_state(params, tx, mesh, fsdp=False)
   beta_fn = train_lib.make_beta_fn(config, phase, 16, 16)
-  compiled = train_lib.compile_train_step(model, tx, beta_fn, jax.random.key(0), config, mesh,
-                                          shardings)
+  compiled = train_lib.compile_train_step(
+      model, tx, beta_fn, jax.random.key(0), config, mesh, shardings
+  )
   step_fn = lambda state, batch: compiled(state, sharding.global_batch(batch, mesh))
   return state, step_fn, random_batch(), model
 
@@ -128,9 +156,11 @@ def test_frozen_leaves_hold_no_adam_state():
   freeze_decoder on; everything (the shared embedding too) with it off, and in phase 2."""
   groups = ("encoder", "mu", "logvar", "decoder", "memory_proj", "lm_head", "shared")
   params = {g: {"w": jnp.ones((i + 2, 3))} for i, g in enumerate(groups)}
-  expected = {(1, True): {"encoder", "mu", "logvar"},
-              (1, False): set(groups),
-              (2, True): set(groups)}
+  expected = {
+      (1, True): {"encoder", "mu", "logvar"},
+      (1, False): set(groups),
+      (2, True): set(groups),
+  }
   grads = jax.tree.map(jnp.ones_like, params)
   for (phase, freeze), trainable in expected.items():
     config = demo.get_config()
@@ -140,6 +170,7 @@ def test_frozen_leaves_hold_no_adam_state():
     def init_and_update(params, grads):
       state = tx.init(params)
       return state, tx.update(grads, state, params)[0]
+
     state, updates = jax.jit(init_and_update)(params, grads)  # one compilation: fast on CPU
     adam_size = {g: 0 for g in groups}
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
@@ -169,8 +200,10 @@ def test_phase1_without_decoder_freeze_trains_every_parameter():
   trained = _flat(jax.device_get(state.params))
   assert int(state.num_skipped) == 0
   unchanged = {k for k in initial if np.array_equal(trained[k], initial[k])}
-  no_gradient = {"['decoder']['block_0']['layer_1']['EncDecAttention']['q']['kernel']",
-                 "['decoder']['block_0']['layer_1']['layer_norm']['weight']"}
+  no_gradient = {
+      "['decoder']['block_0']['layer_1']['EncDecAttention']['q']['kernel']",
+      "['decoder']['block_0']['layer_1']['layer_norm']['weight']",
+  }
   assert no_gradient <= initial.keys() and unchanged == no_gradient
 
 
@@ -201,17 +234,20 @@ def test_same_loss_on_1_and_8_devices_with_and_without_fsdp(phase1_run):
   ids = rng.integers(3, 30, (16, 12)).astype(np.int32)
   mask = (np.arange(12)[None] < lengths[:, None]).astype(np.int32)
   ids[np.arange(16), lengths - 1] = 1
-  batch = {"input_ids": np.where(mask > 0, ids, 0), "attention_mask": mask,
-           "example_weights": np.ones(16, np.float32)}
+  batch = {
+      "input_ids": np.where(mask > 0, ids, 0),
+      "attention_mask": mask,
+      "example_weights": np.ones(16, np.float32),
+  }
   results = []
-  for devices, fsdp in ((jax.devices()[:1], False), (jax.devices(), False),
-                        (jax.devices(), True)):
+  for devices, fsdp in ((jax.devices()[:1], False), (jax.devices(), False), (jax.devices(), True)):
     mesh = sharding.make_mesh(devices)
     tx = train_lib.make_optimizer(config, 2, params)
     state, shardings = train_lib.create_train_state(params, tx, mesh, fsdp)
     beta_fn = train_lib.make_beta_fn(config, 2, 16, 16)
-    step = train_lib.compile_train_step(setup.model, tx, beta_fn, jax.random.key(0), config,
-                                        mesh, shardings)
+    step = train_lib.compile_train_step(
+        setup.model, tx, beta_fn, jax.random.key(0), config, mesh, shardings
+    )
     if fsdp and len(devices) == 8:
       specs = [s.spec for s in jax.tree.leaves(shardings.params)]
       assert any(sharding.DATA_AXIS in spec for spec in specs)  # something is really split
@@ -249,15 +285,25 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path, tfds_dir):
   train_lib.train_and_evaluate(tiny_config(tfds_dir, **extra), str(straight), phase=1)
 
   killed = tmp_path / "killed"
-  cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/demo.py"),
-         "--phase", "1", "--workdir", str(killed)] + flag_overrides(tfds_dir, **extra)
+  cmd = [
+      sys.executable,
+      str(ROOT / "train.py"),
+      "--config",
+      str(ROOT / "configs/demo.py"),
+      "--phase",
+      "1",
+      "--workdir",
+      str(killed),
+  ] + flag_overrides(tfds_dir, **extra)
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+      cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   metrics = killed / "phase1" / "metrics.jsonl"
   try:
-    assert _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
-                     proc, 180), proc.communicate()[0] if proc.poll() is not None else "timeout"
+    assert _wait_for(
+        lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, proc, 180
+    ), (proc.communicate()[0] if proc.poll() is not None else "timeout")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
   finally:
@@ -281,6 +327,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path, tfds_dir):
 
 def test_plot_writes_a_png_of_the_validation_curves(phase1_run, tmp_path):
   from t5vae_jax import plot
+
   workdir, _, _ = phase1_run
   out = tmp_path / "curves.png"
   assert plot.main([str(workdir), "--phase", "1", "--out", str(out)]) == 0
@@ -312,19 +359,28 @@ class _RecordingModel:
 
   def __init__(self, vocab=16, latent=4):
     from t5vae_jax import t5 as t5_lib
-    self.config = t5_lib.T5Config(vocab_size=vocab, d_model=8, d_kv=2, d_ff=8, num_layers=1,
-                                  num_heads=1)
+
+    self.config = t5_lib.T5Config(
+        vocab_size=vocab, d_model=8, d_kv=2, d_ff=8, num_layers=1, num_heads=1
+    )
     self.latent, self.calls = latent, []
 
   def apply(self, variables, input_ids, attention_mask, decoder_input_ids, **kwargs):
-    self.calls.append(dict(input_ids=input_ids, attention_mask=attention_mask,
-                           decoder_input_ids=decoder_input_ids, **kwargs))
+    self.calls.append(
+        dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            **kwargs,
+        )
+    )
     batch, length = input_ids.shape
     rng = np.random.default_rng(0)
-    return dict(logits=jnp.asarray(rng.normal(size=(batch, length, self.config.vocab_size)),
-                                   jnp.float32),
-                mu=jnp.asarray(0.1 * rng.normal(size=(batch, self.latent)), jnp.float32),
-                logvar=jnp.zeros((batch, self.latent), jnp.float32))
+    return dict(
+        logits=jnp.asarray(rng.normal(size=(batch, length, self.config.vocab_size)), jnp.float32),
+        mu=jnp.asarray(0.1 * rng.normal(size=(batch, self.latent)), jnp.float32),
+        logvar=jnp.zeros((batch, self.latent), jnp.float32),
+    )
 
 
 def test_denoising_goes_to_the_encoder_only_and_only_in_training():
@@ -332,6 +388,7 @@ def test_denoising_goes_to_the_encoder_only_and_only_in_training():
   step's noise rng), the decoder's inputs (shifted) and the loss's targets stay clean; with
   train=False neither the noise nor the KL floor applies and dropout is off."""
   from t5vae_jax import noise
+
   model = _RecordingModel()
   config = demo.get_config()
   config.denoise_rate, config.kl_floor = 0.5, 1.0
@@ -339,25 +396,29 @@ def test_denoising_goes_to_the_encoder_only_and_only_in_training():
   ids, mask = batch["input_ids"], batch["attention_mask"]
   rngs = train_lib.step_rngs(jax.random.key(0), 7)
   want_ids, want_mask = jax.jit(noise.delete_tokens, static_argnums=(3, 4))(
-      rngs["noise"], ids, mask, 0.5, config.denoise_mode)
+      rngs["noise"], ids, mask, 0.5, config.denoise_mode
+  )
   assert model.config.eos_token_id == 1 and model.config.pad_token_id == 0
   assert not np.array_equal(want_ids, ids)  # the noise deletes something here
   clean_decoder_ids = np.concatenate([np.zeros((8, 1), np.int32), ids[:, :-1]], axis=1)
 
   results = {}
   for train in (True, False):
+
     def loss_and_inputs(batch, rngs):
-      _, (aux, out) = train_lib.compute_loss({}, batch, rngs, model=model, beta=1.0,
-                                             config=config, train=train)
+      _, (aux, out) = train_lib.compute_loss(
+          {}, batch, rngs, model=model, beta=1.0, config=config, train=train
+      )
       call = {k: v for k, v in model.calls[-1].items() if isinstance(v, jax.Array)}
       return aux, out, call
+
     aux, out, call = jax.jit(loss_and_inputs)(batch, rngs)  # one compilation: fast on CPU
     call["deterministic"] = model.calls[-1]["deterministic"]
     np.testing.assert_array_equal(call["input_ids"], ids)
     np.testing.assert_array_equal(call["attention_mask"], mask)
     np.testing.assert_array_equal(call["decoder_input_ids"], clean_decoder_ids)
     assert call["deterministic"] is (not train)
-    enc_ids, enc_mask = ((want_ids, want_mask) if train else (ids, mask))
+    enc_ids, enc_mask = (want_ids, want_mask) if train else (ids, mask)
     np.testing.assert_array_equal(call["encoder_input_ids"], enc_ids)
     np.testing.assert_array_equal(call["encoder_attention_mask"], enc_mask)
     # The reconstruction targets are the clean ids (numpy: -log softmax at each real token).
@@ -378,12 +439,21 @@ def test_bfloat16_train_step_keeps_params_adam_state_loss_and_kl_float32():
   outputs are bf16; the logits are cast up) while params, Adam state, loss and KL stay float32
   through a compiled step."""
   state, step_fn, batch, model = tiny_step("bfloat16")
-  _, inter = jax.eval_shape(lambda p: model.apply(
-      {"params": p}, batch["input_ids"], batch["attention_mask"], batch["input_ids"],
-      rngs={"latent": jax.random.key(0)}, capture_intermediates=True,
-      mutable=["intermediates"]), state.params)
-  layer_dtypes = {jax.tree_util.keystr(k): v.dtype
-                  for k, v in jax.tree_util.tree_flatten_with_path(inter)[0]}
+  _, inter = jax.eval_shape(
+      lambda p: model.apply(
+          {"params": p},
+          batch["input_ids"],
+          batch["attention_mask"],
+          batch["input_ids"],
+          rngs={"latent": jax.random.key(0)},
+          capture_intermediates=True,
+          mutable=["intermediates"],
+      ),
+      state.params,
+  )
+  layer_dtypes = {
+      jax.tree_util.keystr(k): v.dtype for k, v in jax.tree_util.tree_flatten_with_path(inter)[0]
+  }
   encoder_ffn = [k for k in layer_dtypes if "encoder" in k and "DenseReluDense" in k]
   assert encoder_ffn and all(layer_dtypes[k] == jnp.bfloat16 for k in encoder_ffn), layer_dtypes
   for leaf in jax.tree.leaves((state.params, state.opt_state)):
@@ -394,8 +464,11 @@ def test_bfloat16_train_step_keeps_params_adam_state_loss_and_kl_float32():
   for key in ("loss", "rec", "kl", "kl_thresholded", "grad_norm"):
     assert aux[key].dtype == np.float32 and np.isfinite(aux[key]), key
   assert aux["finite"] == 1.0
-  floats = [l for l in jax.tree.leaves((state.params, state.opt_state))
-            if jnp.issubdtype(l.dtype, jnp.floating)]
+  floats = [
+      l
+      for l in jax.tree.leaves((state.params, state.opt_state))
+      if jnp.issubdtype(l.dtype, jnp.floating)
+  ]
   assert floats and all(l.dtype == jnp.float32 for l in floats)
   after = _flat(jax.device_get(state.params))
   assert all(after[k].dtype == np.float32 for k in after)
@@ -405,8 +478,9 @@ def test_bfloat16_train_step_keeps_params_adam_state_loss_and_kl_float32():
 def test_phase1_trains_with_beta_zero(phase1_run):
   """The KL weight the phase 1 step used, as logged (mean over each logging window): 0."""
   workdir, _, _ = phase1_run
-  rows = [r for r in train_lib.read_metrics(workdir / "phase1" / "metrics.jsonl")
-          if "train/beta" in r]
+  rows = [
+      r for r in train_lib.read_metrics(workdir / "phase1" / "metrics.jsonl") if "train/beta" in r
+  ]
   assert len(rows) >= 10 and all(r["train/beta"] == 0.0 for r in rows)
   assert any(r["train/kl"] > 0 for r in rows)  # a KL there was, just not weighted
 
@@ -416,6 +490,7 @@ def test_phase2_beta_follows_the_configured_schedule(tmp_path_factory):
   log_every_steps) by the shared demo run: linear from 0 at step 0 to 1 over beta.epochs
   epochs of steps_per_epoch = num_train // batch_size batches (one bucket), then 1."""
   from _demo_checkpoint import demo_workdir
+
   pdir = demo_workdir(tmp_path_factory) / "phase2"
   config = json.loads((pdir / "config.json").read_text())
   assert config["beta"]["schedule"] == "linear" and config["data"]["bucket_lengths"] == [16]

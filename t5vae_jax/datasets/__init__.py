@@ -27,7 +27,14 @@ from t5vae_jax.datasets.builders import parse_line
 from t5vae_jax.datasets.download import BASE_URL_VARIABLE
 
 BUILDERS = {builder.name: builder for builder in (Ptb, Snli, Yahoo, Yelp, Synthetic)}
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_PROXY_VARIABLES = (
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
 
 
 def get_builder(
@@ -56,7 +63,9 @@ def get_builder(
     config = config.name  # TFDS refuses an equal copy of a class-level config; the name says all
 
   def make_builder():
-    return BUILDERS[name](data_dir=data_dir, raw_dir=raw_dir, config=config, file_format="array_record")
+    return BUILDERS[name](
+        data_dir=data_dir, raw_dir=raw_dir, config=config, file_format="array_record"
+    )
 
   builder = make_builder()
   download_config = None

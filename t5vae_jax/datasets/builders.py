@@ -50,8 +50,9 @@ _LOGGED_PER_REASON = 3
 _VERSION = tfds.core.Version("1.1.0")
 
 
-def parse_line(raw: bytes, *, has_labels: bool, max_line_chars: int,
-               first_line: bool = False) -> dict | str:
+def parse_line(
+    raw: bytes, *, has_labels: bool, max_line_chars: int, first_line: bool = False
+) -> dict | str:
   """One line of a split file (bytes, newline included or not) -> {"text", "label"}, or the
   reason (one of SKIP_REASONS) it cannot be used.
 
@@ -103,8 +104,14 @@ def iter_raw_lines(f, max_bytes: int):
 class TextLinesConfig(tfds.core.BuilderConfig):
   """What to do with bad lines; the name says it, so each policy has its own prepared copy."""
 
-  def __init__(self, *, on_bad_line: str = "skip", max_line_chars: int = DEFAULT_MAX_LINE_CHARS,
-               name: str | None = None, description: str | None = None):
+  def __init__(
+      self,
+      *,
+      on_bad_line: str = "skip",
+      max_line_chars: int = DEFAULT_MAX_LINE_CHARS,
+      name: str | None = None,
+      description: str | None = None,
+  ):
     if on_bad_line not in BAD_LINE_POLICIES:
       raise ValueError(f"on_bad_line={on_bad_line!r} is not one of {BAD_LINE_POLICIES}")
     if not isinstance(max_line_chars, int) or max_line_chars < 1:
@@ -166,7 +173,9 @@ class TextLinesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       files = self._download(dl_manager)
     missing = {split: os.fspath(path) for split, path in files.items() if not path.exists()}
     if len(missing) == len(files):
-      raise FileNotFoundError(f"{self.name}: none of the split files exist: {sorted(missing.values())}")
+      raise FileNotFoundError(
+          f"{self.name}: none of the split files exist: {sorted(missing.values())}"
+      )
     self.info.metadata["missing_files"] = missing
     self.info.metadata["source_files"] = {
         split: _file_stamp(path) for split, path in files.items() if split not in missing
@@ -192,8 +201,10 @@ class TextLinesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   @property
   def _policy(self) -> tuple[str, int]:
     config = self.builder_config
-    return (getattr(config, "on_bad_line", "skip"),
-            getattr(config, "max_line_chars", DEFAULT_MAX_LINE_CHARS))
+    return (
+        getattr(config, "on_bad_line", "skip"),
+        getattr(config, "max_line_chars", DEFAULT_MAX_LINE_CHARS),
+    )
 
   def _generate_examples(self, split: str, path: epath.Path):
     """Yields (line index, example); skips (and counts) or fails on bad lines, by the config."""
@@ -215,24 +226,32 @@ class TextLinesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if on_bad_line == "fail":
           raise DataError(
               f"{path}:{index + 1}: the line {why} (data.on_bad_line=fail; "
-              "--config.data.on_bad_line=skip skips and counts such lines)")
+              "--config.data.on_bad_line=skip skips and counts such lines)"
+          )
         if counts[example] <= _LOGGED_PER_REASON:
           logging.warning("%s:%d: skipped, the line %s", path, index + 1, why)
     if sum(counts.values()) == num_lines:  # TFDS would only say that no example was yielded
       if counts["empty"] == num_lines:
         raise DataError(f"{path} has no non-empty line.")
-      raise DataError(f"{path} has no usable line: {num_lines} lines, all skipped "
-                      f"({_fmt_counts(counts)}).")
+      raise DataError(
+          f"{path} has no usable line: {num_lines} lines, all skipped " f"({_fmt_counts(counts)})."
+      )
     if counts:
-      logging.warning("%s: skipped %d of %d lines (%s)", path, sum(counts.values()), num_lines,
-                      _fmt_counts(counts))
+      logging.warning(
+          "%s: skipped %d of %d lines (%s)",
+          path,
+          sum(counts.values()),
+          num_lines,
+          _fmt_counts(counts),
+      )
     self.info.metadata.setdefault("num_skipped_empty", {})[split] = counts["empty"]
     self.info.metadata.setdefault("num_skipped", {})[split] = {r: counts[r] for r in SKIP_REASONS}
 
   def _parse_line(self, raw: bytes, index: int) -> dict | str:
     """The bad-data hook: one line -> example, or the reason to skip it (see parse_line)."""
-    return parse_line(raw, has_labels=self.HAS_LABELS, max_line_chars=self._policy[1],
-                      first_line=index == 0)
+    return parse_line(
+        raw, has_labels=self.HAS_LABELS, max_line_chars=self._policy[1], first_line=index == 0
+    )
 
   def as_data_source(self, split=None, **kwargs):
     """As TFDS's, but a split whose file was missing at build time names that file."""
@@ -282,8 +301,9 @@ def check_reachable(host: str, port: int = 443, timeout_s: float = 10.0) -> None
   """Raises OSError when `host` (`host` or `host:port`) cannot be resolved or connected to within
   `timeout_s`."""
   name, _, port_text = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
-  with socket.create_connection((name, int(port_text)) if port_text else (host, port),
-                                timeout=timeout_s):
+  with socket.create_connection(
+      (name, int(port_text)) if port_text else (host, port), timeout=timeout_s
+  ):
     pass
 
 
@@ -307,8 +327,10 @@ class Snli(TextLinesBuilder, skip_registration=True):
   name = "snli"
   HOMEPAGE = "https://nlp.stanford.edu/projects/snli/"
   DESCRIPTION = "SNLI premises/hypotheses, lowercase and tokenized, one sentence per line."
-  FILES = {split: checksums.SNLI_DIR + name for split, name in
-           (("train", "train.txt"), ("validation", "valid.txt"), ("test", "test.txt"))}
+  FILES = {
+      split: checksums.SNLI_DIR + name
+      for split, name in (("train", "train.txt"), ("validation", "valid.txt"), ("test", "test.txt"))
+  }
 
 
 class Yahoo(TextLinesBuilder, skip_registration=True):
@@ -316,9 +338,13 @@ class Yahoo(TextLinesBuilder, skip_registration=True):
 
   name = "yahoo"
   HOMEPAGE = "https://github.com/harvardnlp/sa-vae"
-  DESCRIPTION = "Yahoo Answers documents (question + answer), lowercase and tokenized, _UNK for OOV."
-  FILES = {split: checksums.YAHOO_DIR + name for split, name in
-           (("train", "train.txt"), ("validation", "val.txt"), ("test", "test.txt"))}
+  DESCRIPTION = (
+      "Yahoo Answers documents (question + answer), lowercase and tokenized, _UNK for OOV."
+  )
+  FILES = {
+      split: checksums.YAHOO_DIR + name
+      for split, name in (("train", "train.txt"), ("validation", "val.txt"), ("test", "test.txt"))
+  }
 
 
 class Yelp(TextLinesBuilder, skip_registration=True):
@@ -328,16 +354,30 @@ class Yelp(TextLinesBuilder, skip_registration=True):
   HOMEPAGE = "https://github.com/fangleai/Implicit-LVM"
   DESCRIPTION = "Yelp reviews with their star rating as label, lowercase and tokenized."
   HAS_LABELS = True
-  FILES = {split: checksums.YELP_DIR + name for split, name in
-           (("train", "yelp.train.txt"), ("validation", "yelp.valid.txt"), ("test", "yelp.test.txt"))}
+  FILES = {
+      split: checksums.YELP_DIR + name
+      for split, name in (
+          ("train", "yelp.train.txt"),
+          ("validation", "yelp.valid.txt"),
+          ("test", "yelp.test.txt"),
+      )
+  }
 
 
 class SyntheticConfig(TextLinesConfig):
   """How much synthetic data to generate, from which seed, and the bad-line policy (for files
   given in raw_dir); the name says all of it."""
 
-  def __init__(self, *, num_train: int = 10_000, num_valid: int = 1_000, num_test: int = 1_000, seed: int = 0,
-               on_bad_line: str = "skip", max_line_chars: int = DEFAULT_MAX_LINE_CHARS):
+  def __init__(
+      self,
+      *,
+      num_train: int = 10_000,
+      num_valid: int = 1_000,
+      num_test: int = 1_000,
+      seed: int = 0,
+      on_bad_line: str = "skip",
+      max_line_chars: int = DEFAULT_MAX_LINE_CHARS,
+  ):
     super().__init__(
         name=f"n{num_train}_{num_valid}_{num_test}_seed{seed}",
         on_bad_line=on_bad_line,
@@ -367,7 +407,9 @@ class Synthetic(TextLinesBuilder, skip_registration=True):
   def _download(self, dl_manager):
     config = self.builder_config
     directory = epath.Path(dl_manager.download_dir) / "synthetic" / config.name
-    return synthetic.write_splits(directory, config.num_train, config.num_valid, config.num_test, config.seed)
+    return synthetic.write_splits(
+        directory, config.num_train, config.num_valid, config.num_test, config.seed
+    )
 
   def _generate_examples(self, split, path):
     attributes_path = path.parent / synthetic.attributes_file_name(path.name)
@@ -375,4 +417,3 @@ class Synthetic(TextLinesBuilder, skip_registration=True):
       attributes = [json.loads(line) for line in f]
     for line_number, example in super()._generate_examples(split, path):
       yield line_number, {**example, "attributes": attributes[line_number]}
-

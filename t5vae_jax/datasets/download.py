@@ -27,8 +27,10 @@ from t5vae_jax.datasets.errors import DataError
 
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
 BASE_URL_VARIABLE = "T5VAE_DATA_BASE_URL"
-OFFLINE_HINT = ("offline, put train.txt, valid.txt and test.txt in a directory and pass "
-                "--config.data.dir=DIR")
+OFFLINE_HINT = (
+    "offline, put train.txt, valid.txt and test.txt in a directory and pass "
+    "--config.data.dir=DIR"
+)
 _CHUNK_BYTES = 1 << 20
 _TIMEOUT_S = 30.0  # per connection attempt and per read; a stalled server fails, not hangs
 _ATTEMPTS = 3  # an interrupted or refused transfer is tried again (a changed file is not)
@@ -60,18 +62,23 @@ def file_digests(path: epath.PathLike) -> checksums.FileChecksum:
 def mismatch(expected: checksums.FileChecksum, got: checksums.FileChecksum) -> str | None:
   """None when `got` has every recorded value of `expected`; else what differs, both sides."""
   if expected.sha256 is not None and (got.sha256, got.size) != (expected.sha256, expected.size):
-    return (f"expected sha256 {expected.sha256} ({expected.size} bytes), "
-            f"got sha256 {got.sha256} ({got.size} bytes)")
+    return (
+        f"expected sha256 {expected.sha256} ({expected.size} bytes), "
+        f"got sha256 {got.sha256} ({got.size} bytes)"
+    )
   if expected.size is not None and got.size != expected.size:
     return f"expected {expected.size} bytes, got {got.size} bytes (sha256 {got.sha256})"
   if expected.git_blob is not None and got.git_blob != expected.git_blob:
-    return (f"expected git blob {expected.git_blob}, got git blob {got.git_blob} "
-            f"(sha256 {got.sha256}, {got.size} bytes)")
+    return (
+        f"expected git blob {expected.git_blob}, got git blob {got.git_blob} "
+        f"(sha256 {got.sha256}, {got.size} bytes)"
+    )
   return None
 
 
-def fetch(path: str, destination: epath.PathLike,
-          table: dict[str, checksums.FileChecksum] | None = None) -> tuple[epath.Path, dict]:
+def fetch(
+    path: str, destination: epath.PathLike, table: dict[str, checksums.FileChecksum] | None = None
+) -> tuple[epath.Path, dict]:
   """Downloads `path` (a key of `table`, default checksums.CHECKSUMS) to destination/path.
 
   Returns the local file and what it was verified as ({"url", "size", "sha256", "git_blob"}).
@@ -84,15 +91,18 @@ def fetch(path: str, destination: epath.PathLike,
   url = url_for(path)
   expected = table.get(path)
   if expected is None or (expected.sha256 is None and expected.git_blob is None):
-    raise DataError(f"{url}: no checksum is recorded for this file in "
-                    "t5vae_jax/datasets/checksums.py, so it is not downloaded; " + OFFLINE_HINT)
+    raise DataError(
+        f"{url}: no checksum is recorded for this file in "
+        "t5vae_jax/datasets/checksums.py, so it is not downloaded; " + OFFLINE_HINT
+    )
   final = epath.Path(destination) / path
   if final.exists():
     got = file_digests(final)
     if mismatch(expected, got) is None:
       return final, _record(url, got)
-    logging.warning("%s does not match its checksum (%s); downloading it again", final,
-                    mismatch(expected, got))
+    logging.warning(
+        "%s does not match its checksum (%s); downloading it again", final, mismatch(expected, got)
+    )
     final.unlink()
   final.parent.mkdir(parents=True, exist_ok=True)
   temporary = final.parent / f"{final.name}.incomplete-{uuid.uuid4().hex}"
@@ -101,16 +111,23 @@ def fetch(path: str, destination: epath.PathLike,
     got = file_digests(temporary)
     problem = mismatch(expected, got)
     if problem:
-      raise DataError(f"{url}: the downloaded file is not the recorded one: {problem}. The host or "
-                      f"a mirror ({BASE_URL_VARIABLE}) serves other bytes; " + OFFLINE_HINT)
+      raise DataError(
+          f"{url}: the downloaded file is not the recorded one: {problem}. The host or "
+          f"a mirror ({BASE_URL_VARIABLE}) serves other bytes; " + OFFLINE_HINT
+      )
     temporary.replace(final)
   finally:
     if temporary.exists():
       temporary.unlink()
   if expected.sha256 is None:
-    logging.warning("%s: verified by its git blob id %s; its sha256 is %s (%d bytes), which "
-                    "t5vae_jax/datasets/checksums.py does not record yet", url, got.git_blob,
-                    got.sha256, got.size)
+    logging.warning(
+        "%s: verified by its git blob id %s; its sha256 is %s (%d bytes), which "
+        "t5vae_jax/datasets/checksums.py does not record yet",
+        url,
+        got.git_blob,
+        got.sha256,
+        got.size,
+    )
   return final, _record(url, got)
 
 
@@ -129,8 +146,10 @@ def _download_with_retries(url: str, temporary: epath.Path, expected_size: int |
       return
     except _Interrupted as e:
       if attempt == _ATTEMPTS:
-        raise DataError(f"{url}: the download failed {_ATTEMPTS} times, last: {e}; rerun to try "
-                        "again, or " + OFFLINE_HINT) from None
+        raise DataError(
+            f"{url}: the download failed {_ATTEMPTS} times, last: {e}; rerun to try "
+            "again, or " + OFFLINE_HINT
+        ) from None
       logging.warning("%s: %s; trying again (%d of %d)", url, e, attempt + 1, _ATTEMPTS)
       time.sleep(_BACKOFF_S * attempt)
 
@@ -150,10 +169,16 @@ def _download_once(url: str, temporary: epath.Path, expected_size: int | None) -
   except urllib.error.HTTPError as e:
     if e.code >= 500 or e.code == 429:
       raise _Interrupted(f"HTTP {e.code} {e.reason}") from None
-    mirror = (f" (is {BASE_URL_VARIABLE}={base_url()} a mirror laid out like {DEFAULT_BASE_URL}?)"
-              if base_url() != DEFAULT_BASE_URL else "")
+    mirror = (
+        f" (is {BASE_URL_VARIABLE}={base_url()} a mirror laid out like {DEFAULT_BASE_URL}?)"
+        if base_url() != DEFAULT_BASE_URL
+        else ""
+    )
     raise DataError(f"{url}: HTTP {e.code} {e.reason}{mirror}; " + OFFLINE_HINT) from None
-  except (OSError, http.client.HTTPException) as e:  # URLError, refused, reset, timeout, IncompleteRead
+  except (
+      OSError,
+      http.client.HTTPException,
+  ) as e:  # URLError, refused, reset, timeout, IncompleteRead
     reason = getattr(e, "reason", None) or e
     raise _Interrupted(f"{type(reason).__name__}: {reason} after {received} bytes") from None
   if announced is not None and announced.isdigit() and received < int(announced):

@@ -1,5 +1,6 @@
 """The data error type, in a module of its own so that builders.py and download.py can both raise
 it (builders.DataError is this class; every command shows it as one `error:` line, exit 2)."""
+
 from t5vae_jax.errors import UserError
 
 
