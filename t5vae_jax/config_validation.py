@@ -299,6 +299,12 @@ def suggest(key: str, candidates: Iterable[str]) -> str:
   return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+def _path_text(path: str) -> str:
+  """A path as it is, or quoted and escaped when it holds a newline or another control
+  character: an error stays one line."""
+  return path if path.isprintable() else repr(path)
+
+
 def _fmt(value) -> str:
   return repr(value) if not isinstance(value, tuple) or value else "()"
 
@@ -469,7 +475,9 @@ def _path_checks(values: dict[str, Any]) -> list[str]:
   if isinstance(data_dir, str) and data_dir and not hub.is_remote(data_dir):
     path = os.path.expanduser(data_dir)
     if not os.path.exists(path):
-      errors.append(f"config.data.dir={data_dir!r}: no such directory ({os.path.abspath(path)})")
+      errors.append(
+          f"config.data.dir={data_dir!r}: no such directory ({_path_text(os.path.abspath(path))})"
+      )
     elif not os.path.isdir(path):
       errors.append(
           f"config.data.dir={data_dir!r} is a file, not a directory with train.txt, "
@@ -493,7 +501,7 @@ def _path_checks(values: dict[str, Any]) -> list[str]:
       path = hub.local_path(name)
       if not os.path.exists(path):
         errors.append(
-            f"config.{key}={name!r}: no such {what} ({os.path.abspath(path)}); give an "
+            f"config.{key}={name!r}: no such {what} ({_path_text(os.path.abspath(path))}); give an "
             "existing directory or a Hugging Face hub id"
         )
       elif not os.path.isdir(path):

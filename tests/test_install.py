@@ -318,7 +318,21 @@ def test_plugin_detection_reads_installed_distributions(monkeypatch):
   import importlib.metadata
   from t5vae_jax import accelerator
 
-  assert accelerator.installed_plugins() == []  # this environment has JAX for the CPU only
+  # The venv has JAX for the CPU only (the tests' libtpu sits outside its import path; asked in
+  # a fresh process: test_aot.py may have imported it into this one).
+  fresh = subprocess.run(
+      [
+          sys.executable,
+          "-c",
+          "from t5vae_jax import accelerator; print(accelerator.installed_plugins())",
+      ],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      cwd=ROOT,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)),
+  )
+  assert fresh.stdout.strip() == "[]", fresh.stderr[-2000:]
   real = importlib.metadata.distribution
 
   def distribution(name):
