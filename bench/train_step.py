@@ -342,7 +342,7 @@ def main():
       "--budget",
       type=float,
       default=None,
-      help="seconds of timing before settling for noisy pairs " "(default: tiny 120, small 150)",
+      help="seconds of timing before settling for noisy pairs (default: tiny 120, small 150)",
   )
   args = parser.parse_args()
   steps = args.steps or DEFAULT_STEPS[args.size]

@@ -649,16 +649,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags(flag_values=None) -> None:
-  from ml_collections import config_flags
-
+  """The command's flags: train.py's --config (and --config.x=y), the topology, what to compile."""
   flag_values = flags.FLAGS if flag_values is None else flag_values
-  config_flags.DEFINE_config_file(
-      "config",
-      None,
-      "Training config (a configs/*.py file).",
-      flag_values=flag_values,
-      lock_config=True,
-  )
+  cli.define_config_flag(flag_values)
   flags.DEFINE_string(
       "topology",
       None,
@@ -670,14 +663,14 @@ def define_flags(flag_values=None) -> None:
   flags.DEFINE_integer(
       "num_slices",
       1,
-      "Slices of that topology (multi-slice, data parallel " "across them).",
+      "Slices of that topology (multi-slice, data parallel across them).",
       flag_values=flag_values,
   )
   flags.DEFINE_integer("phase", None, "1 or 2; default: both.", flag_values=flag_values)
   flags.DEFINE_list(
       "lengths",
       None,
-      "Padded lengths to compile; default: every bucket of " "config.data.",
+      "Padded lengths to compile; default: every bucket of config.data.",
       flag_values=flag_values,
   )
   flags.DEFINE_bool("eval", True, "Also compile eval.py's IW-NLL pass.", flag_values=flag_values)

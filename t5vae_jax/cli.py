@@ -68,20 +68,27 @@ def show_in_help(flag_names: Sequence[str], doc: Optional[str], flag_values=None
 # --------------------------------------------------------------------------------------------
 # Flags
 # --------------------------------------------------------------------------------------------
-def define_training_flags(flag_values=None, sys_argv: Optional[Sequence[str]] = None) -> None:
-  """train.py's flags: --config (with --config.x=y overrides), --phase, --workdir."""
+def define_config_flag(flag_values=None, sys_argv: Optional[Sequence[str]] = None) -> None:
+  """--config: a training config file (``configs/*.py``), with --config.x=y overrides."""
   from absl import flags
   from ml_collections import config_flags
 
-  flag_values = flags.FLAGS if flag_values is None else flag_values
   config_flags.DEFINE_config_file(
       "config",
       None,
       "Training config (a configs/*.py file).",
-      flag_values=flag_values,
+      flag_values=flags.FLAGS if flag_values is None else flag_values,
       lock_config=True,
       sys_argv=None if sys_argv is None else list(sys_argv),
   )
+
+
+def define_training_flags(flag_values=None, sys_argv: Optional[Sequence[str]] = None) -> None:
+  """train.py's flags: --config (with --config.x=y overrides), --phase, --workdir."""
+  from absl import flags
+
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  define_config_flag(flag_values, sys_argv)
   flags.DEFINE_integer(
       "phase", None, "1: encoder warm-up, 2: full VAE training.", flag_values=flag_values
   )

@@ -149,7 +149,7 @@ RULES: dict[str, Rule] = {
     "seed": integer(0, description="random seed"),
     # model
     "model.pretrained": string(
-        "a Hugging Face T5 checkpoint: local directory or hub id; " "'' = from scratch"
+        "a Hugging Face T5 checkpoint: local directory or hub id; '' = from scratch"
     ),
     "model.t5.vocab_size": integer(3, description="vocabulary size of a scratch T5"),
     "model.t5.d_model": integer(1),
@@ -185,7 +185,7 @@ RULES: dict[str, Rule] = {
     "data.max_len": integer(2, description="tokens per sentence incl. EOS"),
     "data.bucket_lengths": Rule(
         "ints",
-        "increasing integers >= 1, the last one max_len, or () " "for the defaults",
+        "increasing integers >= 1, the last one max_len, or () for the defaults",
         None,
         "padded lengths",
         none_ok=True,

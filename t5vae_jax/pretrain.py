@@ -127,13 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
       "--save_dropout_rate",
       type=float,
       default=0.1,
-      help="dropout_rate written to config.json, the default for finetuning " "(t5-small's is 0.1)",
+      help="dropout_rate written to config.json, the default for finetuning (t5-small's is 0.1)",
   )
   g.add_argument(
       "--dtype",
       choices=("auto", "float32", "bfloat16"),
       default="auto",
-      help="compute dtype (params stay float32); auto: bfloat16 on TPU/GPU, " "float32 on CPU",
+      help="compute dtype (params stay float32); auto: bfloat16 on TPU/GPU, float32 on CPU",
   )
   g = p.add_argument_group("optimization")
   g.add_argument("--steps", type=int, default=5000, help="training steps (schedule length)")

@@ -200,7 +200,7 @@ def probe(
 
 
 def parse_names(probe_labels: str | Sequence[str] | None) -> list[str]:
-  """ "tense,number" / ["tense", "number"] / "auto" -> a list of names ([] for none)."""
+  """'tense,number' / ["tense", "number"] / 'auto' -> a list of names ([] for none)."""
   if not probe_labels:
     return []
   if isinstance(probe_labels, str):
@@ -253,7 +253,7 @@ def run_probes(mu, columns: dict[str, np.ndarray], **kwargs) -> dict[str, dict]:
 
 
 def markdown_cell(probes: dict[str, dict]) -> str:
-  """ "tense 0.98 (0.34), number 1.00 (0.52)": held-out accuracy (majority baseline)."""
+  """'tense 0.98 (0.34), number 1.00 (0.52)': held-out accuracy (majority baseline)."""
   return ", ".join(
       f"{name} {r['accuracy']:.2f} ({r['majority']:.2f})" for name, r in probes.items()
   )

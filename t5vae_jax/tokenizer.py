@@ -122,7 +122,7 @@ def load_tokenizer(path: epath.PathLike) -> transformers.PreTrainedTokenizerBase
   if hub.is_remote(path):
     if not epath.Path(path).is_dir():  # gcsfs's own error names a URL-encoded object
       raise FileNotFoundError(
-          f"Could not load a tokenizer from {os.fspath(path)!r}: no such " "directory"
+          f"Could not load a tokenizer from {os.fspath(path)!r}: no such directory"
       )
     with tempfile.TemporaryDirectory() as local_dir:
       for file in epath.Path(path).iterdir():

@@ -212,5 +212,5 @@ def test_bad_topology_is_one_error_line():
   assert (
       result.stderr.strip()
       .splitlines()[-1]
-      .startswith("error: --topology=v5e:3x3: libtpu " "refuses it")
+      .startswith("error: --topology=v5e:3x3: libtpu refuses it")
   )

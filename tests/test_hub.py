@@ -490,7 +490,7 @@ def test_a_hub_that_never_answers_is_bypassed_by_check_hub(monkeypatch, tmp_path
         "not answer within 0.5 s (T5VAE_HUB_TIMEOUT); it is not in the Hugging Face cache ("
     )
     assert str(error.value).endswith(
-        "pass a local checkpoint directory (config.json, weights, " "tokenizer files)"
+        "pass a local checkpoint directory (config.json, weights, tokenizer files)"
     )
     assert time.perf_counter() - start < 3
 

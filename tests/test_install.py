@@ -176,7 +176,7 @@ def test_installed_entry_points(installed, tmp_path):
       installed,
       str(bin_dir / "python"),
       "-c",
-      "import importlib.util as u, t5vae_jax; " "print(t5vae_jax.__file__, u.find_spec('configs'))",
+      "import importlib.util as u, t5vae_jax; print(t5vae_jax.__file__, u.find_spec('configs'))",
       cwd=tmp_path,
   )
   assert where.returncode == 0, where.stderr
@@ -220,7 +220,7 @@ def test_venv_script_rejects_an_unknown_accelerator(tmp_path):
   )
   assert proc.returncode == 2
   assert proc.stderr.strip() == (
-      "error: T5VAE_ACCELERATOR=gpu is not allowed; allowed: cpu, " "tpu, cuda12"
+      "error: T5VAE_ACCELERATOR=gpu is not allowed; allowed: cpu, tpu, cuda12"
   )
 
 
@@ -295,7 +295,7 @@ def test_startup_line_and_the_cpu_warning(monkeypatch, capsys):
   monkeypatch.setattr(accelerator, "installed_plugins", lambda: [])
   lines = accelerator.announce(jax.devices(), "float32")
   assert lines == [
-      f"startup: backend cpu, {jax.device_count()} x cpu, 1 process, " "compute dtype float32"
+      f"startup: backend cpu, {jax.device_count()} x cpu, 1 process, compute dtype float32"
   ]
   assert capsys.readouterr().err == lines[0] + "\n"
   monkeypatch.setattr(accelerator, "installed_plugins", lambda: ["libtpu"])

@@ -351,6 +351,6 @@ def test_one_line_error_in_a_subprocess(tmp_path):
   )
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.strip().splitlines() == [
-      f"error: --input={tmp_path}/missing.txt: no such " "file"
+      f"error: --input={tmp_path}/missing.txt: no such file"
   ], proc.stderr
   assert proc.stdout == ""

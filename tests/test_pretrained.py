@@ -241,7 +241,7 @@ def test_tf_h5_is_never_read(replicas, tmp_path):
     (directory / name).write_bytes((src / name).read_bytes())
   with pytest.raises(
       pretrained.CheckpointError,
-      match="no weights found; expected one of " "model.safetensors, .*flax_model.msgpack",
+      match="no weights found; expected one of model.safetensors, .*flax_model.msgpack",
   ):
     pretrained.load_t5(str(directory))
 
@@ -347,13 +347,13 @@ def test_unreadable_bin_and_msgpack_name_the_file(tmp_path):
   (tmp_path / "flax_model.msgpack").write_bytes(serialization.to_bytes(tree))
   with pytest.raises(
       pretrained.CheckpointError,
-      match="flax_model.msgpack: cannot read weights " ".*encoder/final_layer_norm/scale",
+      match="flax_model.msgpack: cannot read weights .*encoder/final_layer_norm/scale",
   ):
     pretrained.load_state_dict(tmp_path)
   (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps({"a": 1}))  # torch < 1.6 style
   with pytest.raises(
       pretrained.CheckpointError,
-      match="pytorch_model.bin: cannot read weights " ".*not a torch zip checkpoint",
+      match="pytorch_model.bin: cannot read weights .*not a torch zip checkpoint",
   ):
     pretrained.load_state_dict(tmp_path)
 
@@ -394,7 +394,7 @@ def test_tokenizer_less_checkpoint_is_an_error(replicas, ptb_like):
 
   with pytest.raises(
       FileNotFoundError,
-      match=f"{directory}: no tokenizer files .*spiece.model " "or tokenizer.json",
+      match=f"{directory}: no tokenizer files .*spiece.model or tokenizer.json",
   ):
     tokenizer_lib.load_tokenizer(directory)
 
