@@ -632,7 +632,7 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption
     )
     return result
 
-  def save(step):
+  def save(step, state):
     ckpts.save(
         step,
         state.params,
@@ -685,7 +685,7 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption
       last_val = validate(step, state.params)
     stop_now = preemption.should_stop(step)  # the same step on every process
     if step % config.checkpoint_every_steps == 0 or stop_now:
-      save(step)
+      save(step, state)
     if stop_now:
       ckpts.wait()
       info(
@@ -701,7 +701,7 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption
   if step == stop_at:
     last_val = validate(step, state.params)
     if ckpts.latest_step() != step:
-      save(step)
+      save(step, state)
   ckpts.wait()
   ckpts.close()
   progress.close()
