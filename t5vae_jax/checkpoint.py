@@ -273,12 +273,20 @@ class PhaseCheckpoints:
         raise ValueError(f"{item}/_METADATA is missing or unreadable")
 
   def _move_aside(self, step: int) -> None:
+    source = self.latest.directory / str(step)
+    if hub.is_remote(source) and not (source / "commit_success.txt").exists():
+      # A save cut short on Cloud Storage (no rename there: orbax writes in place and marks the
+      # end with commit_success.txt) holds no finished checkpoint, and a bucket has no folders
+      # to move it into: removed, as orbax removes its unfinished temporary saves.
+      source.rmtree()
+      self.latest.reload()
+      return
     target_dir = self.phase_dir / "damaged"
     target_dir.mkdir(parents=True, exist_ok=True)
     target, n = target_dir / str(step), 1
     while target.exists():
       target, n = target_dir / f"{step}.{n}", n + 1
-    (self.latest.directory / str(step)).rename(target)
+    source.rename(target)
     self.latest.reload()
 
   def _read_best_value(self) -> Optional[float]:

@@ -287,3 +287,37 @@ def test_gs_workdir_train_kill_resume_eval_load(gcs, tmp_path):
       if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def test_a_save_cut_short_in_a_bucket_is_skipped_and_removed(gcs):
+  """A step directory without commit_success.txt (a kill during a save to Cloud Storage) does not
+  restore: resume falls back to the previous step and removes the unfinished one (a bucket has
+  no folders to move it into)."""
+  import jax
+  import jax.numpy as jnp
+  from etils import epath
+
+  from t5vae_jax import checkpoint as ckpt_lib
+
+  phase_dir = f"gs://{BUCKET}/cut/phase1"
+  tree = {"w": jnp.full((2, 3), 1.0)}
+  ckpts = ckpt_lib.PhaseCheckpoints(phase_dir)
+  ckpts.save(1, tree, tree, {"step": 1})
+  ckpts.wait()
+  ckpts.close()
+  # Step 2 as a kill leaves it: every object of a save but the last, commit_success.txt.
+  fs = gcs[1]
+  fs.copy(
+      f"{BUCKET}/cut/phase1/checkpoints/1", f"{BUCKET}/cut/phase1/checkpoints/2", recursive=True
+  )
+  fs.rm(f"{BUCKET}/cut/phase1/checkpoints/2/commit_success.txt")
+  fs.invalidate_cache()
+  warnings = []
+  ckpts = ckpt_lib.PhaseCheckpoints(phase_dir)
+  abstract = ckpt_lib.abstract_tree(tree)
+  step, params, _, meta = ckpts.restore_newest(abstract, abstract, warn=warnings.append)
+  ckpts.close()
+  assert step == 1 and meta["step"] == 1
+  assert float(jax.device_get(params["w"]).sum()) == 6.0
+  assert len(warnings) == 1 and "step 2" in warnings[0]
+  assert not (epath.Path(phase_dir) / "checkpoints" / "2").exists()
