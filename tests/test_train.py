@@ -279,15 +279,13 @@ def _wait_for(predicate, proc, timeout):
 
 def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path, tfds_dir):
   """Kill phase 1 with SIGTERM mid-run, resume it: final params equal an uninterrupted run's."""
-  # Only the SIGTERM save and the final one; 3 epochs leave time to send the signal mid-run.
-  extra = {"checkpoint_every_steps": 1000, "phase1.epochs": 3.0}
+  # Only the SIGTERM save and the final one.
+  extra = {"checkpoint_every_steps": 1000, "phase1.epochs": 2.0}
   straight = tmp_path / "straight"
   train_lib.train_and_evaluate(tiny_config(tfds_dir, **extra), str(straight), phase=1)
 
   killed = tmp_path / "killed"
-  cmd = [
-      sys.executable,
-      str(ROOT / "train.py"),
+  flags = [
       "--config",
       str(ROOT / "configs/demo.py"),
       "--phase",
@@ -296,28 +294,35 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path, tfds_dir):
       str(killed),
   ] + flag_overrides(tfds_dir, **extra)
   env = dict(os.environ, PYTHONPATH=str(ROOT))
+  gate = tmp_path / "at_gate"
+  gate_step = 6  # the loop waits there for the signal (tests/_gated_train.py)
   proc = subprocess.Popen(
-      cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+      [sys.executable, str(ROOT / "tests/_gated_train.py")] + flags,
+      env=dict(env, GATE_STEP=str(gate_step), GATE_FILE=str(gate)),
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
   )
-  metrics = killed / "phase1" / "metrics.jsonl"
   try:
-    assert _wait_for(
-        lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, proc, 180
-    ), (proc.communicate()[0] if proc.poll() is not None else "timeout")
+    assert _wait_for(gate.exists, proc, 180), (
+        proc.communicate()[0] if proc.poll() is not None else "timeout"
+    )
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
   finally:
     if proc.poll() is None:
       proc.kill()
   assert proc.returncode == 143, out
-  assert "SIGTERM: saved step" in out
-  saved = ckpt_lib.PhaseCheckpoints(killed / "phase1").latest_step()
+  assert f"SIGTERM: saved step {gate_step}" in out
+  assert ckpt_lib.PhaseCheckpoints(killed / "phase1").latest_step() == gate_step
   a, step_a = ckpt_lib.restore_params(straight / "phase1")
-  assert 4 <= saved < step_a  # stopped mid-run, after at least two logged steps
+  assert gate_step < step_a
 
+  cmd = [sys.executable, str(ROOT / "train.py")] + flags
   resumed = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"resuming {killed / 'phase1'} at step {saved}" in resumed.stderr
+  assert f"resuming {killed / 'phase1'} at step {gate_step}" in resumed.stderr
   b, step_b = ckpt_lib.restore_params(killed / "phase1")
   assert step_a == step_b
   fa, fb = _flat(a), _flat(b)
