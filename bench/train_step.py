@@ -189,7 +189,7 @@ def parity_check(model, config, params, tx, torch_model, torch_opt, batch, *, ve
         encoder_packing=packing,
     )
     token_nll = losses.target_token_nll(out["logits"], ids, packing)
-    loss, aux = losses.vae_loss_from_token_nll(
+    loss, aux = losses.vae_loss(
         token_nll, mask, out["mu"], out["logvar"], 1.0, example_weights=batch["example_weights"]
     )
     return loss, aux

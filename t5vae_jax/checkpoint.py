@@ -100,10 +100,8 @@ def _quiet_orbax_thread_errors() -> None:
 
 
 def absolute(path) -> epath.Path:
-  """orbax needs absolute paths: make a local relative path absolute; leave gs:// etc. alone."""
-  if hub.is_remote(path):
-    return epath.Path(path)
-  return epath.Path(os.path.abspath(os.fspath(path)))
+  """orbax needs absolute paths: ``hub.absolute`` as an ``epath.Path``."""
+  return epath.Path(hub.absolute(path))
 
 
 def _manager(

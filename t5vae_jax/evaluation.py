@@ -264,15 +264,6 @@ def chunk_size_for(
 # --------------------------------------------------------------------------------------------
 # Over a split
 # --------------------------------------------------------------------------------------------
-def _gather(tree):
-  """Global (sharded) arrays -> numpy on every host."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
-  return jax.device_get(tree)
-
-
 def evaluate(
     params,
     examples: Sequence,
@@ -346,7 +337,7 @@ def evaluate(
     statistics_fn = compiled_batch_statistics(
         model, chunk, capacity, mesh.shape[sharding.DATA_AXIS]
     )
-    out = _gather(statistics_fn(params, device_batch, rng, num_chunks))
+    out = sharding.to_host(statistics_fn(params, device_batch, rng, num_chunks))
     ids = np.asarray(out["example_ids"])
     real = ids >= 0
     for key in per_example:

@@ -54,6 +54,12 @@ def is_remote(path) -> bool:
   return "://" in os.fspath(path)
 
 
+def absolute(path) -> str:
+  """A local path made absolute (orbax and TFDS want absolute paths); gs:// etc. left alone."""
+  path = os.fspath(path)
+  return path if is_remote(path) else os.path.abspath(path)
+
+
 def local_path(name) -> str:
   """``name`` with ``~`` expanded; URLs (gs://...) unchanged."""
   name = str(name)

@@ -116,19 +116,33 @@ def reconstruction_loss(logits: Array, targets: Array, target_mask: Array, packi
 
   Summed (not averaged) over the non-pad target positions, EOS included, as the ELBO asks:
   averaging over positions, as the released code does over 256 padded positions, would
-  silently rescale the KL weight; ``vae_loss(rec_normalizer="max_len")`` does so on purpose.
+  silently rescale the KL weight; ``vae_loss(..., rec_normalizer="max_len")`` does so on purpose.
   ``packing``: logits at packed slots (``target_token_nll``).
   """
   token_nll = target_token_nll(logits, targets, packing)  # (B, T)
   return jnp.sum(token_nll * target_mask.astype(jnp.float32), axis=-1)  # (B,)
 
 
-def vae_loss(logits: Array, targets: Array, *args, **kwargs) -> tuple[Array, dict[str, Any]]:
+def vae_loss(
+    token_nll: Array,
+    target_mask: Array,
+    mu: Array,
+    logvar: Array,
+    beta: float | Array,
+    kl_floor: float | Array = 0.0,
+    kl_threshold_mode: str = "batch",
+    example_weights: Array | None = None,
+    rec_normalizer: str = "sum",
+    padded_length: int | None = None,
+) -> tuple[Array, dict[str, Any]]:
   """The training objective mean_batch(rec) + beta * thresholded KL, and metrics.
 
-  Args (all but logits and targets are passed on to `vae_loss_from_token_nll()`):
-    logits: (B, T, V) decoder logits.
-    targets: (B, T) target ids (ending with EOS, then pad).
+  The reconstruction comes in as each target token's -log p, so that a caller with (B, T, V)
+  logits passes ``token_cross_entropy(logits, targets)`` and one with packed tokens passes
+  ``target_token_nll(...)`` without materialising per-example logits.
+
+  Args:
+    token_nll: (B, T) -log p of each target token (any value at padding).
     target_mask: (B, T) 1 at target tokens (EOS included), 0 at padding.
     mu, logvar: (B, L) posterior parameters.
     beta: KL weight (a Python float or a traced scalar from a schedule).
@@ -143,23 +157,6 @@ def vae_loss(logits: Array, targets: Array, *args, **kwargs) -> tuple[Array, dic
     `rec_per_token` (nats/token), `kl` (nats/sentence, no floor), `kl_thresholded`,
     `neg_elbo` (= rec + kl), `elbo` (= -neg_elbo), `num_tokens`, `beta`.
   """
-  return vae_loss_from_token_nll(token_cross_entropy(logits, targets), *args, **kwargs)
-
-
-def vae_loss_from_token_nll(
-    token_nll: Array,
-    target_mask: Array,
-    mu: Array,
-    logvar: Array,
-    beta: float | Array,
-    kl_floor: float | Array = 0.0,
-    kl_threshold_mode: str = "batch",
-    example_weights: Array | None = None,
-    rec_normalizer: str = "sum",
-    padded_length: int | None = None,
-) -> tuple[Array, dict[str, Any]]:
-  """`vae_loss()` from the (B, T) target tokens' -log p (any value at padding): for callers
-  that computed it without (B, T, V) logits, e.g. on packed tokens."""
   if rec_normalizer not in REC_NORMALIZERS:
     raise ValueError(f"rec_normalizer={rec_normalizer!r} is not one of {REC_NORMALIZERS}")
   mask = target_mask.astype(jnp.float32)

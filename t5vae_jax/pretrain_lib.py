@@ -24,7 +24,6 @@ import collections
 import dataclasses
 import functools
 import json
-import sys
 import time
 from typing import Any, Optional
 
@@ -40,6 +39,7 @@ from t5vae_jax import accelerator
 from t5vae_jax import checkpoint
 from t5vae_jax import losses
 from t5vae_jax import pretrained
+from t5vae_jax import runtime
 from t5vae_jax import sharding
 from t5vae_jax import span_corruption as corruption
 from t5vae_jax import t5 as t5_lib
@@ -93,7 +93,9 @@ def make_schedule(opt: OptimizerSettings):
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
-def make_optimizer(opt: OptimizerSettings, schedule):
+def make_pretraining_optimizer(opt: OptimizerSettings, schedule):
+  """The span-corruption optimizer (AdamW with no decay on vectors, or Adafactor), clipped, with
+  the embedding's step scaled; the VAE's finetuning optimizer is ``train_lib.make_optimizer``."""
   if opt.optimizer == "adamw":
     decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
     tx = optax.adamw(
@@ -199,7 +201,7 @@ def compile_functions(
   process, as in tests, reuses the compiled executables)."""
   model = t5_lib.T5(config, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
   schedule = make_schedule(opt)
-  tx = make_optimizer(opt, schedule)
+  tx = make_pretraining_optimizer(opt, schedule)
   dummy = jnp.zeros((1, 2), jnp.int32)
   init = lambda rng: model.init(rng, dummy, dummy + 1, dummy)["params"]  # noqa: E731
   abstract_params = jax.eval_shape(init, jax.random.key(0))
@@ -239,21 +241,9 @@ def compile_functions(
   )
 
 
-def fetch(tree):
-  """Host numpy copy of (possibly multi-process, sharded) global arrays."""
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  return multihost_utils.process_allgather(tree, tiled=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Set-up: tokenizer, model config, data, the run's settings file
 # ---------------------------------------------------------------------------------------------
-def _info(message: str) -> None:
-  if jax.process_index() == 0:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _prepare_tokenizer(args, out):
   """The tokenizer, saved in OUT (trained there, or copied from --tokenizer / a resumed run)."""
   from t5vae_jax import tokenizer as tokenizer_lib
@@ -279,7 +269,7 @@ def _prepare_tokenizer(args, out):
           f"training the tokenizer on {args.text} failed: "
           f"{str(e).splitlines()[-1]} (--vocab_size)"
       ) from None
-    _info(
+    runtime.info(
         f"trained a {args.vocab_size}-piece SentencePiece tokenizer (+{args.extra_ids} "
         f"sentinels) in {time.perf_counter() - t0:.1f}s"
     )
@@ -347,7 +337,7 @@ def load_data(args, tokenizer, spec: corruption.CorruptionSpec):
         f"{args.extra_ids} sentinels; lower --max_len or --noise_density, or "
         "raise --mean_span_length"
     )
-  _info(
+  runtime.info(
       f"data: {train.num_tokens} tokens in {len(train.lines)} lines -> {train.num_examples} "
       f"{args.examples} per epoch ({train.content_len} content tokens -> <= {args.max_len} "
       f"inputs, <= {train.target_len} targets; {train.num_truncated} lines truncated); "
@@ -418,7 +408,7 @@ def restore_or_initialize(
     return 0, state
   latest = manager.latest_step()
   if latest is None:
-    _info(f"--resume: no checkpoint in {manager.directory}; starting from scratch")
+    runtime.info(f"--resume: no checkpoint in {manager.directory}; starting from scratch")
     return 0, state
   restored = manager.restore(
       latest,
@@ -431,7 +421,7 @@ def restore_or_initialize(
       ),
   )
   step = int(restored["meta"]["step"])
-  _info(f"resumed from {manager.directory} at step {step}")
+  runtime.info(f"resumed from {manager.directory} at step {step}")
   return step, {
       "step": jax.device_put(jnp.asarray(step, jnp.int32), replicated),
       "params": restored["params"],
@@ -497,7 +487,9 @@ def validate(run: PretrainRun, params, step: int) -> Optional[dict]:
   t = time.perf_counter()
   sums = collections.Counter()
   for batch in run.valid.epoch_batches(run.args.batch_size, run.args.valid_max_batches):
-    res = fetch(run.fns.eval_step(params, local_batch(batch, run.mesh, run.args.batch_size)))
+    res = sharding.to_host(
+        run.fns.eval_step(params, local_batch(batch, run.mesh, run.args.batch_size))
+    )
     sums.update({k: float(v) for k, v in res.items()})
   loss = sums["ce_sum"] / max(sums["count"], 1)
   span = max(sums["span_count"], 1)
@@ -511,7 +503,7 @@ def validate(run: PretrainRun, params, step: int) -> Optional[dict]:
       "valid_seconds": time.perf_counter() - t,
   }
   append_log(run.out, row)
-  _info(
+  runtime.info(
       f"step {step}: valid loss {loss:.4f} acc {row['valid_accuracy']:.3f}; span words: "
       f"loss {row['valid_span_loss']:.4f} acc {row['valid_span_accuracy']:.3f} "
       f"({row['valid_seconds']:.1f}s)"
@@ -597,7 +589,7 @@ def train_loop(run: PretrainRun, state: dict, step: int) -> LoopResult:
         first_loss = row["loss"] if first_loss is None else first_loss
         last_loss = row["loss"]
         append_log(run.out, row)
-        _info(
+        runtime.info(
             f"step {step}/{args.steps} loss {row['loss']:.4f} acc {row['accuracy']:.3f} "
             f"(span words {row['span_loss']:.3f} / {row['span_accuracy']:.3f}) "
             f"lr {row['lr']:.2e} gnorm {row['grad_norm']:.2f} "
@@ -626,7 +618,7 @@ def train_loop(run: PretrainRun, state: dict, step: int) -> LoopResult:
         stopped_by = (
             stop.description if preempted else "max_minutes" if over_budget else "stop_at_step"
         )
-        _info(f"stopping at step {step} ({stopped_by})")
+        runtime.info(f"stopping at step {step} ({stopped_by})")
         break
   if window:  # steps since the last log line
     last_loss = float(np.mean([m["loss"] for m in window]))
@@ -682,7 +674,7 @@ def run_pretraining(args, t_start: Optional[float] = None) -> dict[str, Any]:
   unigram_ce = None
   if valid is not None:
     unigram_ce = corruption.unigram_cross_entropy(train.flat, valid.flat, vocab)
-    _info(
+    runtime.info(
         f"valid span words under the training text's unigram distribution: loss "
         f"{unigram_ce:.3f} (a model below it uses context)"
     )
@@ -700,7 +692,7 @@ def run_pretraining(args, t_start: Optional[float] = None) -> dict[str, Any]:
   manager = open_checkpoints(ckpt_dir, args.keep_checkpoints)
   start_step, state = restore_or_initialize(manager, fns, mesh, args.seed, args.resume)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
-  _info(
+  runtime.info(
       f"model: {num_params / 1e6:.2f}M params, vocab {vocab}, d_model {config.d_model}, "
       f"{config.num_layers}+{config.num_decoder_layers} layers, {config.feed_forward_proj}; "
       f"{mesh.size} device(s); {args.optimizer} lr {args.lr:g} {args.schedule}; "
@@ -729,7 +721,7 @@ def run_pretraining(args, t_start: Optional[float] = None) -> dict[str, Any]:
   manager.wait_until_finished()
   manager.close()
 
-  params_host = fetch(result.state["params"])
+  params_host = sharding.to_host(result.state["params"])
   if jax.process_index() == 0:
     pretrained.save_t5(
         out, dataclasses.replace(config, dropout_rate=args.save_dropout_rate), params_host
@@ -747,7 +739,7 @@ def run_pretraining(args, t_start: Optional[float] = None) -> dict[str, Any]:
       "out": str(out),
   }
   append_log(out, {"summary": summary})
-  _info(
+  runtime.info(
       f"wrote {out} (Hugging Face T5): step {step}, train loss {result.last_loss}, valid "
       f"loss {valid_loss}, {summary['total_seconds']:.0f}s in all"
   )

@@ -18,6 +18,15 @@ from t5vae_jax import hub
 HUB_TIMEOUT_S = hub.HUB_TIMEOUT_S  # T5VAE_HUB_TIMEOUT, seconds
 
 
+def info(message: str) -> None:
+  """A line for the user on stderr, from the lead process only (absl INFO is left to the
+  libraries' chatter)."""
+  import jax
+
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr, flush=True)
+
+
 def setup_runtime() -> None:
   """Joins a multi-process job when launched as one; quieter logs from other processes.
 

@@ -69,6 +69,15 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   }
 
 
+def to_host(tree: Any) -> Any:
+  """Global (possibly sharded, multi-process) arrays -> numpy on every host."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   n = mesh.shape[DATA_AXIS]
   if batch_size % n:

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import json
 import math
-import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -42,6 +41,7 @@ from t5vae_jax import model as model_lib
 from t5vae_jax import noise
 from t5vae_jax import packing as packing_lib
 from t5vae_jax import pretrained
+from t5vae_jax import runtime
 from t5vae_jax import schedules
 from t5vae_jax import sharding
 from t5vae_jax import t5 as t5_lib
@@ -50,12 +50,6 @@ from t5vae_jax.errors import UserError
 from t5vae_jax.preemption import PreemptionFlag
 
 PHASE1_TRAINABLE = ("encoder", "mu", "logvar")
-
-
-def info(message: str) -> None:
-  """A line for the user on the lead process (absl INFO is left to libraries' chatter)."""
-  if jax.process_index() == 0:
-    print(message, file=sys.stderr, flush=True)
 
 
 class TrainingError(UserError, RuntimeError):
@@ -90,6 +84,8 @@ def trainable_labels(params, phase: int, freeze_decoder: bool = True):
 
 
 def make_optimizer(config, phase: int, params) -> optax.GradientTransformation:
+  """AdamW from ``config.optimizer`` on the trainable groups of ``phase``; the frozen ones get
+  zero updates (and no Adam moments: ``optax.set_to_zero`` keeps no state)."""
   opt = config.optimizer
   adamw = optax.adamw(
       opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay
@@ -175,7 +171,7 @@ def compute_loss(
   )
   token_nll = losses.target_token_nll(out["logits"], ids, packing)
   rec_normalizer = config.get("rec_normalizer", "sum")
-  loss, aux = losses.vae_loss_from_token_nll(
+  loss, aux = losses.vae_loss(
       token_nll,
       mask,
       out["mu"],
@@ -512,11 +508,9 @@ def initial_params(setup: Setup, config, workdir, phase: int) -> dict:
       restored, p1_step = ckpt_lib.restore_params(p1, ckpt_lib.abstract_tree(params))
     except ckpt_lib.CheckpointNotFoundError:
       raise TrainingError(
-          f"phase 2 starts from phase 1's params, but there is no phase 1 checkpoint in "
-          f"{p1 / 'checkpoints'}; run --phase 1 with the same --workdir first, or set "
-          "--config.phase2.from_phase1=False"
+          config_validation.no_phase1_checkpoint_message(p1 / "checkpoints")
       ) from None
-    info(f"phase 2 starts from phase 1 params (step {p1_step})")
+    runtime.info(f"phase 2 starts from phase 1 params (step {p1_step})")
     params = restored
   return params
 
@@ -558,7 +552,7 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption
   )
   if config.eval_max_examples:
     eval_examples = eval_examples[: config.eval_max_examples]
-  info(f"data: train {_fmt(train_stats)}; eval {_fmt(eval_stats)}")
+  runtime.info(f"data: train {_fmt(train_stats)}; eval {_fmt(eval_stats)}")
   iterator = data_lib.BatchIterator(
       train_examples,
       bucket_lengths=data_lib.bucket_lengths_from_config(config.data),
@@ -596,7 +590,7 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption
       ckpt_lib.abstract_tree(state.params, param_shardings),
       ckpt_lib.abstract_tree(state.opt_state, opt_shardings),
       check_meta=check_meta,
-      warn=info,
+      warn=runtime.info,
   )
   if restored is not None:
     start_step, params, opt_state, meta = restored
@@ -606,7 +600,7 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption
         opt_state=opt_state,
         num_skipped=jax.device_put(jnp.asarray(meta.get("num_skipped", 0), jnp.int32), replicated),
     )
-    info(f"resuming {pdir} at step {start_step}")
+    runtime.info(f"resuming {pdir} at step {start_step}")
   elif is_lead:
     ckpt_lib.write_config(pdir, config)
     ckpt_lib.write_model_spec(pdir, setup.t5_config, setup.vae_config, config.model.dtype)
@@ -626,7 +620,7 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption
     metric = result.get(config.best_metric.removeprefix("val/"))
     if metric is not None:
       ckpts.maybe_save_best(step, params, float(metric), config.best_metric)
-    info(
+    runtime.info(
         f"step {step} validation: "
         f"{_fmt({k: result[k] for k in VALIDATION_LINE if k in result})}"
     )
@@ -649,7 +643,7 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption
   step = int(jax.device_get(state.step))
   last_val: dict[str, float] = {}
   stop_at = total_steps if max_steps is None else min(total_steps, max_steps)
-  progress = _progress(config, is_lead, step, stop_at, phase)
+  progress = _Progress(config, is_lead, step, stop_at, phase)
   pending, tokens, t0 = [], 0, time.perf_counter()
   previous_aux = None
   while step < stop_at:
@@ -688,7 +682,7 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption
       save(step, state)
     if stop_now:
       ckpts.wait()
-      info(
+      runtime.info(
           f"{preemption.description}: saved step {step} in {pdir}; rerun the same command to "
           "resume"
       )
@@ -715,7 +709,7 @@ def _fmt(values: dict) -> str:
   )
 
 
-class _progress:
+class _Progress:
   """A tqdm bar with step, loss, rec, KL, beta and tokens/s (lead process only)."""
 
   def __init__(self, config, enabled, start, total, phase):

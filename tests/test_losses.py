@@ -7,8 +7,14 @@ import pytest
 
 from t5vae_jax import losses
 
+
+def loss_from_logits(logits, targets, *args, **kwargs):
+  """losses.vae_loss on (B, T, V) logits, as the train step calls it (token CE first)."""
+  return losses.vae_loss(losses.token_cross_entropy(logits, targets), *args, **kwargs)
+
+
 # Jitted once per shape: much faster on CPU than dispatching every op eagerly.
-vae_loss = jax.jit(losses.vae_loss, static_argnames=("kl_threshold_mode",))
+vae_loss = jax.jit(loss_from_logits, static_argnames=("kl_threshold_mode",))
 thresholded_kl = jax.jit(losses.thresholded_kl, static_argnames=("mode",))
 
 AUX_KEYS = {
@@ -233,7 +239,7 @@ def test_all_zero_example_weights_are_finite():
   weights = jnp.zeros(3)
 
   def loss_fn(mu):
-    return losses.vae_loss(*batch[:3], mu, batch[4], beta=1.0, example_weights=weights)[0]
+    return loss_from_logits(*batch[:3], mu, batch[4], beta=1.0, example_weights=weights)[0]
 
   loss, grad = jax.jit(jax.value_and_grad(loss_fn))(batch[3])
   assert np.isfinite(loss) and np.all(np.isfinite(grad))
@@ -244,7 +250,7 @@ def test_vae_loss_jit_matches_eager_and_takes_traced_beta():
   """Traced beta and floor (as the train step passes them) with a zero-weight row, under jit:
   the numpy reference on the kept rows (eager would run the same code; numpy does not)."""
   batch = make_batch(seed=6)
-  jitted = jax.jit(losses.vae_loss, static_argnames=("kl_threshold_mode",))
+  jitted = jax.jit(loss_from_logits, static_argnames=("kl_threshold_mode",))
   weights = jnp.array([1, 1, 1, 0])
   keep = np.array([0, 1, 2])
   floor = float(np.median(np_gaussian_kl(batch[3][keep], batch[4][keep]).mean(0)))
@@ -266,7 +272,7 @@ def test_vae_loss_jit_matches_eager_and_takes_traced_beta():
 def test_vae_loss_bfloat16_logits():
   logits, targets, mask, mu, logvar = make_batch(seed=7)
   logits_bf16 = jnp.asarray(logits, jnp.bfloat16)
-  loss, aux = jax.jit(losses.vae_loss)(logits_bf16, targets, mask, mu, logvar, 1.0)
+  loss, aux = jax.jit(loss_from_logits)(logits_bf16, targets, mask, mu, logvar, 1.0)
   assert loss.dtype == jnp.float32
   want = np_vae_loss(
       np.asarray(logits_bf16.astype(jnp.float32)),
@@ -284,7 +290,7 @@ def test_vae_loss_bfloat16_logits():
 
 # ---------------------------------------------------------------------------- rec_normalizer
 vae_loss_normalized = jax.jit(
-    losses.vae_loss, static_argnames=("kl_threshold_mode", "rec_normalizer", "padded_length")
+    loss_from_logits, static_argnames=("kl_threshold_mode", "rec_normalizer", "padded_length")
 )
 
 
@@ -349,7 +355,7 @@ def test_max_len_normalizer_divides_by_padded_length_not_the_batch_width():
 
 def test_unknown_rec_normalizer():
   with pytest.raises(ValueError, match="rec_normalizer='mean' is not one of"):
-    losses.vae_loss_from_token_nll(
+    losses.vae_loss(
         jnp.zeros((1, 2)),
         jnp.ones((1, 2)),
         jnp.zeros((1, 1)),

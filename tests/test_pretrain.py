@@ -261,7 +261,7 @@ def test_embedding_lr_multiplier_scales_only_the_shared_embedding():
     opt = pretrain_lib.OptimizerSettings(
         lr=1e-2, schedule="constant", warmup_steps=0, weight_decay=0.0, embedding_lr_multiplier=k
     )
-    tx = pretrain_lib.make_optimizer(opt, pretrain_lib.make_schedule(opt))
+    tx = pretrain_lib.make_pretraining_optimizer(opt, pretrain_lib.make_schedule(opt))
     updates[k], _ = tx.update(grads, tx.init(params), params)
   # Adam's first step is -lr * sign(g) (up to eps): the embedding's is k times the others'.
   np.testing.assert_allclose(updates[1.0]["encoder"]["kernel"], -1e-2, rtol=1e-4)

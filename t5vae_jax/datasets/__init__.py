@@ -5,6 +5,7 @@ import os
 from etils import epath
 import tensorflow_datasets as tfds
 
+from t5vae_jax import hub
 from t5vae_jax.errors import first_line
 from t5vae_jax.datasets.builders import BAD_LINE_POLICIES
 from t5vae_jax.datasets.builders import DEFAULT_MAX_LINE_CHARS
@@ -78,7 +79,7 @@ def get_builder(
       return builder
   if raw_dir and not epath.Path(raw_dir).is_dir():
     raise FileNotFoundError(
-        f"{name}: the data directory {_absolute(raw_dir)} does not exist (config.data.dir); it "
+        f"{name}: the data directory {hub.absolute(raw_dir)} does not exist (config.data.dir); it "
         "should hold train.txt, valid.txt and test.txt"
     )
   if not raw_dir and name != "synthetic":
@@ -96,11 +97,6 @@ def get_builder(
         "--config.data.dir=DIR"
     ) from None
   return make_builder() if download_config else builder
-
-
-def _absolute(path) -> str:
-  path = os.fspath(path)
-  return path if "://" in path else os.path.abspath(path)
 
 
 def _sources_changed(builder: TextLinesBuilder) -> bool:
