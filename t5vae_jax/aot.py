@@ -342,8 +342,9 @@ def _largest_from_error(message: str) -> list[tuple[int, str]]:
   return out
 
 
-def compile_program(jitted, args, *, report: Report, argument_leaves) -> Report:
-  """Lowers ``jitted`` on ``args`` (ShapeDtypeStructs), compiles for the TPU, fills ``report``."""
+def compile_program(jitted, args, *, report: Report, argument_leaves, static_kwargs=None) -> Report:
+  """Lowers ``jitted`` on ``args`` (ShapeDtypeStructs) and its static keyword arguments,
+  compiles for the TPU, fills ``report``."""
   from t5vae_jax import t5 as t5_lib
 
   token = t5_lib.target_platform.set("tpu")  # the TPU program's matmul, not the CPU one
@@ -388,7 +389,7 @@ def compile_program(jitted, args, *, report: Report, argument_leaves) -> Report:
 def compile_train(
     config, phase: int, devices, chip: Chip, length: int, model=None, params=None
 ) -> Report:
-  """The phase's real train step (train_lib.jit_train_step) for batches of ``length``."""
+  """The phase's real train step (train_lib.compile_train_step) for batches of ``length``."""
   import jax
   import jax.numpy as jnp
   from t5vae_jax import sharding
@@ -419,8 +420,8 @@ def compile_train(
   # Worst case of packing.capacity: every position of a shard's rows is a real token.
   capacity = batch_size // num_shards * length if config.get("pack_tokens", False) else None
   beta_fn = train_lib.make_beta_fn(config, phase, steps_per_epoch=1000, total_steps=1000)
-  jitted = train_lib.jit_train_step(
-      model, tx, beta_fn, jax.random.key(config.seed), config, mesh, state_shardings, capacity
+  jitted = train_lib.compile_train_step(
+      model, tx, beta_fn, jax.random.key(config.seed), config, mesh, state_shardings
   )
   report = Report(
       program=f"train phase {phase}",
@@ -439,7 +440,7 @@ def compile_train(
       tokens=batch_size * length,
   )
   leaves = leaf_bytes(state.params, "params") + leaf_bytes(state.opt_state, "opt_state")
-  return compile_program(jitted, (state, batch), report=report, argument_leaves=leaves)
+  return compile_program(jitted, (state, batch, capacity), report=report, argument_leaves=leaves)
 
 
 def compile_eval(

@@ -15,7 +15,6 @@ would have done.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import time
@@ -440,37 +439,29 @@ def create_train_state(params, tx, mesh, fsdp: bool) -> tuple[TrainState, TrainS
 def compile_train_step(model, tx, beta_fn, base_rng, config, mesh, state_shardings):
   """``train_step`` jitted over ``mesh``: batch split on the data axis, state donated.
 
-  Returns ``step_fn(state, batch, capacity)``: ``capacity`` from ``packing_capacity`` (or
-  None: no packing); one compilation per distinct capacity and padded length.
+  Call it as ``step_fn(state, batch, capacity)``: ``capacity`` (static, positional: jit takes
+  no keyword arguments beside ``in_shardings``) from ``packing_capacity``, or None (no
+  packing); one compilation per distinct capacity and padded length. aot.py lowers the same
+  function on abstract inputs.
   """
-  jitted = {}
+  num_shards = mesh.shape[sharding.DATA_AXIS]
 
-  def step_fn(state, batch, capacity=None):
-    if capacity not in jitted:
-      jitted[capacity] = jit_train_step(
-          model, tx, beta_fn, base_rng, config, mesh, state_shardings, capacity
-      )
-    return jitted[capacity](state, batch)
+  def step_fn(state, batch, capacity):
+    return train_step(
+        state,
+        batch,
+        model=model,
+        tx=tx,
+        beta_fn=beta_fn,
+        base_rng=base_rng,
+        config=config,
+        capacity=capacity,
+        num_shards=num_shards,
+    )
 
-  return step_fn
-
-
-def jit_train_step(
-    model, tx, beta_fn, base_rng, config, mesh, state_shardings, capacity: Optional[int] = None
-):
-  """The ``jax.jit`` of ``train_step`` for one packing ``capacity`` that ``compile_train_step``
-  runs; aot.py lowers it on abstract inputs."""
   return jax.jit(
-      functools.partial(
-          train_step,
-          model=model,
-          tx=tx,
-          beta_fn=beta_fn,
-          base_rng=base_rng,
-          config=config,
-          capacity=capacity,
-          num_shards=mesh.shape[sharding.DATA_AXIS],
-      ),
+      step_fn,
+      static_argnums=2,
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0,

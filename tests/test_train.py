@@ -126,7 +126,7 @@ def tiny_step(dtype="float32", phase=2, config=None):
   compiled = train_lib.compile_train_step(
       model, tx, beta_fn, jax.random.key(0), config, mesh, shardings
   )
-  step_fn = lambda state, batch: compiled(state, sharding.global_batch(batch, mesh))
+  step_fn = lambda state, batch: compiled(state, sharding.global_batch(batch, mesh), None)
   return state, step_fn, random_batch(), model
 
 
