@@ -43,6 +43,7 @@ from t5vae_jax import runtime
 from t5vae_jax import sharding
 from t5vae_jax import span_corruption as corruption
 from t5vae_jax import t5 as t5_lib
+from t5vae_jax.window import MetricsWindow
 from t5vae_jax.preemption import PreemptionFlag
 from t5vae_jax.pretrain import CKPT_DIR, LOG_FILE, RUN_FILE, PretrainError
 
@@ -511,18 +512,14 @@ def validate(run: PretrainRun, params, step: int) -> Optional[dict]:
   return row
 
 
-def window_means(window: list[dict], tokens: int, seconds: float) -> dict:
-  """Mean training metrics of the steps since the last log line, and their speed."""
-  mean = lambda key: float(np.mean([m[key] for m in window]))  # noqa: E731
+def window_row(window: MetricsWindow) -> dict:
+  """Mean training metrics of the steps since the last log line (the last step's lr), and their
+  speed."""
   return {
-      "loss": mean("loss"),
-      "accuracy": mean("accuracy"),
-      "span_loss": mean("span_loss"),
-      "span_accuracy": mean("span_accuracy"),
-      "grad_norm": mean("grad_norm"),
-      "lr": float(window[-1]["lr"]),
-      "steps_per_s": len(window) / seconds,
-      "tokens_per_s": tokens / seconds,
+      **window.means(("loss", "accuracy", "span_loss", "span_accuracy", "grad_norm")),
+      "lr": window.last("lr"),
+      "steps_per_s": window.steps_per_second(),
+      "tokens_per_s": window.tokens_per_second(),
   }
 
 
@@ -561,8 +558,8 @@ def train_loop(run: PretrainRun, state: dict, step: int) -> LoopResult:
   start_step, stopped_by = step, "steps"
   first_loss = last_loss = valid_loss = None
   last_valid_seconds = 0.0
-  window, window_tokens = [], 0
-  t_window = t_loop = time.perf_counter()
+  window = MetricsWindow()
+  t_loop = time.perf_counter()
   step_times: list[float] = []
   batch = train.train_batch(step, args.batch_size) if step < args.steps else None
   with PreemptionFlag() as stop:  # SIGTERM/Ctrl-C on any process: stop at one step, save, export
@@ -577,12 +574,11 @@ def train_loop(run: PretrainRun, state: dict, step: int) -> LoopResult:
       now = time.perf_counter()
       if step > start_step + 1:  # the first step includes compilation
         step_times.append(now - t_step)
-      window.append(metrics)
-      window_tokens += tokens
+      window.add(metrics, tokens)
       if step - start_step <= 2 or step % args.log_every == 0 or step == args.steps:
         row = {
             "step": step,
-            **window_means(window, window_tokens, now - t_window),
+            **window_row(window),
             "epoch": step * args.batch_size / train.num_examples,
             "elapsed_s": now - run.t_start,
         }
@@ -596,11 +592,11 @@ def train_loop(run: PretrainRun, state: dict, step: int) -> LoopResult:
             f"{row['steps_per_s']:.2f} steps/s {row['tokens_per_s']:.0f} tok/s "
             f"epoch {row['epoch']:.2f} ({row['elapsed_s']:.0f}s)"
         )
-        window, window_tokens, t_window = [], 0, time.perf_counter()
+        window.reset()
       if run.valid is not None and step % args.eval_every == 0 and step != args.steps:
         valid_row = validate(run, state["params"], step)
         valid_loss, last_valid_seconds = valid_row["valid_loss"], valid_row["valid_seconds"]
-        t_window = time.perf_counter()
+        window.restart_clock()
       if step % args.save_every == 0 and step != args.steps:
         save(run.manager, step, state, run.t_start)
       preempted = stop.should_stop(step)  # the same step on every process
@@ -620,8 +616,8 @@ def train_loop(run: PretrainRun, state: dict, step: int) -> LoopResult:
         )
         runtime.info(f"stopping at step {step} ({stopped_by})")
         break
-  if window:  # steps since the last log line
-    last_loss = float(np.mean([m["loss"] for m in window]))
+  if len(window):  # steps since the last log line
+    last_loss = window.means(("loss",))["loss"]
     first_loss = last_loss if first_loss is None else first_loss
   return LoopResult(
       state=state,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from typing import Any, Callable, Optional, Sequence
 
 import flax
@@ -47,6 +46,7 @@ from t5vae_jax import t5 as t5_lib
 from t5vae_jax import tokenizer as tokenizer_lib
 from t5vae_jax.errors import UserError
 from t5vae_jax.preemption import PreemptionFlag
+from t5vae_jax.window import MetricsWindow
 
 PHASE1_TRAINABLE = ("encoder", "mu", "logvar")
 
@@ -519,12 +519,35 @@ def train_and_evaluate(
     return _run_phase(config, workdir, phase, max_steps, preemption)
 
 
+@dataclasses.dataclass
+class _Phase:
+  """One phase's run as ``_prepare_phase`` builds it: what the loop, validation and saves read."""
+
+  config: ml_collections.ConfigDict
+  phase: int
+  pdir: epath.Path
+  model: model_lib.T5VAEModel
+  mesh: Any
+  iterator: data_lib.BatchIterator
+  eval_examples: list
+  eval_batch: int
+  ckpts: ckpt_lib.PhaseCheckpoints
+  logger: MetricLogger
+  steps_per_epoch: int
+  total_steps: int
+
+
 def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption: "PreemptionFlag"):
+  run, state, step_fn = _prepare_phase(config, epath.Path(workdir), phase)
+  stop_at = run.total_steps if max_steps is None else min(run.total_steps, max_steps)
+  return _train_loop(run, state, step_fn, stop_at, preemption)
+
+
+def _prepare_phase(config, workdir: epath.Path, phase: int):
+  """(run, state, step_fn): data, model, the train state restored or initialised, the step."""
   if phase not in (1, 2):
     raise TrainingError(f"--phase must be 1 or 2, got {phase}")
-  workdir = epath.Path(workdir)
   pdir = phase_dir(workdir, phase)
-  is_lead = jax.process_index() == 0
   devices = jax.devices()[: config.mesh_devices] if config.get("mesh_devices") else None
   mesh = sharding.make_mesh(devices)
   sharding.check_batch_size(config.batch_size, mesh)
@@ -533,8 +556,6 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption
       mesh.devices.flat, accelerator.compute_dtype(config.model.dtype, mesh.devices.flat)
   )
   setup = build_setup(config, workdir, mesh.devices.flat)
-  model = setup.model
-  pad_id, eos_id = setup.t5_config.pad_token_id, setup.t5_config.eos_token_id
   train_examples, train_stats = data_lib.load_split(
       config.data, config.data.train_split, setup.tokenizer
   )
@@ -551,99 +572,127 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption
       seed=config.seed + 7919 * phase,
       shuffle=True,
       drop_remainder=True,
-      pad_id=pad_id,
-      eos_id=eos_id,
+      pad_id=setup.t5_config.pad_token_id,
+      eos_id=setup.t5_config.eos_token_id,
   )
   steps_per_epoch = iterator.num_batches_per_epoch
   epochs = config.phase1.epochs if phase == 1 else config.phase2.epochs
   total_steps = max(1, int(math.ceil(epochs * steps_per_epoch)))
-  beta_fn = make_beta_fn(config, phase, steps_per_epoch, total_steps)
+  eval_batch = max(config.batch_size, 8 * mesh.size)
+  run = _Phase(
+      config=config,
+      phase=phase,
+      pdir=pdir,
+      model=setup.model,
+      mesh=mesh,
+      iterator=iterator,
+      eval_examples=eval_examples,
+      eval_batch=eval_batch - eval_batch % mesh.size,
+      ckpts=ckpt_lib.PhaseCheckpoints(pdir, keep=config.keep_checkpoints),
+      logger=MetricLogger(pdir, jax.process_index() == 0),
+      steps_per_epoch=steps_per_epoch,
+      total_steps=total_steps,
+  )
 
   params = initial_params(setup, config, workdir, phase)
   tx = make_optimizer(config, phase, params)
   state, state_shardings = create_train_state(params, tx, mesh, config.fsdp)
-  param_shardings, opt_shardings = state_shardings.params, state_shardings.opt_state
-  replicated = sharding.replicated(mesh)
+  state = _restore_or_initialize(run, state, state_shardings, setup)
+  beta_fn = make_beta_fn(config, phase, steps_per_epoch, total_steps)
+  base_rng = jax.random.fold_in(jax.random.key(config.seed), phase)
+  step_fn = compile_train_step(setup.model, tx, beta_fn, base_rng, config, mesh, state_shardings)
+  return run, state, step_fn
 
-  ckpts = ckpt_lib.PhaseCheckpoints(pdir, keep=config.keep_checkpoints)
+
+def _restore_or_initialize(run: _Phase, state: TrainState, shardings: TrainState, setup: Setup):
+  """The newest checkpoint of the phase that restores (the data position set on the iterator),
+  or ``state`` as it is with the run's config, model spec and tokenizer written for a fresh
+  start."""
 
   def check_meta(step, meta):  # a damaged data position fails here, not as a wrong resume
     if meta.get("step") != step:
       raise ValueError(f"meta says step {meta.get('step')!r}")
     int(meta.get("num_skipped", 0))
-    iterator.set_state(meta["data"])
+    run.iterator.set_state(meta["data"])
 
-  if ckpts.has_checkpoints():  # before the restore: a mismatch is no damaged checkpoint
+  config = run.config
+  if run.ckpts.has_checkpoints():  # before the restore: a mismatch is no damaged checkpoint
     config_validation.check_model_matches(
-        pdir, setup.t5_config, setup.vae_config, pretrained=config.model.pretrained
+        run.pdir, setup.t5_config, setup.vae_config, pretrained=config.model.pretrained
     )
-  restored = ckpts.restore_newest(
-      ckpt_lib.abstract_tree(state.params, param_shardings),
-      ckpt_lib.abstract_tree(state.opt_state, opt_shardings),
+  restored = run.ckpts.restore_newest(
+      ckpt_lib.abstract_tree(state.params, shardings.params),
+      ckpt_lib.abstract_tree(state.opt_state, shardings.opt_state),
       check_meta=check_meta,
       warn=runtime.info,
   )
   if restored is not None:
     start_step, params, opt_state, meta = restored
-    state = TrainState(
-        step=jax.device_put(jnp.asarray(meta["step"], jnp.int32), replicated),
-        params=params,
-        opt_state=opt_state,
-        num_skipped=jax.device_put(jnp.asarray(meta.get("num_skipped", 0), jnp.int32), replicated),
-    )
-    runtime.info(f"resuming {pdir} at step {start_step}")
-  elif is_lead:
-    ckpt_lib.write_config(pdir, config)
-    ckpt_lib.write_model_spec(pdir, setup.t5_config, setup.vae_config, config.model.dtype)
-    tokenizer_lib.save_tokenizer(setup.tokenizer, pdir / "tokenizer")
+    counters = {"step": meta["step"], "num_skipped": meta.get("num_skipped", 0)}
+    counters = {
+        k: jax.device_put(jnp.asarray(v, jnp.int32), shardings.step) for k, v in counters.items()
+    }
+    runtime.info(f"resuming {run.pdir} at step {start_step}")
+    return TrainState(params=params, opt_state=opt_state, **counters)
+  if jax.process_index() == 0:
+    ckpt_lib.write_config(run.pdir, config)
+    ckpt_lib.write_model_spec(run.pdir, setup.t5_config, setup.vae_config, config.model.dtype)
+    tokenizer_lib.save_tokenizer(setup.tokenizer, run.pdir / "tokenizer")
+  return state
 
-  base_rng = jax.random.fold_in(jax.random.key(config.seed), phase)
-  step_fn = compile_train_step(model, tx, beta_fn, base_rng, config, mesh, state_shardings)
-  logger = MetricLogger(pdir, is_lead)
-  eval_batch = max(config.batch_size, 8 * mesh.size)
-  eval_batch -= eval_batch % mesh.size
 
-  def validate(step, params):
-    result = validation_metrics(
-        params, eval_examples, model=model, config=config, mesh=mesh, batch_size=eval_batch
-    )
-    logger.write(step, {f"val/{k}": v for k, v in result.items()})
-    metric = result.get(config.best_metric.removeprefix("val/"))
-    if metric is not None:
-      ckpts.maybe_save_best(step, params, float(metric), config.best_metric)
-    runtime.info(
-        f"step {step} validation: "
-        f"{_fmt({k: result[k] for k in VALIDATION_LINE if k in result})}"
-    )
-    return result
+def _validate(run: _Phase, step: int, params) -> dict[str, float]:
+  """A validation row (eval.py's evaluator), logged; best/ saved when it improves."""
+  config = run.config
+  result = validation_metrics(
+      params,
+      run.eval_examples,
+      model=run.model,
+      config=config,
+      mesh=run.mesh,
+      batch_size=run.eval_batch,
+  )
+  run.logger.write(step, {f"val/{k}": v for k, v in result.items()})
+  metric = result.get(config.best_metric.removeprefix("val/"))
+  if metric is not None:
+    run.ckpts.maybe_save_best(step, params, float(metric), config.best_metric)
+  runtime.info(
+      f"step {step} validation: {_fmt({k: result[k] for k in VALIDATION_LINE if k in result})}"
+  )
+  return result
 
-  def save(step, state):
-    ckpts.save(
-        step,
-        state.params,
-        state.opt_state,
-        {
-            "step": step,
-            "data": iterator.get_state(),
-            "num_skipped": int(jax.device_get(state.num_skipped)),
-            "phase": phase,
-            "total_steps": total_steps,
-        },
-    )
 
+def _save(run: _Phase, step: int, state: TrainState) -> None:
+  """A checkpoint of ``state`` at ``step`` with the data position (saved in the background)."""
+  run.ckpts.save(
+      step,
+      state.params,
+      state.opt_state,
+      {
+          "step": step,
+          "data": run.iterator.get_state(),
+          "num_skipped": int(jax.device_get(state.num_skipped)),
+          "phase": run.phase,
+          "total_steps": run.total_steps,
+      },
+  )
+
+
+def _train_loop(run: _Phase, state: TrainState, step_fn, stop_at: int, preemption) -> dict:
+  """Steps from the state's step to ``stop_at`` with logging, validation, checkpoints and the
+  preemption stop; returns the last validation."""
+  config, ckpts, mesh = run.config, run.ckpts, run.mesh
   step = int(jax.device_get(state.step))
   last_val: dict[str, float] = {}
-  stop_at = total_steps if max_steps is None else min(total_steps, max_steps)
-  progress = _Progress(config, is_lead, step, stop_at, phase)
-  pending, tokens, t0 = [], 0, time.perf_counter()
+  progress = _Progress(config, jax.process_index() == 0, step, stop_at, run.phase)
+  window = MetricsWindow()
   previous_aux = None
   while step < stop_at:
-    batch = next(iterator)
-    tokens += int(batch["attention_mask"].sum()) * jax.process_count()
+    batch = next(run.iterator)
     capacity = packing_capacity(config, batch["attention_mask"], mesh)
     state, aux = step_fn(state, sharding.global_batch(_model_inputs(batch), mesh), capacity)
     step += 1
-    pending.append(aux)
+    window.add(aux, int(batch["attention_mask"].sum()) * jax.process_count())
     # At most two steps in flight: step n-1 has finished before n+1 is dispatched, so a SIGTERM
     # save waits for about one step, not for every step queued since the last log.
     if previous_aux is not None:
@@ -654,43 +703,41 @@ def _run_phase(config, workdir, phase: int, max_steps: Optional[int], preemption
       ckpts.wait()
       raise TrainingError(
           f"non-finite loss or gradient at step {step} (on_nonfinite=stop); the last good "
-          f"checkpoint is step {ckpts.latest_step()} in {pdir / 'checkpoints'}"
+          f"checkpoint is step {ckpts.latest_step()} in {run.pdir / 'checkpoints'}"
       )
     if step % config.log_every_steps == 0 or step == stop_at:
-      host = jax.device_get(pending)
-      row = {f"train/{k}": float(np.mean([h[k] for h in host])) for k in host[0]}
-      elapsed = time.perf_counter() - t0
-      row["train/tokens_per_sec"] = tokens / max(elapsed, 1e-9)
+      row = {f"train/{k}": v for k, v in window.means().items()}
+      row["train/tokens_per_sec"] = window.tokens_per_second()
       row["train/num_skipped"] = float(jax.device_get(state.num_skipped))
-      row["train/epoch"] = step / steps_per_epoch
-      logger.write(step, row)
+      row["train/epoch"] = step / run.steps_per_epoch
+      run.logger.write(step, row)
       progress.update(step, row)
-      pending, tokens, t0 = [], 0, time.perf_counter()
+      window.reset()
     if step % config.eval_every_steps == 0 and step != stop_at:
-      last_val = validate(step, state.params)
+      last_val = _validate(run, step, state.params)
     stop_now = preemption.should_stop(step)  # the same step on every process
     if step % config.checkpoint_every_steps == 0 or stop_now:
-      save(step, state)
+      _save(run, step, state)
     if stop_now:
       ckpts.wait()
       runtime.info(
-          f"{preemption.description}: saved step {step} in {pdir}; rerun the same command to "
-          "resume"
+          f"{preemption.description}: saved step {step} in {run.pdir}; rerun the same command "
+          "to resume"
       )
       progress.close()
-      logger.close()  # the last TensorBoard events (a gs:// event file is uploaded on close)
+      run.logger.close()  # the last TensorBoard events (a gs:// event file is uploaded on close)
       raise SystemExit(preemption.exit_code)
   # A SIGTERM from here on only means the run is ending anyway: the final save below happens.
   # The final params are always validated (the loop's validations stop short of stop_at),
   # also when the last step was a checkpoint step: best/ must see them.
   if step == stop_at:
-    last_val = validate(step, state.params)
+    last_val = _validate(run, step, state.params)
     if ckpts.latest_step() != step:
-      save(step, state)
+      _save(run, step, state)
   ckpts.wait()
   ckpts.close()
   progress.close()
-  logger.close()
+  run.logger.close()
   return last_val
 
 
