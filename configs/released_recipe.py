@@ -74,7 +74,11 @@ def apply(config):
 def get_config(base: str = "ptb"):
   """``configs/<base>.py``'s config in the released code's regime."""
   here = pathlib.Path(__file__).resolve().parent
-  bases = sorted(p.stem for p in here.glob("*.py") if p.stem not in ("__init__", "released_recipe"))
+  bases = sorted(
+      p.stem
+      for p in here.glob("*.py")
+      if p.stem not in ("__init__", "released_recipe") and not p.stem.startswith("pretrain")
+  )  # the training configs (pretrain*.py configure t5vae_jax.pretrain)
   if base not in bases:
     raise ValueError(
         f"configs/released_recipe.py:{base}: no config {base!r} in {here}; "

@@ -1,12 +1,12 @@
 """Span-corruption pretraining of a small T5: optimizer, jitted steps, restore-or-init, the loop.
 
-The command (t5vae_jax/pretrain.py) parses the flags and calls :func:`run_pretraining`; the
+The command (t5vae_jax/pretrain.py) reads the config and flags and calls :func:`run_pretraining`; the
 objective and its batches are numpy code in t5vae_jax/span_corruption.py. This module is the
 JAX side, imported at the top; only the tokenizer module (transformers) is imported where it is
 used, after the command has quieted transformers' import-time warning.
 
 Training: one jitted step over a ``jax.sharding`` mesh (batch split along the data axis,
-parameters replicated, or FSDP-sharded with ``--fsdp``), mean token cross-entropy over the target
+parameters replicated, or FSDP-sharded with ``config.fsdp``), mean token cross-entropy over the target
 tokens (sentinels and EOS included), AdamW (default: b1 0.9, b2 0.98, eps 1e-6, decoupled weight
 decay on matrices only, global-norm clipping) or Adafactor (T5's optimizer: factored second
 moments, decay 0.8, update clipping 1.0, step size relative to the parameter scale), linear
@@ -66,10 +66,10 @@ class OptimizerSettings:
   total_steps: int = 5000
 
   @classmethod
-  def from_args(cls, args) -> "OptimizerSettings":
+  def from_config(cls, config) -> "OptimizerSettings":
     return cls(
         **{
-            f.name: getattr(args, "steps" if f.name == "total_steps" else f.name)
+            f.name: getattr(config, "steps" if f.name == "total_steps" else f.name)
             for f in dataclasses.fields(cls)
         }
     )
@@ -196,11 +196,11 @@ class Compiled:
 
 @functools.lru_cache(maxsize=2)
 def compile_functions(
-    config, dtype: str, opt: OptimizerSettings, seed: int, dropout: bool, mesh, fsdp: bool
+    t5_config, dtype: str, opt: OptimizerSettings, seed: int, dropout: bool, mesh, fsdp: bool
 ) -> Compiled:
   """Everything jitted, built once per configuration in a process (a resumed run in the same
   process, as in tests, reuses the compiled executables)."""
-  model = t5_lib.T5(config, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
+  model = t5_lib.T5(t5_config, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
   schedule = make_schedule(opt)
   tx = make_pretraining_optimizer(opt, schedule)
   dummy = jnp.zeros((1, 2), jnp.int32)
@@ -245,33 +245,34 @@ def compile_functions(
 # ---------------------------------------------------------------------------------------------
 # Set-up: tokenizer, model config, data, the run's settings file
 # ---------------------------------------------------------------------------------------------
-def _prepare_tokenizer(args, out):
-  """The tokenizer, saved in OUT (trained there, or copied from --tokenizer / a resumed run)."""
+def _prepare_tokenizer(config, out, resume: bool):
+  """The tokenizer, saved in OUT (trained there, or copied from config.tokenizer / a resumed
+  run)."""
   from t5vae_jax import tokenizer as tokenizer_lib
 
-  if args.tokenizer:
-    tokenizer = tokenizer_lib.load_tokenizer(args.tokenizer)
-    if jax.process_index() == 0 and epath.Path(args.tokenizer).resolve() != out.resolve():
+  if config.tokenizer:
+    tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
+    if jax.process_index() == 0 and epath.Path(config.tokenizer).resolve() != out.resolve():
       tokenizer_lib.save_tokenizer(tokenizer, out)
-      spm = epath.Path(args.tokenizer) / tokenizer_lib.SPIECE_FILE
+      spm = epath.Path(config.tokenizer) / tokenizer_lib.SPIECE_FILE
       if spm.exists():
         (out / tokenizer_lib.SPIECE_FILE).write_bytes(spm.read_bytes())
     return tokenizer
-  if args.resume and (out / "tokenizer_config.json").exists():
+  if resume and (out / "tokenizer_config.json").exists():
     return tokenizer_lib.load_tokenizer(out)
   if jax.process_index() == 0:
     t0 = time.perf_counter()
     try:
       tokenizer_lib.train_sentencepiece_tokenizer(
-          args.text, out, args.vocab_size, extra_ids=args.extra_ids
+          config.text, out, config.vocab_size, extra_ids=config.extra_ids
       )
     except RuntimeError as e:  # e.g. "Vocabulary size too high (N). Please set it to <= M."
       raise PretrainError(
-          f"training the tokenizer on {args.text} failed: "
-          f"{str(e).splitlines()[-1]} (--vocab_size)"
+          f"training the tokenizer on {config.text} failed: "
+          f"{str(e).splitlines()[-1]} (config.vocab_size)"
       ) from None
     runtime.info(
-        f"trained a {args.vocab_size}-piece SentencePiece tokenizer (+{args.extra_ids} "
+        f"trained a {config.vocab_size}-piece SentencePiece tokenizer (+{config.extra_ids} "
         f"sentinels) in {time.perf_counter() - t0:.1f}s"
     )
   if jax.process_count() > 1:
@@ -279,41 +280,41 @@ def _prepare_tokenizer(args, out):
   return tokenizer_lib.load_tokenizer(out)
 
 
-def model_config(args, vocab_size: int, pad_id: int, eos_id: int):
+def model_config(config, vocab_size: int, pad_id: int, eos_id: int):
   return t5_lib.T5Config(
       vocab_size=vocab_size,
-      d_model=args.d_model,
-      d_kv=args.d_kv,
-      d_ff=args.d_ff,
-      num_layers=args.num_layers,
-      num_decoder_layers=args.num_decoder_layers,
-      num_heads=args.num_heads,
-      relative_attention_num_buckets=args.relative_attention_num_buckets,
-      relative_attention_max_distance=args.relative_attention_max_distance,
-      dropout_rate=args.dropout_rate,
-      feed_forward_proj=args.feed_forward_proj,
-      tie_word_embeddings=not args.untied,
-      scale_decoder_outputs=not args.untied,
+      d_model=config.d_model,
+      d_kv=config.d_kv,
+      d_ff=config.d_ff,
+      num_layers=config.num_layers,
+      num_decoder_layers=config.num_decoder_layers,
+      num_heads=config.num_heads,
+      relative_attention_num_buckets=config.relative_attention_num_buckets,
+      relative_attention_max_distance=config.relative_attention_max_distance,
+      dropout_rate=config.dropout_rate,
+      feed_forward_proj=config.feed_forward_proj,
+      tie_word_embeddings=config.tie_word_embeddings,
+      scale_decoder_outputs=config.tie_word_embeddings,
       pad_token_id=pad_id,
       eos_token_id=eos_id,
       decoder_start_token_id=pad_id,
   )
 
 
-def _datasets(args, tokenizer, spec):
+def _datasets(config, tokenizer, spec):
   """(train, valid or None) span-corruption data of the command's text files."""
   kw = dict(
-      mode=args.examples,
-      max_len=args.max_len,
+      mode=config.examples,
+      max_len=config.max_len,
       spec=spec,
-      seed=args.seed,
-      pad_multiple=args.pad_multiple,
+      seed=config.seed,
+      pad_multiple=config.pad_multiple,
   )
-  train = corruption.SpanCorruptionData(corruption.tokenize_lines(tokenizer, args.text), **kw)
+  train = corruption.SpanCorruptionData(corruption.tokenize_lines(tokenizer, config.text), **kw)
   valid = None
-  if args.valid:
+  if config.valid:
     valid = corruption.SpanCorruptionData(
-        corruption.tokenize_lines(tokenizer, args.valid),
+        corruption.tokenize_lines(tokenizer, config.valid),
         stream=corruption.STREAM_VALID,
         shuffle=False,
         **kw,
@@ -321,50 +322,50 @@ def _datasets(args, tokenizer, spec):
   return train, valid
 
 
-def load_data(args, tokenizer, spec: corruption.CorruptionSpec):
+def load_data(config, tokenizer, spec: corruption.CorruptionSpec):
   """(train, valid or None), checked to fit the sentinels, with a line on what they hold."""
   t0 = time.perf_counter()
   try:
-    train, valid = _datasets(args, tokenizer, spec)
+    train, valid = _datasets(config, tokenizer, spec)
   except ValueError as e:  # too little text for one example, max_len too short, ...
     raise PretrainError(str(e)) from None
   max_spans = max(
       corruption.noise_counts(n, spec.noise_density, spec.mean_span_length)[1]
       for n in range(train.content_len + 1)
   ) + (1 if spec.rotate else 0)
-  if max_spans > args.extra_ids:
+  if max_spans > config.extra_ids:
     raise PretrainError(
         f"up to {max_spans} noise spans per example but only "
-        f"{args.extra_ids} sentinels; lower --max_len or --noise_density, or "
-        "raise --mean_span_length"
+        f"{config.extra_ids} sentinels; lower config.max_len or "
+        "config.noise_density, or raise config.mean_span_length"
     )
   runtime.info(
       f"data: {train.num_tokens} tokens in {len(train.lines)} lines -> {train.num_examples} "
-      f"{args.examples} per epoch ({train.content_len} content tokens -> <= {args.max_len} "
+      f"{config.examples} per epoch ({train.content_len} content tokens -> <= {config.max_len} "
       f"inputs, <= {train.target_len} targets; {train.num_truncated} lines truncated); "
-      f"{train.num_examples / args.batch_size:.1f} steps/epoch; tokenized in "
+      f"{train.num_examples / config.batch_size:.1f} steps/epoch; tokenized in "
       f"{time.perf_counter() - t0:.1f}s"
       + (f"; valid {valid.num_examples} examples" if valid else "")
   )
   return train, valid
 
 
-def check_or_write_run_file(args, out, config) -> None:
+def check_or_write_run_file(config, out, t5_config, resume: bool) -> None:
   """With --resume, the settings must equal those in OUT/pretrain_run.json; else writes it."""
   run_info = {
-      "t5": config.to_hf_dict(),
-      "examples": args.examples,
-      "max_len": args.max_len,
-      "noise_density": args.noise_density,
-      "mean_span_length": args.mean_span_length,
-      "rotate": not args.no_rotate,
-      "seed": args.seed,
-      "batch_size": args.batch_size,
-      "optimizer": args.optimizer,
-      "dtype": args.dtype,
+      "t5": t5_config.to_hf_dict(),
+      "examples": config.examples,
+      "max_len": config.max_len,
+      "noise_density": config.noise_density,
+      "mean_span_length": config.mean_span_length,
+      "rotate": config.rotate,
+      "seed": config.seed,
+      "batch_size": config.batch_size,
+      "optimizer": config.optimizer,
+      "dtype": config.dtype,
   }
   run_file = out / RUN_FILE
-  if args.resume and run_file.exists():
+  if resume and run_file.exists():
     stored = json.loads(run_file.read_text())
     diff = sorted(k for k in run_info if stored.get(k) != run_info[k])
     if diff:
@@ -373,7 +374,7 @@ def check_or_write_run_file(args, out, config) -> None:
           + ", ".join(f"{k} (was {stored.get(k)!r}, now {run_info[k]!r})" for k in diff)
       )
   elif jax.process_index() == 0:
-    run_file.write_text(json.dumps({**run_info, "args": vars(args)}, indent=2))
+    run_file.write_text(json.dumps({**run_info, "config": config.to_dict()}, indent=2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,7 +450,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: dict, t_start: float)
 class PretrainRun:
   """What stays fixed while the loop runs (the loop's state is passed and returned)."""
 
-  args: Any  # the command's flags (argparse.Namespace)
+  config: Any  # the command's ConfigDict (configs/pretrain.py)
   out: Any  # epath.Path of OUT
   train: corruption.SpanCorruptionData
   valid: Optional[corruption.SpanCorruptionData]
@@ -464,7 +465,8 @@ class PretrainRun:
     if self.valid is None:
       return 0
     return min(
-        -(-self.valid.num_examples // self.args.batch_size), self.args.valid_max_batches or 10**9
+        -(-self.valid.num_examples // self.config.batch_size),
+        self.config.valid_max_batches or 10**9,
     )
 
 
@@ -482,14 +484,14 @@ def append_log(out, row: dict) -> None:
 
 
 def validate(run: PretrainRun, params, step: int) -> Optional[dict]:
-  """The validation row (logged and printed) of ``params`` at ``step``; None without --valid."""
+  """The validation row (logged and printed) of ``params`` at ``step``; None without config.valid."""
   if run.valid is None:
     return None
   t = time.perf_counter()
   sums = collections.Counter()
-  for batch in run.valid.epoch_batches(run.args.batch_size, run.args.valid_max_batches):
+  for batch in run.valid.epoch_batches(run.config.batch_size, run.config.valid_max_batches):
     res = sharding.to_host(
-        run.fns.eval_step(params, local_batch(batch, run.mesh, run.args.batch_size))
+        run.fns.eval_step(params, local_batch(batch, run.mesh, run.config.batch_size))
     )
     sums.update({k: float(v) for k, v in res.items()})
   loss = sums["ce_sum"] / max(sums["count"], 1)
@@ -551,53 +553,53 @@ class LoopResult:
 
 
 def train_loop(run: PretrainRun, state: dict, step: int) -> LoopResult:
-  """Steps from ``step`` to --steps, logging, validating and saving on the way; stops early on
-  SIGTERM/Ctrl-C, --max_minutes or --stop_at_step."""
-  args, train = run.args, run.train
-  budget_s = None if args.max_minutes is None else args.max_minutes * 60.0
+  """Steps from ``step`` to config.steps, logging, validating and saving on the way; stops
+  early on SIGTERM/Ctrl-C, config.max_minutes or config.stop_at_step."""
+  config, train = run.config, run.train
+  budget_s = None if config.max_minutes is None else config.max_minutes * 60.0
   start_step, stopped_by = step, "steps"
   first_loss = last_loss = valid_loss = None
   last_valid_seconds = 0.0
   window = MetricsWindow()
   t_loop = time.perf_counter()
   step_times: list[float] = []
-  batch = train.train_batch(step, args.batch_size) if step < args.steps else None
+  batch = train.train_batch(step, config.batch_size) if step < config.steps else None
   with PreemptionFlag() as stop:  # SIGTERM/Ctrl-C on any process: stop at one step, save, export
-    while step < args.steps:
+    while step < config.steps:
       t_step = time.perf_counter()
       tokens = int(batch["attention_mask"].sum() + batch["target_mask"].sum())
-      state, metrics = run.fns.train_step(state, local_batch(batch, run.mesh, args.batch_size))
+      state, metrics = run.fns.train_step(state, local_batch(batch, run.mesh, config.batch_size))
       step += 1
       # The next batch is built on the host while the device runs this step.
-      batch = train.train_batch(step, args.batch_size) if step < args.steps else None
+      batch = train.train_batch(step, config.batch_size) if step < config.steps else None
       metrics = jax.device_get(metrics)
       now = time.perf_counter()
       if step > start_step + 1:  # the first step includes compilation
         step_times.append(now - t_step)
       window.add(metrics, tokens)
-      if step - start_step <= 2 or step % args.log_every == 0 or step == args.steps:
+      if step - start_step <= 2 or step % config.log_every == 0 or step == config.steps:
         row = {
             "step": step,
             **window_row(window),
-            "epoch": step * args.batch_size / train.num_examples,
+            "epoch": step * config.batch_size / train.num_examples,
             "elapsed_s": now - run.t_start,
         }
         first_loss = row["loss"] if first_loss is None else first_loss
         last_loss = row["loss"]
         append_log(run.out, row)
         runtime.info(
-            f"step {step}/{args.steps} loss {row['loss']:.4f} acc {row['accuracy']:.3f} "
+            f"step {step}/{config.steps} loss {row['loss']:.4f} acc {row['accuracy']:.3f} "
             f"(span words {row['span_loss']:.3f} / {row['span_accuracy']:.3f}) "
             f"lr {row['lr']:.2e} gnorm {row['grad_norm']:.2f} "
             f"{row['steps_per_s']:.2f} steps/s {row['tokens_per_s']:.0f} tok/s "
             f"epoch {row['epoch']:.2f} ({row['elapsed_s']:.0f}s)"
         )
         window.reset()
-      if run.valid is not None and step % args.eval_every == 0 and step != args.steps:
+      if run.valid is not None and step % config.eval_every == 0 and step != config.steps:
         valid_row = validate(run, state["params"], step)
         valid_loss, last_valid_seconds = valid_row["valid_loss"], valid_row["valid_seconds"]
         window.restart_clock()
-      if step % args.save_every == 0 and step != args.steps:
+      if step % config.save_every == 0 and step != config.steps:
         save(run.manager, step, state, run.t_start)
       preempted = stop.should_stop(step)  # the same step on every process
       over_budget = budget_s is not None and out_of_time(
@@ -609,8 +611,8 @@ def train_loop(run: PretrainRun, state: dict, step: int) -> LoopResult:
       )
       if jax.process_count() > 1:
         over_budget = bool(multihost_utils.broadcast_one_to_all(np.asarray(over_budget)))
-      at_stop_step = args.stop_at_step is not None and step >= args.stop_at_step
-      if (over_budget or preempted or at_stop_step) and step < args.steps:
+      at_stop_step = config.stop_at_step is not None and step >= config.stop_at_step
+      if (over_budget or preempted or at_stop_step) and step < config.steps:
         stopped_by = (
             stop.description if preempted else "max_minutes" if over_budget else "stop_at_step"
         )
@@ -634,39 +636,42 @@ def train_loop(run: PretrainRun, state: dict, step: int) -> LoopResult:
 # ---------------------------------------------------------------------------------------------
 # The run: set up, train, save, validate, export
 # ---------------------------------------------------------------------------------------------
-def run_pretraining(args, t_start: Optional[float] = None) -> dict[str, Any]:
-  """Pretrains as the command's flags ``args`` say and writes OUT; returns a summary (final
-  step, losses, timings, paths). ``t_start``: when the command started (default: now)."""
+def run_pretraining(
+    config, out: str, resume: bool = False, t_start: Optional[float] = None
+) -> dict[str, Any]:
+  """Pretrains as ``config`` (configs/pretrain.py's ConfigDict) says and writes ``out``; with
+  ``resume``, continues the run there. Returns a summary (final step, losses, timings, paths).
+  ``t_start``: when the command started (default: now)."""
   t_start = time.perf_counter() if t_start is None else t_start
-  out = checkpoint.absolute(args.out)  # orbax wants absolute paths; `--out runs/t5` is relative
+  out = checkpoint.absolute(out)  # orbax wants absolute paths; `--out runs/t5` is relative
   ckpt_dir = out / CKPT_DIR
-  if not args.resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+  if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
     raise PretrainError(
         f"{ckpt_dir} already holds checkpoints; pass --resume to continue "
         "that run, or choose another --out"
     )
   out.mkdir(parents=True, exist_ok=True)
 
-  mesh = sharding.make_mesh(jax.devices()[: args.num_devices] if args.num_devices else None)
-  sharding.check_batch_size(args.batch_size, mesh)
-  args.dtype = accelerator.compute_dtype(args.dtype, mesh.devices.flat)  # run.json: resolved
-  accelerator.announce(mesh.devices.flat, args.dtype)
+  mesh = sharding.make_mesh(jax.devices()[: config.num_devices] if config.num_devices else None)
+  sharding.check_batch_size(config.batch_size, mesh)
+  config.dtype = accelerator.compute_dtype(config.dtype, mesh.devices.flat)  # run.json: resolved
+  accelerator.announce(mesh.devices.flat, config.dtype)
 
-  tokenizer = _prepare_tokenizer(args, out)
+  tokenizer = _prepare_tokenizer(config, out, resume)
   pad_id, eos_id = int(tokenizer.pad_token_id), int(tokenizer.eos_token_id)
-  first_sentinel = corruption.sentinel_ids(tokenizer, args.extra_ids)
-  vocab = corruption.round_up(len(tokenizer), max(args.vocab_multiple, 1))
-  config = model_config(args, vocab, pad_id, eos_id)
+  first_sentinel = corruption.sentinel_ids(tokenizer, config.extra_ids)
+  vocab = corruption.round_up(len(tokenizer), max(config.vocab_multiple, 1))
+  t5_config = model_config(config, vocab, pad_id, eos_id)
   spec = corruption.CorruptionSpec(
-      noise_density=args.noise_density,
-      mean_span_length=args.mean_span_length,
+      noise_density=config.noise_density,
+      mean_span_length=config.mean_span_length,
       first_sentinel_id=first_sentinel,
-      num_sentinels=args.extra_ids,
+      num_sentinels=config.extra_ids,
       eos_id=eos_id,
       pad_id=pad_id,
-      rotate=not args.no_rotate,
+      rotate=config.rotate,
   )
-  train, valid = load_data(args, tokenizer, spec)
+  train, valid = load_data(config, tokenizer, spec)
   unigram_ce = None
   if valid is not None:
     unigram_ce = corruption.unigram_cross_entropy(train.flat, valid.flat, vocab)
@@ -674,28 +679,29 @@ def run_pretraining(args, t_start: Optional[float] = None) -> dict[str, Any]:
         f"valid span words under the training text's unigram distribution: loss "
         f"{unigram_ce:.3f} (a model below it uses context)"
     )
-  check_or_write_run_file(args, out, config)
+  check_or_write_run_file(config, out, t5_config, resume)
 
   fns = compile_functions(
-      config,
-      args.dtype,
-      OptimizerSettings.from_args(args),
-      args.seed,
-      args.dropout_rate > 0,
+      t5_config,
+      config.dtype,
+      OptimizerSettings.from_config(config),
+      config.seed,
+      config.dropout_rate > 0,
       mesh,
-      args.fsdp,
+      config.fsdp,
   )
-  manager = open_checkpoints(ckpt_dir, args.keep_checkpoints)
-  start_step, state = restore_or_initialize(manager, fns, mesh, args.seed, args.resume)
+  manager = open_checkpoints(ckpt_dir, config.keep_checkpoints)
+  start_step, state = restore_or_initialize(manager, fns, mesh, config.seed, resume)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
   runtime.info(
-      f"model: {num_params / 1e6:.2f}M params, vocab {vocab}, d_model {config.d_model}, "
-      f"{config.num_layers}+{config.num_decoder_layers} layers, {config.feed_forward_proj}; "
-      f"{mesh.size} device(s); {args.optimizer} lr {args.lr:g} {args.schedule}; "
-      f"steps {start_step} -> {args.steps}"
+      f"model: {num_params / 1e6:.2f}M params, vocab {vocab}, d_model {t5_config.d_model}, "
+      f"{t5_config.num_layers}+{t5_config.num_decoder_layers} layers, "
+      f"{t5_config.feed_forward_proj}; "
+      f"{mesh.size} device(s); {config.optimizer} lr {config.lr:g} {config.schedule}; "
+      f"steps {start_step} -> {config.steps}"
   )
   run = PretrainRun(
-      args=args,
+      config=config,
       out=out,
       train=train,
       valid=valid,
@@ -720,7 +726,7 @@ def run_pretraining(args, t_start: Optional[float] = None) -> dict[str, Any]:
   params_host = sharding.to_host(result.state["params"])
   if jax.process_index() == 0:
     pretrained.save_t5(
-        out, dataclasses.replace(config, dropout_rate=args.save_dropout_rate), params_host
+        out, dataclasses.replace(t5_config, dropout_rate=config.save_dropout_rate), params_host
     )
   summary = {
       "step": step,

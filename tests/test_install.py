@@ -186,7 +186,7 @@ def test_installed_entry_points(installed, tmp_path):
   for name, expected in (
       ("t5vae-train", "--workdir"),
       ("t5vae-eval", "--num_samples"),
-      ("t5vae-pretrain", "--noise_density"),
+      ("t5vae-pretrain", "--resume"),
       ("t5vae-latent", "transfer"),
   ):
     result = _run(installed, str(bin_dir / name), "--help", cwd=tmp_path)

@@ -7,6 +7,7 @@ budget tests reuse the compiled step of that run (same settings, same process).
 """
 
 import json
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -16,12 +17,15 @@ import numpy as np
 import pytest
 
 from conftest import torch_available
+from t5vae_jax import config_files
 from t5vae_jax import pretrain
 from t5vae_jax import pretrain_lib
 from t5vae_jax import span_corruption as corruption
 from t5vae_jax import pretrained
 from t5vae_jax import t5 as t5_lib
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pretrain_configs = config_files.load_module(ROOT / "configs" / "pretrain.py")
 SENT0 = 199  # <extra_id_0> in the hand-made cases (sentinels count down from it)
 EOS = 1
 
@@ -295,46 +299,32 @@ def _write_text(path, n, seed):
       f.write(" ".join(words) + "\n")
 
 
-def _args(text, valid, out, *extra):
-  return [
-      "--text",
-      str(text),
-      "--valid",
-      str(valid),
-      "--out",
-      str(out),
-      "--vocab_size",
-      "40",
-      "--d_model",
-      "32",
-      "--num_layers",
-      "1",
-      "--num_heads",
-      "2",
-      "--d_kv",
-      "16",
-      "--d_ff",
-      "64",
-      "--max_len",
-      "32",
-      "--batch_size",
-      "16",
-      "--steps",
-      "20",
-      "--lr",
-      "3e-3",
-      "--warmup_steps",
-      "2",
-      "--log_every",
-      "5",
-      "--eval_every",
-      "10",
-      "--save_every",
-      "10",
-      "--num_devices",
-      "2",
-      *extra,
-  ]
+def _config(text, valid, **overrides):
+  """configs/pretrain.py for the tiny run: a 1+1 layer T5 for 20 steps on 2 devices."""
+  config = pretrain_configs.get_config()
+  config.update(
+      dict(
+          text=str(text),
+          valid=str(valid),
+          vocab_size=40,
+          d_model=32,
+          num_layers=1,
+          num_heads=2,
+          d_kv=16,
+          d_ff=64,
+          max_len=32,
+          batch_size=16,
+          steps=20,
+          lr=3e-3,
+          warmup_steps=2,
+          log_every=5,
+          eval_every=10,
+          save_every=10,
+          num_devices=2,
+      )
+  )
+  config.update(overrides)
+  return config
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +333,7 @@ def run(tmp_path_factory):
   _write_text(root / "train.txt", 400, seed=0)
   _write_text(root / "valid.txt", 60, seed=1)
   out = root / "out"
-  summary = pretrain.main(_args(root / "train.txt", root / "valid.txt", out))
+  summary = pretrain.run_command(_config(root / "train.txt", root / "valid.txt"), str(out))
   return root, out, summary
 
 
@@ -455,32 +445,27 @@ def test_resume_gives_the_uninterrupted_result(run, tmp_path):
   for name in ("model.safetensors", "config.json"):
     (resumed / name).unlink()
   with pytest.raises(pretrain.PretrainError, match="--resume"):  # never clobbers a run by accident
-    pretrain.main(_args(root / "train.txt", root / "valid.txt", resumed))
-  summary = pretrain.main(_args(root / "train.txt", root / "valid.txt", resumed, "--resume"))
+    pretrain.run_command(_config(root / "train.txt", root / "valid.txt"), str(resumed))
+  summary = pretrain.run_command(
+      _config(root / "train.txt", root / "valid.txt"), str(resumed), resume=True
+  )
   assert summary["step"] == 20
   _, expected = pretrained.load_t5(str(out))
   _, got = pretrained.load_t5(str(resumed))
   for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(pretrain.PretrainError, match="max_len"):  # other settings than the stored run
-    pretrain.main(
-        _args(root / "train.txt", root / "valid.txt", resumed, "--resume") + ["--max_len", "40"]
+    pretrain.run_command(
+        _config(root / "train.txt", root / "valid.txt", max_len=40), str(resumed), resume=True
     )
 
 
 def test_max_minutes_stops_and_still_writes_the_checkpoint(run, tmp_path):
   root, out, _ = run
   budget = tmp_path / "out"
-  summary = pretrain.main(
-      _args(
-          root / "train.txt",
-          root / "valid.txt",
-          budget,
-          "--tokenizer",
-          str(out),
-          "--max_minutes",
-          "0.0001",
-      )
+  summary = pretrain.run_command(
+      _config(root / "train.txt", root / "valid.txt", tokenizer=str(out), max_minutes=0.0001),
+      str(budget),
   )
   assert summary["stopped_by"] == "max_minutes" and summary["step"] == 1
   config, _ = pretrained.load_t5(str(budget))
@@ -492,20 +477,13 @@ def test_max_minutes_stops_and_still_writes_the_checkpoint(run, tmp_path):
 
 
 def test_stop_at_step_equals_the_full_schedule_cut_there(run, tmp_path):
-  """--stop_at_step N keeps --steps' schedule: its params are the uninterrupted run's at step N
+  """stop_at_step N keeps the schedule of ``steps``: its params are the uninterrupted run's at step N
   (the run's own checkpoint at step 10), and the stop is reported as such."""
   root, out, _ = run
   cut = tmp_path / "out"
-  summary = pretrain.main(
-      _args(
-          root / "train.txt",
-          root / "valid.txt",
-          cut,
-          "--tokenizer",
-          str(out),
-          "--stop_at_step",
-          "10",
-      )
+  summary = pretrain.run_command(
+      _config(root / "train.txt", root / "valid.txt", tokenizer=str(out), stop_at_step=10),
+      str(cut),
   )
   assert summary["stopped_by"] == "stop_at_step" and summary["step"] == 10
   assert summary["valid_loss"] is not None  # validated and written like a --max_minutes stop
@@ -520,34 +498,69 @@ def test_stop_at_step_equals_the_full_schedule_cut_there(run, tmp_path):
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b)
   assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(got)))
-  with pytest.raises(pretrain.PretrainError, match="--stop_at_step"):
-    pretrain.main(
-        _args(root / "train.txt", root / "valid.txt", tmp_path / "x", "--stop_at_step", "0")
+  with pytest.raises(pretrain.PretrainError, match="config.stop_at_step=0"):
+    pretrain.run_command(
+        _config(root / "train.txt", root / "valid.txt", stop_at_step=0), str(tmp_path / "x")
     )
 
 
-def test_help_documents_the_options():
-  result = subprocess.run(
-      [sys.executable, "-m", "t5vae_jax.pretrain", "--help"],
+def _command(*flags):
+  return subprocess.run(
+      [sys.executable, "-m", "t5vae_jax.pretrain", *flags],
       capture_output=True,
       text=True,
-      timeout=60,
+      timeout=120,
+      cwd=ROOT,
   )
+
+
+def test_help_documents_the_flags_and_the_config_file():
+  result = _command("--help")
   assert result.returncode == 0
-  for flag in (
-      "--text",
-      "--out",
-      "--tokenizer",
-      "--noise_density",
-      "--mean_span_length",
-      "--max_minutes",
-      "--stop_at_step",
-      "--resume",
-      "--feed_forward_proj",
-      "--dtype",
-      "--optimizer",
-  ):
+  for flag in ("--config", "--out", "--resume", "configs/pretrain.py"):
     assert flag in result.stdout
+  keys = set(pretrain_configs.get_config())  # every setting has its key and default there
+  assert {"text", "tokenizer", "noise_density", "max_minutes", "stop_at_step", "dtype"} <= keys
+  assert set(pretrain.CHOICES) <= keys
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--config.noise_density=1.5"], "config.noise_density=1.5 must lie in (0, 1)"),
+        (["--config.optimizer=sgd"], "config.optimizer='sgd' is not allowed; allowed: adamw"),
+        (["--config.d_modle=8"], "d_modle"),
+        ([], "config.text is required"),
+    ],
+)
+def test_a_config_mistake_is_one_line_naming_the_key(tmp_path, flags, message):
+  text = tmp_path / "train.txt"
+  text.write_text("a line\n")
+  given = [] if not flags else [f"--config.text={text}"]
+  result = _command(
+      "--config", "configs/pretrain.py", "--out", str(tmp_path / "out"), *given, *flags
+  )
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+  assert not (tmp_path / "out").exists()
+
+
+def test_the_ptb_study_config_is_the_recipe_of_the_study():
+  """configs/pretrain_ptb.py: the settings of docs/ptb-study.md section 1, on pretrain.py."""
+  study = config_files.load_module(ROOT / "configs" / "pretrain_ptb.py").get_config()
+  base = pretrain_configs.get_config()
+  changed = {k: study[k] for k in base if study[k] != base[k]}
+  assert changed == {
+      "noise_density": 0.3,
+      "lr": 2e-3,
+      "warmup_steps": 100,
+      "steps": 800,
+      "stop_at_step": 603,
+      "embedding_lr_multiplier": 30.0,
+      "eval_every": 100,
+      "save_every": 100,
+  }
 
 
 def test_check_context_use_script(run, capsys):
