@@ -13,6 +13,9 @@
 #   d3       c015 + KL thresholding 3
 #   e_mean   b with mean pooling
 #   f_prefix b with the released code's self-attention prefix instead of cross-attention
+#   r_released b in the released code's regime (configs/released_recipe.py: every departure of
+#            the released code at once; its beta ramp is twice the paper's, 100 epochs, so
+#            BETA_EPOCHS is doubled for this row)
 # T5_DIR is the pretrained checkpoint (default runs/t5-ptb, written by t5vae_jax.pretrain).
 # Runs go to runs/ptb-study/ROW; each phase is resumable (rerun the same command), and
 # eval.py writes eval.json into each phase directory. Environment: P1_EPOCHS (default 5) and
@@ -32,7 +35,12 @@ beta_epochs=${BETA_EPOCHS:-50}
 eval_args=${EVAL_ARGS:---num_samples=500 --split=test}
 work=runs/ptb-study/$row
 
-common=(--config configs/ptb.py --config.model.pretrained="$t5" --config.data.dir="$data"
+config=configs/ptb.py
+if [[ "$row" == r_released ]]; then
+  config=configs/released_recipe.py
+  beta_epochs=$(python3 -c "print(2 * float('$beta_epochs'))")
+fi
+common=(--config "$config" --config.model.pretrained="$t5" --config.data.dir="$data"
         --config.phase1.epochs="$p1" --config.phase2.epochs="$p2" --config.beta.epochs="$beta_epochs"
         --config.progress_bar=False ${TRAIN_ARGS:-})
 share_phase1=""
@@ -46,6 +54,7 @@ case "$row" in
   d3)       extra=(--config.denoise_rate=0.15 --config.kl_floor=3.0); share_phase1=c015 ;;
   e_mean)   extra=(--config.model.pooling=mean) ;;
   f_prefix) extra=(--config.model.latent_injection=self_prefix) ;;
+  r_released) extra=() ;;
   *) echo "unknown row '$row' (see the header of $0)" >&2; exit 2 ;;
 esac
 

@@ -571,19 +571,20 @@ def check_devices(config, device_count: int, process_count: int = 1) -> None:
         f"{device_count}, the number of devices here"
     )
     mesh_devices = device_count
-  n = mesh_devices or device_count
-  if config.batch_size % n:
-    errors.append(
-        f"config.batch_size={config.batch_size} is not allowed; allowed: a multiple "
-        f"of the number of devices ({n})"
-    )
-  elif config.batch_size % process_count:
-    errors.append(
-        f"config.batch_size={config.batch_size} is not allowed; allowed: a multiple "
-        f"of the number of processes ({process_count})"
-    )
+  problem = batch_size_problem(config.batch_size, mesh_devices or device_count, process_count)
+  if problem:
+    errors.append(f"config.batch_size={config.batch_size} is not allowed; allowed: {problem}")
   if errors:
     raise ConfigError(errors)
+
+
+def batch_size_problem(batch_size: int, num_devices: int, num_processes: int) -> Optional[str]:
+  """What a global batch must be on this mesh ("a multiple of ..."), or None when it is."""
+  if batch_size % num_devices:
+    return f"a multiple of the number of devices ({num_devices})"
+  if batch_size % num_processes:
+    return f"a multiple of the number of processes ({num_processes})"
+  return None
 
 
 def no_phase1_checkpoint_message(checkpoints_dir) -> str:

@@ -79,11 +79,10 @@ def to_host(tree: Any) -> Any:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-  n = mesh.shape[DATA_AXIS]
-  if batch_size % n:
-    raise ValueError(f"batch_size={batch_size} must be a multiple of the number of devices ({n})")
-  if batch_size % jax.process_count():
-    raise ValueError(
-        f"batch_size={batch_size} must be a multiple of the number of processes "
-        f"({jax.process_count()})"
-    )
+  from t5vae_jax import config_validation
+
+  problem = config_validation.batch_size_problem(
+      batch_size, mesh.shape[DATA_AXIS], jax.process_count()
+  )
+  if problem:
+    raise ValueError(f"batch_size={batch_size} must be {problem}")
