@@ -342,6 +342,21 @@ def _largest_from_error(message: str) -> list[tuple[int, str]]:
   return out
 
 
+def _new_report(program: str, batch_size: int, length: int, devices, chip: Chip, **sizes) -> Report:
+  """The report of a program before it is compiled: its shape, argument sizes and FLOPs."""
+  return Report(
+      program=program,
+      batch=batch_size,
+      length=length,
+      num_devices=len(devices),
+      chip=chip,
+      compile_s=0.0,
+      fits=False,
+      tokens=batch_size * length,
+      **sizes,
+  )
+
+
 def compile_program(jitted, args, *, report: Report, argument_leaves, static_kwargs=None) -> Report:
   """Lowers ``jitted`` on ``args`` (ShapeDtypeStructs) and its static keyword arguments,
   compiles for the TPU, fills ``report``."""
@@ -423,21 +438,18 @@ def compile_train(
   jitted = train_lib.compile_train_step(
       model, tx, beta_fn, jax.random.key(config.seed), config, mesh, state_shardings
   )
-  report = Report(
-      program=f"train phase {phase}",
-      batch=batch_size,
-      length=length,
-      num_devices=len(devices),
-      chip=chip,
-      compile_s=0.0,
-      fits=False,
+  report = _new_report(
+      f"train phase {phase}",
+      batch_size,
+      length,
+      devices,
+      chip,
       params_bytes=bytes_per_device(state.params),
       opt_state_bytes=bytes_per_device(state.opt_state),
       batch_bytes=bytes_per_device(batch),
       analytic_flops=analytic_train_flops(
           model.config, model.vae.latent_injection, batch_size, length
       ),
-      tokens=batch_size * length,
   )
   leaves = leaf_bytes(state.params, "params") + leaf_bytes(state.opt_state, "opt_state")
   return compile_program(jitted, (state, batch, capacity), report=report, argument_leaves=leaves)
@@ -491,20 +503,17 @@ def compile_eval(
           num_shards=num_shards,
       )
   )
-  report = Report(
-      program=f"eval IW-NLL (K={num_samples}, {chunk} per pass)",
-      batch=batch_size,
-      length=length,
-      num_devices=len(devices),
-      chip=chip,
-      compile_s=0.0,
-      fits=False,
+  report = _new_report(
+      f"eval IW-NLL (K={num_samples}, {chunk} per pass)",
+      batch_size,
+      length,
+      devices,
+      chip,
       params_bytes=bytes_per_device(params),
       batch_bytes=bytes_per_device(batch),
       analytic_flops=analytic_eval_flops(
           model.config, model.vae.latent_injection, batch_size, length, num_samples
       ),
-      tokens=batch_size * length,
   )
   return compile_program(
       jitted,
