@@ -132,14 +132,29 @@ def _manager(
 
 
 class PhaseCheckpoints:
-  """Periodic/final saves (keep last k) and the best-by-validation params of one phase."""
+  """Periodic/final saves (keep last k) and the best-by-validation params of one phase.
 
-  def __init__(self, phase_dir, keep: int = 3, asynchronous: bool = True):
+  Pretraining keeps its saves in ``OUT/pretrain_ckpt`` (``checkpoints="pretrain_ckpt"``) and
+  has no best (``best=False``): the same saves, restores and fall-back past damage.
+  """
+
+  def __init__(
+      self,
+      phase_dir,
+      keep: int = 3,
+      asynchronous: bool = True,
+      checkpoints: str = "checkpoints",
+      best: bool = True,
+  ):
     self.phase_dir = absolute(phase_dir)
     self.latest = _manager(
-        self.phase_dir / "checkpoints", keep, name="latest", asynchronous=asynchronous
+        self.phase_dir / checkpoints, keep, name="latest", asynchronous=asynchronous
     )
-    self.best = _manager(self.phase_dir / "best", 1, name="best", asynchronous=asynchronous)
+    self.best = (
+        _manager(self.phase_dir / "best", 1, name="best", asynchronous=asynchronous)
+        if best
+        else None
+    )
     self._best_value = self._read_best_value()
     self._saving: dict[str, int] = {}  # manager name -> step of its last save (for errors)
     _quiet_orbax_thread_errors()
@@ -167,9 +182,12 @@ class PhaseCheckpoints:
           force=True,
       )
 
+  def _managers(self) -> list[tuple[str, ocp.CheckpointManager]]:
+    return [("latest", self.latest)] + ([("best", self.best)] if self.best is not None else [])
+
   def check_for_errors(self) -> None:
     """Raises CheckpointSaveError if a background save has failed (cheap: call every step)."""
-    for name, manager in (("latest", self.latest), ("best", self.best)):
+    for name, manager in self._managers():
       with self._save_errors(name, manager):
         manager.check_for_errors()
 
@@ -186,7 +204,7 @@ class PhaseCheckpoints:
   def maybe_save_best(
       self, step: int, params, value: float, metric: str, mode: str = "min"
   ) -> bool:
-    """Saves ``params`` as best if ``value`` beats the best so far."""
+    """Saves ``params`` as best if ``value`` beats the best so far (needs ``best=True``)."""
     better = self._best_value is None or (
         value < self._best_value if mode == "min" else value > self._best_value
     )
@@ -288,20 +306,20 @@ class PhaseCheckpoints:
     self.latest.reload()
 
   def _read_best_value(self) -> Optional[float]:
-    step = self.best.latest_step()
+    step = None if self.best is None else self.best.latest_step()
     if step is None:
       return None
     meta = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     return meta["value"]
 
   def wait(self) -> None:
-    for name, manager in (("latest", self.latest), ("best", self.best)):
+    for name, manager in self._managers():
       with self._save_errors(name, manager):
         manager.wait_until_finished()
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    for _, manager in self._managers():
+      manager.close()
 
 
 def _step_dirs(directory: epath.Path) -> list[int]:

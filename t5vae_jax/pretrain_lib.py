@@ -13,9 +13,10 @@ moments, decay 0.8, update clipping 1.0, step size relative to the parameter sca
 warm-up then cosine / inverse-square-root / constant learning rate.
 
 Output directory ``OUT``: the Hugging Face T5 checkpoint at the end (pretrained.save_t5),
-``OUT/pretrain_ckpt/<step>/{params,opt_state,meta}`` (orbax, resumable; its own manager, as this
-layout is not a phase directory's), ``OUT/pretrain_log.jsonl`` (metrics, one JSON object a line)
-and ``OUT/pretrain_run.json`` (the settings, checked on ``--resume``).
+``OUT/pretrain_ckpt/<step>/{params,opt_state,meta}`` (orbax, resumable: training's
+``checkpoint.PhaseCheckpoints`` in this layout, so a damaged newest step is skipped on
+``--resume`` and a failed save ends the run in one line), ``OUT/pretrain_log.jsonl`` (metrics, one
+JSON object a line) and ``OUT/pretrain_run.json`` (the settings, checked on ``--resume``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from t5vae_jax import accelerator
 from t5vae_jax import checkpoint
@@ -380,25 +380,17 @@ def check_or_write_run_file(config, out, t5_config, resume: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: OUT/pretrain_ckpt/<step>/{params,opt_state,meta}
 # ---------------------------------------------------------------------------------------------
-def open_checkpoints(ckpt_dir, keep: int) -> ocp.CheckpointManager:
-  # Its own barrier names, as checkpoint._manager gives each of its managers.
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep,
-      create=True,
-      multiprocessing_options=ocp.options.MultiprocessingOptions(
-          barrier_sync_key_prefix="pretrain"
-      ),
-  )
-  return ocp.CheckpointManager(
-      ckpt_dir, options=options, item_names=("params", "opt_state", "meta")
-  )
+def open_checkpoints(out, keep: int) -> checkpoint.PhaseCheckpoints:
+  """``OUT/pretrain_ckpt/<step>``: training's checkpoints (saves, failed-save errors, the
+  fall-back past a damaged newest step) in pretraining's layout, without a best."""
+  return checkpoint.PhaseCheckpoints(out, keep, checkpoints=CKPT_DIR, best=False)
 
 
 def restore_or_initialize(
-    manager: ocp.CheckpointManager, fns: Compiled, mesh, seed: int, resume: bool
+    ckpts: checkpoint.PhaseCheckpoints, fns: Compiled, mesh, seed: int, resume: bool
 ) -> tuple[int, dict]:
-  """(step, state): the latest checkpoint's with ``resume`` (when there is one), else step 0
-  and freshly initialised params and optimizer state."""
+  """(step, state): the newest checkpoint that restores, with ``resume`` (when there is one),
+  else step 0 and freshly initialised params and optimizer state."""
   replicated = sharding.replicated(mesh)
   params = fns.init_params(jax.random.key(seed))
   state = {
@@ -408,44 +400,33 @@ def restore_or_initialize(
   }
   if not resume:
     return 0, state
-  latest = manager.latest_step()
-  if latest is None:
-    runtime.info(f"--resume: no checkpoint in {manager.directory}; starting from scratch")
-    return 0, state
-  restored = manager.restore(
-      latest,
-      args=ocp.args.Composite(
-          params=ocp.args.StandardRestore(checkpoint.abstract_tree(params, fns.param_shardings)),
-          opt_state=ocp.args.StandardRestore(
-              checkpoint.abstract_tree(state["opt_state"], fns.opt_shardings)
-          ),
-          meta=ocp.args.JsonRestore(),
-      ),
+  restored = ckpts.restore_newest(
+      checkpoint.abstract_tree(params, fns.param_shardings),
+      checkpoint.abstract_tree(state["opt_state"], fns.opt_shardings),
+      warn=runtime.info,
   )
-  step = int(restored["meta"]["step"])
-  runtime.info(f"resumed from {manager.directory} at step {step}")
+  directory = ckpts.latest.directory
+  if restored is None:
+    runtime.info(f"--resume: no checkpoint in {directory}; starting from scratch")
+    return 0, state
+  step, params, opt_state, _ = restored
+  runtime.info(f"resumed from {directory} at step {step}")
   return step, {
       "step": jax.device_put(jnp.asarray(step, jnp.int32), replicated),
-      "params": restored["params"],
-      "opt_state": restored["opt_state"],
+      "params": params,
+      "opt_state": opt_state,
   }
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: dict, t_start: float) -> None:
-  manager.save(
+def save(ckpts: checkpoint.PhaseCheckpoints, step: int, state: dict, t_start: float) -> None:
+  ckpts.save(
       step,
-      args=ocp.args.Composite(
-          params=ocp.args.StandardSave(state["params"]),
-          opt_state=ocp.args.StandardSave(state["opt_state"]),
-          meta=ocp.args.JsonSave({"step": step, "elapsed_s": time.perf_counter() - t_start}),
-      ),
-      force=True,
+      state["params"],
+      state["opt_state"],
+      {"step": step, "elapsed_s": time.perf_counter() - t_start},
   )
 
 
-# ---------------------------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class PretrainRun:
   """What stays fixed while the loop runs (the loop's state is passed and returned)."""
@@ -457,7 +438,7 @@ class PretrainRun:
   unigram_ce: Optional[float]  # valid span words under the train text's unigram distribution
   fns: Compiled
   mesh: Any
-  manager: ocp.CheckpointManager
+  ckpts: checkpoint.PhaseCheckpoints
   t_start: float  # time.perf_counter() when the command started (for the budget)
 
   @property
@@ -600,7 +581,7 @@ def train_loop(run: PretrainRun, state: dict, step: int) -> LoopResult:
         valid_loss, last_valid_seconds = valid_row["valid_loss"], valid_row["valid_seconds"]
         window.restart_clock()
       if step % config.save_every == 0 and step != config.steps:
-        save(run.manager, step, state, run.t_start)
+        save(run.ckpts, step, state, run.t_start)
       preempted = stop.should_stop(step)  # the same step on every process
       over_budget = budget_s is not None and out_of_time(
           time.perf_counter() - run.t_start,
@@ -690,8 +671,8 @@ def run_pretraining(
       mesh,
       config.fsdp,
   )
-  manager = open_checkpoints(ckpt_dir, config.keep_checkpoints)
-  start_step, state = restore_or_initialize(manager, fns, mesh, config.seed, resume)
+  ckpts = open_checkpoints(out, config.keep_checkpoints)
+  start_step, state = restore_or_initialize(ckpts, fns, mesh, config.seed, resume)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
   runtime.info(
       f"model: {num_params / 1e6:.2f}M params, vocab {vocab}, d_model {t5_config.d_model}, "
@@ -708,20 +689,20 @@ def run_pretraining(
       unigram_ce=unigram_ce,
       fns=fns,
       mesh=mesh,
-      manager=manager,
+      ckpts=ckpts,
       t_start=t_start,
   )
   result = train_loop(run, state, start_step)
 
   step, valid_loss = result.step, result.valid_loss
-  if manager.latest_step() != step and step > start_step:
-    save(manager, step, result.state, t_start)
+  if ckpts.latest_step() != step and step > start_step:
+    save(ckpts, step, result.state, t_start)
   if (step > start_step or valid_loss is None) and not result.stopped_by.startswith("SIG"):
     # (skipped on SIGTERM: a preempted job has seconds left)
     valid_row = validate(run, result.state["params"], step)
     valid_loss = None if valid_row is None else valid_row["valid_loss"]
-  manager.wait_until_finished()
-  manager.close()
+  ckpts.wait()
+  ckpts.close()
 
   params_host = sharding.to_host(result.state["params"])
   if jax.process_index() == 0:

@@ -436,12 +436,13 @@ def test_parity_pretrained_output_with_hugging_face(run):
   assert np.std(theirs) > 0.1  # not a vacuous comparison
 
 
-def test_resume_gives_the_uninterrupted_result(run, tmp_path):
+def test_resume_gives_the_uninterrupted_result(run, tmp_path, capfd):
+  """Resumed past a damaged newest checkpoint (step 20 without its params metadata, as after
+  a partial copy): step 10 restores, step 20 is moved aside and trained again, identically."""
   root, out, _ = run
   resumed = tmp_path / "out"
   shutil.copytree(out, resumed)
-  # As if killed between the checkpoints of steps 10 and 20.
-  shutil.rmtree(resumed / pretrain.CKPT_DIR / "20")
+  (resumed / pretrain.CKPT_DIR / "20" / "params" / "_METADATA").unlink()
   for name in ("model.safetensors", "config.json"):
     (resumed / name).unlink()
   with pytest.raises(pretrain.PretrainError, match="--resume"):  # never clobbers a run by accident
@@ -450,6 +451,9 @@ def test_resume_gives_the_uninterrupted_result(run, tmp_path):
       _config(root / "train.txt", root / "valid.txt"), str(resumed), resume=True
   )
   assert summary["step"] == 20
+  err = capfd.readouterr().err
+  assert "checkpoint step 20" in err and "does not restore, skipping it" in err
+  assert "at step 10" in err and (resumed / "damaged" / "20").is_dir()
   _, expected = pretrained.load_t5(str(out))
   _, got = pretrained.load_t5(str(resumed))
   for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
