@@ -21,6 +21,28 @@ import pytest
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
+def parse_training_flags(*args):
+  """cli.parse_flags over train.py's flags on a fresh FlagValues: (exit status, stderr) of a
+  flag mistake, else the parsed FlagValues."""
+  import contextlib
+  import io
+
+  from absl import flags
+
+  from t5vae_jax import cli
+
+  argv = ["train.py", *args]
+  flag_values = flags.FlagValues()
+  cli.define_training_flags(flag_values, sys_argv=argv)
+  err = io.StringIO()
+  try:
+    with contextlib.redirect_stderr(err):
+      cli.parse_flags(argv, flag_values)
+  except SystemExit as e:
+    return e.code, err.getvalue()
+  return flag_values
+
+
 def torch_available() -> bool:
   try:
     import torch  # noqa: F401

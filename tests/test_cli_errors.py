@@ -13,10 +13,9 @@ import sys
 import threading
 import time
 
-from absl import flags
 import pytest
 
-from t5vae_jax import cli
+from conftest import parse_training_flags
 from t5vae_jax import errors
 from t5vae_jax import train_command
 from t5vae_jax import config_validation as cv
@@ -96,18 +95,7 @@ def test_other_exceptions_keep_their_traceback():
 # ----------------------------------------------------------------------------- flags
 
 
-def parse(*args):
-  """cli.parse_flags over train.py's flags (a fresh FlagValues); (status, stderr) or config."""
-  argv = ["train.py", *args]
-  flag_values = flags.FlagValues()
-  cli.define_training_flags(flag_values, sys_argv=argv)
-  err = io.StringIO()
-  try:
-    with contextlib.redirect_stderr(err):
-      cli.parse_flags(argv, flag_values)
-  except SystemExit as e:
-    return e.code, err.getvalue()
-  return flag_values
+parse = parse_training_flags
 
 
 DEMO = f"--config={ROOT / 'configs/demo.py'}"

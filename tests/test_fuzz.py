@@ -1,18 +1,15 @@
 """Property-based fuzzing of what users feed in: dataset files (line parser, builder, TFDS
 preparation, tokenization) and config overrides (validation and flag parsing)."""
 
-import contextlib
-import io
 import pathlib
 import sys
 import tempfile
 
-from absl import flags
 from hypothesis import HealthCheck, assume, event, given, settings, strategies as st
 import ml_collections
 import pytest
 
-from t5vae_jax import cli
+from conftest import parse_training_flags
 from t5vae_jax import config_validation as cv
 from t5vae_jax import data
 from t5vae_jax import datasets
@@ -249,19 +246,18 @@ FLAG_VALUE = st.one_of(
 @FUZZ
 @given(items=st.lists(st.tuples(KEY, FLAG_VALUE), min_size=1, max_size=2))
 def test_random_flags_parse_or_fail_with_one_line_naming_the_key(items):
-  argv = ["train.py", f"--config={ROOT / 'configs/demo.py'}", "--phase=1", "--workdir=/tmp/unused"]
-  argv += [f"--config.{key}={value}" for key, value in items]
-  flag_values = flags.FlagValues()
-  cli.define_training_flags(flag_values, sys_argv=argv)
-  err = io.StringIO()
-  try:
-    with contextlib.redirect_stderr(err):
-      cli.parse_flags(argv, flag_values)
-  except SystemExit as e:
+  flag_values = parse_training_flags(
+      f"--config={ROOT / 'configs/demo.py'}",
+      "--phase=1",
+      "--workdir=/tmp/unused",
+      *(f"--config.{key}={value}" for key, value in items),
+  )
+  if isinstance(flag_values, tuple):
     event("flag error")
-    assert e.code == 2
-    lines = err.getvalue().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()
+    code, stderr = flag_values
+    assert code == 2
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert any(f"--config.{key}" in lines[0] or f"'{key}'" in lines[0] for key, _ in items), lines[
         0
     ]
