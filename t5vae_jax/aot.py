@@ -169,7 +169,7 @@ def build_model(config, devices):
       t5_config_of(config),
       vae=train_lib.vae_config_from(config),
       dtype=jnp.dtype(dtype),
-      remat=config.model.get("remat", "none"),
+      remat=config.model.remat,
   )
 
 
@@ -433,7 +433,7 @@ def compile_train(
   }
   num_shards = mesh.shape[sharding.DATA_AXIS]
   # Worst case of packing.capacity: every position of a shard's rows is a real token.
-  capacity = batch_size // num_shards * length if config.get("pack_tokens", False) else None
+  capacity = batch_size // num_shards * length if config.pack_tokens else None
   beta_fn = train_lib.make_beta_fn(config, phase, steps_per_epoch=1000, total_steps=1000)
   jitted = train_lib.compile_train_step(
       model, tx, beta_fn, jax.random.key(config.seed), config, mesh, state_shardings
@@ -493,7 +493,7 @@ def compile_eval(
       num_samples, iw_chunk, batch_size, length, model.config.vocab_size, max_rows=1 << 16
   )
   num_shards = mesh.shape[sharding.DATA_AXIS]
-  capacity = batch_size // num_shards * length if config.get("pack_tokens", False) else None
+  capacity = batch_size // num_shards * length if config.pack_tokens else None
   jitted = jax.jit(
       functools.partial(
           evaluation.batch_statistics,
@@ -624,7 +624,7 @@ def run(
       f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 each); model "
       f"{config.model.pretrained or 'config.model.t5'}: {n / 1e6:,.1f}M params as a VAE, "
       f"compute {model.dtype.name}, fsdp {'on' if config.fsdp else 'off'}, packing "
-      f"{'on (worst case: every position a real token)' if config.get('pack_tokens') else 'off'}",
+      f"{'on (worst case: every position a real token)' if config.pack_tokens else 'off'}",
       file=out,
       flush=True,
   )

@@ -564,7 +564,7 @@ def validate(config, phase: Optional[int] = None, **kwargs) -> None:
 def check_devices(config, device_count: int, process_count: int = 1) -> None:
   """batch_size against the mesh that train_lib will build."""
   errors = []
-  mesh_devices = config.get("mesh_devices") or 0
+  mesh_devices = config.mesh_devices
   if mesh_devices > device_count:
     errors.append(
         f"config.mesh_devices={mesh_devices} is not allowed; allowed: 0 (all) to "

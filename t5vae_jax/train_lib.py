@@ -169,7 +169,7 @@ def compute_loss(
       rngs={"latent": rngs["latent"], "dropout": rngs["dropout"]},
   )
   token_nll = losses.target_token_nll(out["logits"], ids, packing)
-  rec_normalizer = config.get("rec_normalizer", "sum")
+  rec_normalizer = config.rec_normalizer
   loss, aux = losses.vae_loss(
       token_nll,
       mask,
@@ -254,7 +254,7 @@ def vae_config_from(config) -> model_lib.VAEConfig:
       pooling=m.pooling,
       pool_layers=m.pool_layers,
       pool_padding=m.pool_padding,
-      pool_dropout=m.get("pool_dropout", False),
+      pool_dropout=m.pool_dropout,
       latent_injection=m.latent_injection,
   )
 
@@ -270,13 +270,13 @@ def get_tokenizer(config, workdir: epath.Path):
   if (path / "tokenizer_config.json").exists():
     return tokenizer_lib.load_tokenizer(path)
   examples, _ = data_lib.read_split(config.data, config.data.train_split)
-  vocab = config.model.t5.vocab_size - config.data.get("extra_ids", 0)
+  vocab = config.model.t5.vocab_size - config.data.extra_ids
   return tokenizer_lib.train_sentencepiece_tokenizer(
       [e["text"] for e in examples],
       path,
       vocab_size=vocab,
-      extra_ids=config.data.get("extra_ids", 0),
-      model_type=config.data.get("tokenizer_model_type", "unigram"),
+      extra_ids=config.data.extra_ids,
+      model_type=config.data.tokenizer_model_type,
       hard_vocab_limit=False,
   )  # small corpora (the demo's grammar) have fewer pieces
 
@@ -310,7 +310,7 @@ def build_setup(config, workdir, devices: Optional[Sequence[jax.Device]] = None)
       config.model.dtype, jax.devices() if devices is None else devices
   )
   model = model_lib.T5VAEModel(
-      t5_config, vae=vae_config, dtype=jnp.dtype(dtype), remat=config.model.get("remat", "none")
+      t5_config, vae=vae_config, dtype=jnp.dtype(dtype), remat=config.model.remat
   )
   return Setup(model, t5_config, vae_config, tokenizer, params)
 
@@ -548,7 +548,7 @@ def _prepare_phase(config, workdir: epath.Path, phase: int):
   if phase not in (1, 2):
     raise TrainingError(f"--phase must be 1 or 2, got {phase}")
   pdir = phase_dir(workdir, phase)
-  devices = jax.devices()[: config.mesh_devices] if config.get("mesh_devices") else None
+  devices = jax.devices()[: config.mesh_devices] if config.mesh_devices else None
   mesh = sharding.make_mesh(devices)
   sharding.check_batch_size(config.batch_size, mesh)
 

@@ -122,7 +122,13 @@ def test_packed_loss_and_gradients_equal_padded(no_dropout_t5, num_shards):
   model, params = _vae(no_dropout_t5)
   ids, mask = _batch(model.config.vocab_size, batch=4, length=12, seed=3)
   config = ml_collections.ConfigDict(
-      dict(denoise_rate=0.3, denoise_mode="bernoulli", kl_floor=0.1, kl_threshold_mode="batch")
+      dict(
+          denoise_rate=0.3,
+          denoise_mode="bernoulli",
+          kl_floor=0.1,
+          kl_threshold_mode="batch",
+          rec_normalizer="sum",
+      )
   )
   batch = dict(input_ids=ids, attention_mask=mask, example_weights=jnp.ones((4,)))
   rngs = train_lib.step_rngs(jax.random.key(0), 5)
