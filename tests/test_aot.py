@@ -2,6 +2,7 @@
 topologies through libtpu's compile-only client (no TPU needed; skipped only without libtpu)."""
 
 import importlib.util
+import json
 import math
 import os
 import pathlib
@@ -171,8 +172,10 @@ def test_v4_fsdp_shards_params_and_adam_state_over_devices():
   assert 2 * expected <= phase2.opt_state_bytes <= 2 * expected + 64
 
 
-def _run_command(*flags):
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(LIBTPU_DIR)]))
+def _run_command(*flags, env=None):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(LIBTPU_DIR)]), **(env or {}))
+  if "HF_ENDPOINT" in env:  # a hub stand-in: online for this command (the tests run offline)
+    env.pop("HF_HUB_OFFLINE", None)
   return subprocess.run(
       [sys.executable, "-m", "t5vae_jax.aot", *flags],
       cwd=ROOT,
@@ -214,3 +217,47 @@ def test_bad_topology_is_one_error_line():
       .splitlines()[-1]
       .startswith("error: --topology=v5e:3x3: libtpu refuses it")
   )
+
+
+def test_a_hub_id_needs_only_its_config_json(tmp_path):
+  """model.pretrained as a hub id: the command fetches config.json (through huggingface_hub,
+  from the hub stand-in on 127.0.0.1) and nothing else, and compiles that shape."""
+  sys.path.insert(0, str(ROOT / "tests"))
+  import _replicas
+  from hub_stand_in import HubStandIn, Repo
+
+  repo_id = "google/flan-t5-tiny"
+  config_json = _replicas.config_flan()
+  files = {
+      "config.json": json.dumps(config_json).encode(),
+      "model.safetensors": b"weights: never to be fetched by the AOT command\n",
+      "spiece.model": b"tokenizer: never to be fetched\n",
+      "tokenizer.json": b"{}",
+  }
+  with HubStandIn({repo_id: Repo(files)}) as stand_in:
+    result = _run_command(
+        "--config",
+        "configs/demo.py",
+        "--topology",
+        "v5e:2x2",
+        "--phase",
+        "2",
+        "--eval=false",
+        f"--config.model.pretrained={repo_id}",
+        f"--config.model.latent_dim={LATENT}",
+        "--config.data.bucket_lengths=(16,)",
+        env={"HF_ENDPOINT": stand_in.endpoint, "HF_HOME": str(tmp_path / "hf_home")},
+    )
+    requested = stand_in.requested(repo_id)
+  output = result.stdout + result.stderr
+  assert result.returncode == 0, output
+  assert requested == {"config.json"}
+  # The shape came from that config.json: flan's gated feed-forward (two input kernels) and
+  # untied LM head, counted by hand.
+  t = config_json
+  d, ff = t["d_model"], t["d_ff"]
+  by_group = hand_param_shapes(t)
+  gated = (t["num_layers"] + t["num_decoder_layers"]) * d * ff  # each layer's second wi
+  want = sum(_size(shapes) for shapes in by_group.values()) + gated + t["vocab_size"] * d
+  assert f"model {repo_id}: {want / 1e6:,.1f}M params" in output, output
+  assert "train phase 2" in output
