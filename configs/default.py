@@ -141,6 +141,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.best_metric = "val/neg_elbo"  # lower is better
   config.on_nonfinite = "skip"  # skip the update (counted) | stop (keep the last good checkpoint)
   config.fsdp = False  # shard params and optimizer state over devices too
+  # Tensor parallelism: devices per model column of the (data, model) mesh; heads, d_ff and the
+  # vocabulary are split over them as sharding_rules says (t5vae_jax/sharding.py), the batch
+  # over the rest. 1: data parallel only.
+  config.model_parallel = 1
+  config.sharding_rules = "heads:model,mlp:model,vocab:model"  # <logical axis>:<mesh axis>,...
   # Run the per-token layers (projections, feed-forward, output layer, loss) of a train step on
   # the real tokens only (t5vae_jax/packing.py); same loss, a few compilations per padded length.
   config.pack_tokens = True

@@ -410,11 +410,13 @@ def compile_train(
   from t5vae_jax import sharding
   from t5vae_jax import train_lib
 
-  mesh = sharding.make_mesh(devices)
+  mesh = sharding.make_mesh(devices, config.model_parallel)
   model = build_model(config, devices) if model is None else model
   params = abstract_params(model) if params is None else params
   tx = train_lib.make_optimizer(config, phase, params)
-  state_shardings = train_lib.train_state_shardings(params, tx, mesh, config.fsdp)
+  state_shardings = train_lib.train_state_shardings(
+      params, tx, mesh, config.fsdp, config.sharding_rules
+  )
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   state = with_shardings(
       train_lib.TrainState(
@@ -472,10 +474,11 @@ def compile_eval(
   from t5vae_jax import evaluation
   from t5vae_jax import sharding
 
-  mesh = sharding.make_mesh(devices)
+  mesh = sharding.make_mesh(devices, config.model_parallel)
   model = build_model(config, devices) if model is None else model
   params = abstract_params(model) if params is None else params
-  params = with_shardings(params, sharding.tree_shardings(params, mesh, config.fsdp))
+  rules = sharding.parse_rules(config.sharding_rules)
+  params = with_shardings(params, sharding.tree_shardings(params, mesh, config.fsdp, rules))
   batch_sharding = sharding.batch_sharding(mesh)
   batch = {
       "input_ids": jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=batch_sharding),
@@ -623,7 +626,8 @@ def run(
       f"({'megacore, ' if chip.megacore else ''}one per chip, {_gib(chip.hbm_bytes)} HBM, "
       f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 each); model "
       f"{config.model.pretrained or 'config.model.t5'}: {n / 1e6:,.1f}M params as a VAE, "
-      f"compute {model.dtype.name}, fsdp {'on' if config.fsdp else 'off'}, packing "
+      f"compute {model.dtype.name}, mesh {len(devices) // config.model_parallel} x "
+      f"{config.model_parallel} (data x model), fsdp {'on' if config.fsdp else 'off'}, packing "
       f"{'on (worst case: every position a real token)' if config.pack_tokens else 'off'}",
       file=out,
       flush=True,

@@ -37,6 +37,7 @@ from t5vae_jax import data as data_lib
 from t5vae_jax import decoding
 from t5vae_jax import export
 from t5vae_jax import model as model_lib
+from t5vae_jax import sharding
 from t5vae_jax import tokenizer as tokenizer_lib
 
 _MIN_ROWS = 8
@@ -47,7 +48,12 @@ def _padded_rows(n: int) -> int:
 
 
 # Keys a phase directory's config.json may lack, with the value such a run trained with.
-SAVED_CONFIG_DEFAULTS = {"pack_tokens": False}
+SAVED_CONFIG_DEFAULTS = {
+    "pack_tokens": False,
+    "fsdp": False,
+    "model_parallel": 1,
+    "sharding_rules": sharding.DEFAULT_RULES,
+}
 
 
 def load_config(phase_dir) -> Optional[Any]:

@@ -40,3 +40,22 @@ FEED_FORWARD_PROJ = (
     "gated-silu",
 )
 BEST_METRICS = ("val/neg_elbo", "val/rec", "val/kl", "val/rec_per_token", "val/ppl_elbo")
+# The sharding rule table (config.sharding_rules, t5vae_jax/sharding.py): logical axes of the
+# parameters and the mesh axes they may be split over.
+LOGICAL_AXES = ("embed", "heads", "mlp", "vocab")
+MESH_AXES = ("data", "model")
+
+
+def parse_sharding_rules(text: str) -> tuple[tuple[str, str], ...]:
+  """``"heads:model,mlp:model"`` -> (("heads", "model"), ("mlp", "model")); ValueError names
+  the entry that is not ``<logical axis>:<mesh axis>`` with known names."""
+  rules = []
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    logical, sep, mesh_axis = (x.strip() for x in item.partition(":"))
+    if not sep or logical not in LOGICAL_AXES or mesh_axis not in MESH_AXES:
+      raise ValueError(
+          f"{item!r} is not <logical axis>:<mesh axis> with a logical axis of "
+          f"{', '.join(LOGICAL_AXES)} and a mesh axis of {', '.join(MESH_AXES)}"
+      )
+    rules.append((logical, mesh_axis))
+  return tuple(rules)

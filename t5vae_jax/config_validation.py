@@ -40,6 +40,7 @@ from t5vae_jax.choices import (
     REC_NORMALIZERS,
     TOKENIZER_MODEL_TYPES,
     BETA_SCHEDULES,
+    parse_sharding_rules,
 )
 
 
@@ -145,6 +146,14 @@ def string(description: str = "", **kw) -> Rule:
   return Rule("str", "a string", None, description, **kw)
 
 
+def _valid_sharding_rules(text: str) -> bool:
+  try:
+    parse_sharding_rules(text)
+  except ValueError:
+    return False
+  return True
+
+
 RULES: dict[str, Rule] = {
     "seed": integer(0, description="random seed"),
     # model
@@ -247,6 +256,14 @@ RULES: dict[str, Rule] = {
     "best_metric": choice(BEST_METRICS, "lower is better"),
     "on_nonfinite": choice(NONFINITE_POLICIES),
     "fsdp": boolean(),
+    "model_parallel": integer(1, description="devices per tensor-parallel model column"),
+    "sharding_rules": Rule(
+        "str",
+        "comma-separated <logical axis>:<mesh axis> pairs, logical axes embed, heads, mlp, "
+        "vocab and mesh axes data, model (e.g. 'heads:model,mlp:model')",
+        _valid_sharding_rules,
+        "which parameter axes the mesh axes split",
+    ),
     "pack_tokens": boolean(),
     "mesh_devices": integer(0, description="0 = all devices"),
     "progress_bar": boolean(),
@@ -571,17 +588,31 @@ def check_devices(config, device_count: int, process_count: int = 1) -> None:
         f"{device_count}, the number of devices here"
     )
     mesh_devices = device_count
-  problem = batch_size_problem(config.batch_size, mesh_devices or device_count, process_count)
+  num_devices = mesh_devices or device_count
+  if num_devices % config.model_parallel:
+    errors.append(
+        f"config.model_parallel={config.model_parallel} is not allowed; allowed: a divisor of "
+        f"the number of devices ({num_devices})"
+    )
+  elif process_count > 1 and (device_count // process_count) % config.model_parallel:
+    errors.append(
+        f"config.model_parallel={config.model_parallel} is not allowed; allowed: a divisor of "
+        f"the devices of one process ({device_count // process_count}): a model column stays "
+        "on one host"
+    )
+  data_shards = max(num_devices // config.model_parallel, 1)
+  problem = batch_size_problem(config.batch_size, data_shards, process_count)
   if problem:
     errors.append(f"config.batch_size={config.batch_size} is not allowed; allowed: {problem}")
   if errors:
     raise ConfigError(errors)
 
 
-def batch_size_problem(batch_size: int, num_devices: int, num_processes: int) -> Optional[str]:
-  """What a global batch must be on this mesh ("a multiple of ..."), or None when it is."""
-  if batch_size % num_devices:
-    return f"a multiple of the number of devices ({num_devices})"
+def batch_size_problem(batch_size: int, data_shards: int, num_processes: int) -> Optional[str]:
+  """What a global batch must be on a mesh with ``data_shards`` rows ("a multiple of ..."), or
+  None when it is."""
+  if batch_size % data_shards:
+    return f"a multiple of the number of data shards ({data_shards} devices / model_parallel)"
   if batch_size % num_processes:
     return f"a multiple of the number of processes ({num_processes})"
   return None

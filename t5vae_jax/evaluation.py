@@ -513,12 +513,14 @@ def evaluate_phase(
     config.data.dir = data_dir
   if tfds_dir is not None:
     config.data.tfds_dir = tfds_dir
-  mesh = sharding.make_mesh() if mesh is None else mesh
+  mesh = sharding.make_mesh(model_parallel=config.model_parallel) if mesh is None else mesh
   which, step = parse_checkpoint(checkpoint)
 
   model = api.build_model(phase_dir, config.model.get("dtype"), devices=mesh.devices.flat)
   abstract = jax.eval_shape(functools.partial(model_lib.init_params, model), jax.random.key(0))
-  shardings = sharding.tree_shardings(abstract, mesh, bool(config.get("fsdp", False)))
+  shardings = sharding.tree_shardings(
+      abstract, mesh, config.fsdp, sharding.parse_rules(config.sharding_rules)
+  )
   params, restored_step = api.restore_params(
       phase_dir, model, which=which, step=step, shardings=shardings
   )

@@ -412,22 +412,28 @@ def _model_inputs(batch: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
-def train_state_shardings(params, tx, mesh, fsdp: bool) -> TrainState:
+def train_state_shardings(
+    params, tx, mesh, fsdp: bool, rules: str = sharding.DEFAULT_RULES
+) -> TrainState:
   """The shardings (a TrainState of NamedShardings) of the train state of ``params`` (arrays or
-  ShapeDtypeStructs: the ahead-of-time compile in aot.py has no arrays) on ``mesh``."""
+  ShapeDtypeStructs: the ahead-of-time compile in aot.py has no arrays) on ``mesh``, by the
+  rule table ``rules`` (config.sharding_rules) and FSDP."""
   replicated = sharding.replicated(mesh)
+  rule_table = sharding.parse_rules(rules)
   return TrainState(
       step=replicated,
-      params=sharding.tree_shardings(params, mesh, fsdp),
-      opt_state=sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh, fsdp),
+      params=sharding.tree_shardings(params, mesh, fsdp, rule_table),
+      opt_state=sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh, fsdp, rule_table),
       num_skipped=replicated,
   )
 
 
-def create_train_state(params, tx, mesh, fsdp: bool) -> tuple[TrainState, TrainState]:
-  """The initial state placed on ``mesh`` (params replicated or FSDP-sharded), and its
-  shardings (a TrainState of NamedShardings)."""
-  shardings = train_state_shardings(params, tx, mesh, fsdp)
+def create_train_state(
+    params, tx, mesh, fsdp: bool, rules: str = sharding.DEFAULT_RULES
+) -> tuple[TrainState, TrainState]:
+  """The initial state placed on ``mesh`` (params split as ``train_state_shardings`` says),
+  and its shardings (a TrainState of NamedShardings)."""
+  shardings = train_state_shardings(params, tx, mesh, fsdp, rules)
   params = jax.device_put(params, shardings.params)
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
   # Two distinct buffers: the step donates the state, and a buffer may be donated only once.
@@ -549,7 +555,7 @@ def _prepare_phase(config, workdir: epath.Path, phase: int):
     raise TrainingError(f"--phase must be 1 or 2, got {phase}")
   pdir = phase_dir(workdir, phase)
   devices = jax.devices()[: config.mesh_devices] if config.mesh_devices else None
-  mesh = sharding.make_mesh(devices)
+  mesh = sharding.make_mesh(devices, config.model_parallel)
   sharding.check_batch_size(config.batch_size, mesh)
 
   accelerator.announce(
@@ -596,7 +602,7 @@ def _prepare_phase(config, workdir: epath.Path, phase: int):
 
   params = initial_params(setup, config, workdir, phase)
   tx = make_optimizer(config, phase, params)
-  state, state_shardings = create_train_state(params, tx, mesh, config.fsdp)
+  state, state_shardings = create_train_state(params, tx, mesh, config.fsdp, config.sharding_rules)
   state = _restore_or_initialize(run, state, state_shardings, setup)
   beta_fn = make_beta_fn(config, phase, steps_per_epoch, total_steps)
   base_rng = jax.random.fold_in(jax.random.key(config.seed), phase)

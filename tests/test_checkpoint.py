@@ -3,12 +3,16 @@ retention of the last k, and what the training loop leaves in a phase directory 
 the shared demo run: best/, checkpoints/, TensorBoard event files)."""
 
 import json
+import pathlib
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from _demo_checkpoint import demo_workdir
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from _demo_checkpoint import demo_workdir  # noqa: E402
+from configs import demo  # noqa: E402
 from t5vae_jax import checkpoint as ckpt_lib
 from t5vae_jax import train_lib
 
@@ -114,3 +118,48 @@ def test_training_writes_tensorboard_event_files(demo_phase):
   assert b"brain.Event:2" in data  # the event file's version record
   for tag in (b"train/loss", b"train/beta", b"val/neg_elbo", b"val/mi"):
     assert tag in data, tag
+
+
+def test_a_checkpoint_restores_into_another_mesh_layout(tmp_path):
+  """Saved from 8 data shards with FSDP, restored into a 2 x 4 tensor-parallel mesh (and back
+  into one device): the same values, each placed as the new layout says."""
+  import jax
+
+  from t5vae_jax import model as model_lib
+  from t5vae_jax import sharding
+  from t5vae_jax import t5 as t5_lib
+
+  assert jax.device_count() == 8
+  t5_config = t5_lib.T5Config(
+      vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+      relative_attention_num_buckets=8, relative_attention_max_distance=16,
+  )  # fmt: skip
+  model = model_lib.T5VAEModel(t5_config, vae=model_lib.VAEConfig(latent_dim=4))
+  params = jax.device_get(model_lib.init_params(model, jax.random.key(0)))
+  tx = train_lib.make_optimizer(demo.get_config(), 2, params)
+
+  def state_on(mesh, fsdp):
+    return train_lib.create_train_state(params, tx, mesh, fsdp)
+
+  saved, saved_shardings = state_on(sharding.make_mesh(), True)
+  ckpts = ckpt_lib.PhaseCheckpoints(tmp_path / "phase2")
+  ckpts.save(3, saved.params, saved.opt_state, {"step": 3})
+  ckpts.wait()
+  tensor_parallel = sharding.make_mesh(model_parallel=4)
+  for mesh in (tensor_parallel, sharding.make_mesh(jax.devices()[:1])):
+    target, shardings = state_on(mesh, False)
+    step, got_params, got_opt, _ = ckpts.restore_newest(
+        ckpt_lib.abstract_tree(target.params, shardings.params),
+        ckpt_lib.abstract_tree(target.opt_state, shardings.opt_state),
+    )
+    assert step == 3
+    for want, got, where in zip(
+        jax.tree.leaves((saved.params, saved.opt_state)),
+        jax.tree.leaves((got_params, got_opt)),
+        jax.tree.leaves((shardings.params, shardings.opt_state)),
+    ):
+      np.testing.assert_array_equal(np.asarray(want), np.asarray(got))
+      assert got.sharding.is_equivalent_to(where, got.ndim)
+    if mesh is tensor_parallel:  # the new layout really splits over the model axis
+      assert any(sharding.MODEL_AXIS in s.spec for s in jax.tree.leaves(shardings.params))
+  ckpts.close()

@@ -88,6 +88,9 @@ BAD_VALUES = [
     ("best_metric", "val/mi", "'val/neg_elbo'"),
     ("log_every_steps", 0, "an integer >= 1"),
     ("mesh_devices", -1, "an integer >= 0"),
+    ("model_parallel", 0, "an integer >= 1"),
+    ("sharding_rules", "heads:modle", "comma-separated <logical axis>:<mesh axis> pairs"),
+    ("sharding_rules", "ffn:model", "logical axes embed, heads, mlp"),
 ]
 
 
@@ -206,9 +209,16 @@ def test_batch_size_against_devices():
   with pytest.raises(
       cv.ConfigError,
       match=r"config\.batch_size=32 is not allowed; allowed: a "
-      r"multiple of the number of devices \(3\)",
+      r"multiple of the number of data shards \(3 devices / model_parallel\)",
   ):
     cv.check_devices(config, device_count=3)
+  config.model_parallel = 4  # 8 devices: 2 data shards x 4, and 32 rows split in 2
+  cv.check_devices(config, device_count=8)
+  with pytest.raises(cv.ConfigError, match=r"model_parallel=4 is not allowed; allowed: a divisor"):
+    cv.check_devices(config, device_count=6)
+  with pytest.raises(cv.ConfigError, match=r"devices of one process \(2\)"):
+    cv.check_devices(config, device_count=8, process_count=4)
+  config.model_parallel = 1
   config.mesh_devices = 16
   with pytest.raises(
       cv.ConfigError, match=r"config\.mesh_devices=16 is not allowed; allowed: " r"0 \(all\) to 8"

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -222,7 +223,9 @@ def test_phase2_without_phase1_names_the_directory(tmp_path, tfds_dir):
     train_lib.train_and_evaluate(config, str(tmp_path), phase=2)
 
 
-def test_same_loss_on_1_and_8_devices_with_and_without_fsdp(phase1_run):
+def test_same_loss_on_1_and_8_devices_with_fsdp_and_tensor_parallelism(phase1_run):
+  """One device; 8 data shards; 4 x 2 with FSDP over the 4 and heads / d_ff / vocabulary split
+  over the 2; 2 x 4 tensor parallel: the same losses and updated params."""
   workdir, config, _ = phase1_run
   assert jax.device_count() == 8
   config = tiny_config(config.data.tfds_dir, denoise_rate=0.15, kl_floor=0.1, pack_tokens=True)
@@ -240,17 +243,32 @@ def test_same_loss_on_1_and_8_devices_with_and_without_fsdp(phase1_run):
       "example_weights": np.ones(16, np.float32),
   }
   results = []
-  for devices, fsdp in ((jax.devices()[:1], False), (jax.devices(), False), (jax.devices(), True)):
-    mesh = sharding.make_mesh(devices)
+  layouts = [(jax.devices()[:1], False, 1)] + [(jax.devices(), f, m) for f, m in LAYOUTS_OF_8]
+  for devices, fsdp, model_parallel in layouts:
+    mesh = sharding.make_mesh(devices, model_parallel)
     tx = train_lib.make_optimizer(config, 2, params)
     state, shardings = train_lib.create_train_state(params, tx, mesh, fsdp)
     beta_fn = train_lib.make_beta_fn(config, 2, 16, 16)
     step = train_lib.compile_train_step(
         setup.model, tx, beta_fn, jax.random.key(0), config, mesh, shardings
     )
+    specs = {
+        jax.tree_util.keystr(path): s.spec
+        for path, s in jax.tree_util.tree_flatten_with_path(shardings.params)[0]
+    }
     if fsdp and len(devices) == 8:
-      specs = [s.spec for s in jax.tree.leaves(shardings.params)]
-      assert any(sharding.DATA_AXIS in spec for spec in specs)  # something is really split
+      assert any(sharding.DATA_AXIS in spec for spec in specs.values())  # really split
+    if model_parallel > 1:  # heads, d_ff and vocabulary columns split over the model axis
+      split = [p for p in specs if re.search(r"\['(q|wi|o|wo)'\]\['kernel'\]$", p)]
+      assert len(split) >= 4 * config.model.t5.num_layers  # each layer's, both sides
+      for path, spec in specs.items():
+        if path.endswith("['q']['kernel']") or path.endswith("['wi']['kernel']"):
+          assert spec[1] == sharding.MODEL_AXIS, (path, spec)
+        if path.endswith("['o']['kernel']") or path.endswith("['wo']['kernel']"):
+          assert spec[0] == sharding.MODEL_AXIS, (path, spec)
+      assert specs["['shared']['embedding']"][0] == sharding.MODEL_AXIS
+      opt_specs = [s.spec for s in jax.tree.leaves(shardings.opt_state)]
+      assert any(sharding.MODEL_AXIS in spec for spec in opt_specs)  # Adam state split too
     losses = []
     # Token packing per data shard: 1 shard of 16 rows, or 8 of 2 rows (other capacities).
     capacity = train_lib.packing_capacity(config, batch["attention_mask"], mesh)
@@ -264,6 +282,10 @@ def test_same_loss_on_1_and_8_devices_with_and_without_fsdp(phase1_run):
     np.testing.assert_allclose(l1, l8, rtol=1e-5, atol=1e-5)
     for k in p1:
       np.testing.assert_allclose(p1[k], p8[k], atol=1e-5, err_msg=k)
+
+
+# (fsdp, model_parallel) on the 8 simulated devices, after the one-device reference.
+LAYOUTS_OF_8 = ((False, 1), (True, 2), (False, 4))
 
 
 def _wait_for(predicate, proc, timeout):
