@@ -29,6 +29,7 @@ ROWS = {
     "d3": ("c015 + KL threshold 3", "Max pool + Denoise + KLT"),
     "e_mean": ("b with mean pooling", None),
     "f_prefix": ("b with the released code's self-attention prefix", None),
+    "r_released": ("b in the released code's regime (configs/released_recipe.py)", None),
 }
 
 # Appendix Table 2 of Park & Lee (2021), "Phase 2 results on PTB" (t5-small, 5 + 3 epochs):
@@ -63,9 +64,9 @@ def _last_val(phase_dir: pathlib.Path) -> dict:
 
 def results_table(runs: pathlib.Path, env: str) -> str:
   lines = [
-      "| row | configuration | PPL | KL | -ELBO | MI | AU | MI (batch) | rec | K | "
+      "| row | configuration | PPL | PPL (word) | KL | -ELBO | MI | AU | MI (batch) | rec | K | "
       "examples | paper PTB (PPL / KL / -ELBO / MI / AU) |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for row, (what, paper_row) in ROWS.items():
     result = _read_json(runs / row / "phase2" / "eval.json")
@@ -73,10 +74,11 @@ def results_table(runs: pathlib.Path, env: str) -> str:
     if paper_row:
       paper = paper_row + ": " + " / ".join(_fmt(v) for v in PAPER_PTB[paper_row])
     if result is None:
-      lines.append(f"| {row} | {what} | not run | | | | | | | | | {paper} |")
+      lines.append(f"| {row} | {what} | not run | | | | | | | | | | {paper} |")
       continue
     lines.append(
-        f"| {row} | {what} | {_fmt(result.get('ppl'))} | {_fmt(result.get('kl'))} | "
+        f"| {row} | {what} | {_fmt(result.get('ppl'))} | {_fmt(result.get('ppl_word'))} | "
+        f"{_fmt(result.get('kl'))} | "
         f"{_fmt(result.get('neg_elbo'))} | {_fmt(result.get('mi'))} | "
         f"{_fmt(result.get('au'))} | {_fmt(result.get('mi_batch'))} | "
         f"{_fmt(result.get('rec'))} | {result.get('num_samples', '-')} | "

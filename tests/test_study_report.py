@@ -24,6 +24,7 @@ def test_tables_come_from_eval_json_and_metrics(tmp_path, capsys):
       json.dumps(
           {
               "ppl": 61.234,
+              "ppl_word": 140.5,
               "kl": 7.5,
               "neg_elbo": 98.25,
               "mi": 3.125,
@@ -48,8 +49,7 @@ def test_tables_come_from_eval_json_and_metrics(tmp_path, capsys):
   out = capsys.readouterr().out
   b_row = next(line for line in out.splitlines() if line.startswith("| b |"))
   for cell in (
-      "61.23",
-      "7.50",
+      "| 61.23 | 140.50 | 7.50 |",
       "98.25",
       "3.12",
       "| 11 |",
