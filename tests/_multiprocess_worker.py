@@ -52,7 +52,8 @@ config = tiny_config(
     checkpoint_every_steps=2,
     pack_tokens=True,
     eval_max_examples=40,
-    **{"phase1.epochs": 1.0},
+    eval_num_samples=0,  # MI, AU, rec and KL are what is compared; no IW-NLL passes
+    **{"phase1.epochs": 1.0, "model.t5.num_layers": 1, "model.t5.num_decoder_layers": 1},
 )
 workdir = out_dir / "work"
 record = {}

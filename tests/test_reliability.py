@@ -147,11 +147,10 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_params(tmp_path, 
       f"--config.data.tfds_dir={tfds_dir}",
       "--config.phase1.epochs=1",
   ]
-  ok = soak.run(2, tmp_path, overrides, seed=1, log=log.append)
+  ok = soak.run(1, tmp_path, overrides, seed=1, log=log.append)
   assert ok, "\n".join(log)
-  # Each kill came after a completed checkpoint: the second start and the final run resumed.
+  # The kill came after a completed checkpoint: the final run resumed from it.
   kills = [line for line in log if line.startswith("kill ")]
-  assert len(kills) == 2 and all("SIGKILL" in line for line in kills), log
-  assert "resumed at step" in kills[1], log
+  assert len(kills) == 1 and "SIGKILL" in kills[0], log
   assert any(line.startswith("final run:") and "resumed at step" in line for line in log), log
   assert log[-1].endswith("params identical: True"), log
