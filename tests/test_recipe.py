@@ -50,6 +50,7 @@ TINY = {
     "kl_floor": 0.2,
     "beta.schedule": "constant",
     "beta.value": 0.3,
+    "eval_num_samples": 0,  # validations without IW-NLL passes: rec, KL and -ELBO are checked
 }
 
 
