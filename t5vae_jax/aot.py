@@ -477,8 +477,8 @@ def compile_eval(
   mesh = sharding.make_mesh(devices, config.model_parallel)
   model = build_model(config, devices) if model is None else model
   params = abstract_params(model) if params is None else params
-  rules = sharding.parse_rules(config.sharding_rules)
-  params = with_shardings(params, sharding.tree_shardings(params, mesh, config.fsdp, rules))
+  shardings = sharding.tree_shardings(params, mesh, config.fsdp, config.sharding_rules)
+  params = with_shardings(params, shardings)
   batch_sharding = sharding.batch_sharding(mesh)
   batch = {
       "input_ids": jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=batch_sharding),

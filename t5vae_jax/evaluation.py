@@ -518,9 +518,7 @@ def evaluate_phase(
 
   model = api.build_model(phase_dir, config.model.get("dtype"), devices=mesh.devices.flat)
   abstract = jax.eval_shape(functools.partial(model_lib.init_params, model), jax.random.key(0))
-  shardings = sharding.tree_shardings(
-      abstract, mesh, config.fsdp, sharding.parse_rules(config.sharding_rules)
-  )
+  shardings = sharding.tree_shardings(abstract, mesh, config.fsdp, config.sharding_rules)
   params, restored_step = api.restore_params(
       phase_dir, model, which=which, step=step, shardings=shardings
   )

@@ -105,15 +105,15 @@ def param_spec(
   return P(*spec) if any(spec) else P()
 
 
-def tree_shardings(
-    tree: Any, mesh: Mesh, fsdp: bool, rules: Sequence[tuple[str, str]] = parse_rules(DEFAULT_RULES)
-) -> Any:
-  """A NamedSharding per leaf of ``tree`` (arrays or ShapeDtypeStructs) on ``mesh``."""
+def tree_shardings(tree: Any, mesh: Mesh, fsdp: bool, rules: str = DEFAULT_RULES) -> Any:
+  """A NamedSharding per leaf of ``tree`` (arrays or ShapeDtypeStructs) on ``mesh``, by the
+  rule table ``rules`` (``config.sharding_rules``, parsed once here) and FSDP."""
   mesh_shape = dict(mesh.shape)
+  rule_table = parse_rules(rules)
 
   def one(path, leaf):
     shape = tuple(getattr(leaf, "shape", ()))
-    spec = param_spec(jax.tree_util.keystr(path), shape, mesh_shape, fsdp, rules)
+    spec = param_spec(jax.tree_util.keystr(path), shape, mesh_shape, fsdp, rule_table)
     return NamedSharding(mesh, spec)
 
   return jax.tree_util.tree_map_with_path(one, tree)

@@ -419,11 +419,10 @@ def train_state_shardings(
   ShapeDtypeStructs: the ahead-of-time compile in aot.py has no arrays) on ``mesh``, by the
   rule table ``rules`` (config.sharding_rules) and FSDP."""
   replicated = sharding.replicated(mesh)
-  rule_table = sharding.parse_rules(rules)
   return TrainState(
       step=replicated,
-      params=sharding.tree_shardings(params, mesh, fsdp, rule_table),
-      opt_state=sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh, fsdp, rule_table),
+      params=sharding.tree_shardings(params, mesh, fsdp, rules),
+      opt_state=sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh, fsdp, rules),
       num_skipped=replicated,
   )
 
