@@ -66,7 +66,7 @@ def tiny_config(**overrides):
   return config
 
 
-def hand_param_shapes(t) -> dict[str, list[tuple[int, ...]]]:
+def hand_param_shapes(t, latent_injection="cross_attention") -> dict[str, list[tuple[int, ...]]]:
   """The VAE's parameter shapes by group, written out from the architecture (not the code)."""
   inner = t["num_heads"] * t["d_kv"]
   d, ff = t["d_model"], t["d_ff"]
@@ -76,11 +76,12 @@ def hand_param_shapes(t) -> dict[str, list[tuple[int, ...]]]:
   for i in range(t["num_layers"]):
     encoder += attention + [(d,), (d,), (d, ff), (ff, d)] + (bias if i == 0 else [])
   # Decoder layers: self-attention; cross-attention's q and o only (the latent slot replaces
-  # its keys and values, so W_k and W_v do not exist: model.py); feed-forward.
-  cross = [(d, inner), (inner, d)]
+  # its keys and values, so W_k and W_v do not exist: model.py) and its norm, none of it with
+  # self_prefix (the slot is a self-attention prefix); feed-forward.
+  cross = [(d, inner), (inner, d), (d,)] if latent_injection == "cross_attention" else []
   decoder = [(d,)]
   for i in range(t["num_decoder_layers"]):
-    decoder += attention + cross + [(d,)] * 3 + [(d, ff), (ff, d)] + (bias if i == 0 else [])
+    decoder += attention + cross + [(d,)] * 2 + [(d, ff), (ff, d)] + (bias if i == 0 else [])
   return {
       "shared": [(t["vocab_size"], d)],
       "encoder": encoder,
@@ -172,6 +173,20 @@ def test_v4_fsdp_shards_params_and_adam_state_over_devices():
   assert 2 * expected <= phase2.opt_state_bytes <= 2 * expected + 64
 
 
+def _tensor_parallel_bytes(groups) -> int:
+  """Per-device float32 bytes when the embedding and every 2-D kernel of the encoder and decoder
+  but the relative position biases are halved over a model axis of 2 (the latent layers stay
+  whole)."""
+  bias = (TINY["relative_attention_num_buckets"], TINY["num_heads"])
+  halved = groups["shared"] + [
+      s for side in ("encoder", "decoder") for s in groups[side] if len(s) == 2 and s != bias
+  ]
+  whole = [s for group in groups.values() for s in group]
+  for s in halved:
+    whole.remove(s)
+  return 4 * (_size(halved) // 2 + _size(whole))
+
+
 def test_tensor_parallel_splits_heads_d_ff_and_vocabulary_over_the_model_axis():
   """v5e:2x2 as a 2 x 2 (data, model) mesh: per device, each attention and feed-forward kernel
   and the embedding hold half their entries (the default rule table); norms, the relative
@@ -180,15 +195,7 @@ def test_tensor_parallel_splits_heads_d_ff_and_vocabulary_over_the_model_axis():
   reports = aot.run(
       config, "v5e:2x2", eval_batch_size=16, num_samples=10, iw_chunk=5, out=open(os.devnull, "w")
   )
-  groups = hand_param_shapes(TINY)
-  bias = (TINY["relative_attention_num_buckets"], TINY["num_heads"])
-  halved = groups["shared"] + [
-      s for side in ("encoder", "decoder") for s in groups[side] if len(s) == 2 and s != bias
-  ]
-  whole = [s for group in groups.values() for s in group]
-  for s in halved:
-    whole.remove(s)
-  expected = 4 * (_size(halved) // 2 + _size(whole))
+  expected = _tensor_parallel_bytes(hand_param_shapes(TINY))
   assert [r.program.split(" (")[0] for r in reports] == [
       "train phase 1",
       "train phase 2",
@@ -197,6 +204,14 @@ def test_tensor_parallel_splits_heads_d_ff_and_vocabulary_over_the_model_axis():
   for r in reports:
     assert r.fits and r.num_devices == 4
     assert r.params_bytes == expected, (r.program, r.params_bytes, expected)
+  # The released code's injection (the slot a self-attention prefix, no cross-attention), heads
+  # split the same way: phase 2's step compiles.
+  prefix = tiny_config(model_parallel=2, **{"model.latent_injection": "self_prefix"})
+  report = aot.compile_train(
+      prefix, 2, aot.topology_devices("v5e:2x2"), aot.chip_of("v5e:2x2"), length=16
+  )
+  expected = _tensor_parallel_bytes(hand_param_shapes(TINY, "self_prefix"))
+  assert report.fits and report.params_bytes == expected, (report.params_bytes, expected)
 
 
 def _run_command(*flags, env=None):
