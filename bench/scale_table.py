@@ -3,6 +3,7 @@
   python bench/scale_table.py                       # every model, both batch shapes, 5 slices
   python bench/scale_table.py --models flan-t5-xxl --shapes ptb --workers 2
   python bench/scale_table.py --check_depth t5-small,ptb,v5e-8   # extrapolation vs full depth
+  python bench/scale_table.py --models flan-t5-xxl --shapes ptb --slices v5e-16 --remat full
 
 Each row is t5vae_jax.aot's compile of the real phase-2 train step (FSDP, bfloat16 compute,
 float32 params and Adam state, dropout 0.1, padded batches) with libtpu's compile-only client.
@@ -116,6 +117,8 @@ class Row:
   tokens_per_s: float
   compile_s: float
   why: str = ""
+  remat: str = "none"
+  model_parallel: int = 1
 
 
 def model_dir(name: str, root: pathlib.Path, depth: int | None = None) -> str:
@@ -129,7 +132,7 @@ def model_dir(name: str, root: pathlib.Path, depth: int | None = None) -> str:
   return str(directory)
 
 
-def row_config(model_path: str, shape: str):
+def row_config(model_path: str, shape: str, remat: str = "none", model_parallel: int = 1):
   from configs import ptb
 
   config = ptb.get_config()
@@ -140,10 +143,19 @@ def row_config(model_path: str, shape: str):
   config.data.bucket_lengths = (length,)
   config.fsdp = True
   config.pack_tokens = False  # padded: the batch shape as stated
+  config.model.remat = remat
+  config.model_parallel = model_parallel
   return config
 
 
-def one_row(name: str, shape: str, slice_name: str, root: pathlib.Path) -> Row:
+def one_row(
+    name: str,
+    shape: str,
+    slice_name: str,
+    root: pathlib.Path,
+    remat: str = "none",
+    model_parallel: int = 1,
+) -> Row:
   from t5vae_jax import aot
   from t5vae_jax import sharding
   from t5vae_jax import train_lib
@@ -155,12 +167,12 @@ def one_row(name: str, shape: str, slice_name: str, root: pathlib.Path) -> Row:
   batch, length = SHAPES[shape]
   start = time.perf_counter()
   # Exact state per device at full depth, from the shapes and their shardings.
-  full = row_config(model_dir(name, root), shape)
+  full = row_config(model_dir(name, root), shape, remat, model_parallel)
   model = aot.build_model(full, devices)
   params = aot.abstract_params(model)
-  mesh = sharding.make_mesh(devices)
+  mesh = sharding.make_mesh(devices, model_parallel)
   tx = train_lib.make_optimizer(full, 2, params)
-  shardings = train_lib.train_state_shardings(params, tx, mesh, True)
+  shardings = train_lib.train_state_shardings(params, tx, mesh, True, full.sharding_rules)
   param_bytes = aot.bytes_per_device(aot.with_shardings(params, shardings.params))
   state_bytes = param_bytes + aot.bytes_per_device(
       aot.with_shardings(jax.eval_shape(tx.init, params), shardings.opt_state)
@@ -186,6 +198,8 @@ def one_row(name: str, shape: str, slice_name: str, root: pathlib.Path) -> Row:
       0.0,
       0.0,
       0.0,
+      remat=remat,
+      model_parallel=model_parallel,
   )
   # At the update, params, both Adam moments and the float32 gradients (sharded as the params)
   # are all live: a lower bound on what the step needs, known without compiling.
@@ -200,7 +214,7 @@ def one_row(name: str, shape: str, slice_name: str, root: pathlib.Path) -> Row:
     return row
   reports = []
   for d in (1, 2):
-    config = row_config(model_dir(name, root, d), shape)
+    config = row_config(model_dir(name, root, d), shape, remat, model_parallel)
     reports.append(aot.compile_train(config, 2, devices, chip, length))
   row.compile_s = time.perf_counter() - start
   r1, r2 = reports
@@ -243,9 +257,13 @@ def format_row(r: Row) -> str:
       else f"state {r.state_gib:.2f} of {r.hbm_gib:.0f}"
   )
   compiler = f"{r.compiler_tflop:.3g}" if r.compiler_tflop else "-"
+  setup = "".join(
+      [f", model_parallel={r.model_parallel}" if r.model_parallel > 1 else ""]
+      + [f", remat={r.remat}" if r.remat != "none" else ""]
+  )
   return (
       f"| {r.model} | {r.params_m:,.0f} | {batch} x ({length} + {length}) | {r.slice} "
-      f"({r.chips}) | {fits} | {hbm} | {compiler} / {r.analytic_tflop:.3g} | "
+      f"({r.chips}){setup} | {fits} | {hbm} | {compiler} / {r.analytic_tflop:.3g} | "
       f"{r.floor_ms:.3g} ms | {r.tokens_per_s:,.0f} |"
   )
 
@@ -265,8 +283,8 @@ def smallest_fits(rows) -> list[str]:
 
 
 def _worker(args):
-  name, shape, slice_name, root = args
-  return one_row(name, shape, slice_name, pathlib.Path(root))
+  name, shape, slice_name, root, remat, model_parallel = args
+  return one_row(name, shape, slice_name, pathlib.Path(root), remat, model_parallel)
 
 
 def check_depth(spec: str, root: pathlib.Path) -> None:
@@ -295,6 +313,10 @@ def main() -> None:
   parser.add_argument("--shapes", default=",".join(SHAPES))
   parser.add_argument("--slices", default=",".join(SLICES))
   parser.add_argument("--workers", type=int, default=2, help="compiles at once (processes)")
+  parser.add_argument("--remat", default="none", help="config.model.remat of every row")
+  parser.add_argument(
+      "--model_parallel", type=int, default=1, help="config.model_parallel of every row"
+  )
   parser.add_argument("--json", default=None, help="also write the rows here")
   parser.add_argument("--check_depth", default=None, help="model,shape,slice")
   args = parser.parse_args()
@@ -303,7 +325,7 @@ def main() -> None:
     check_depth(args.check_depth, root)
     return
   jobs = [
-      (m, s, sl, str(root))
+      (m, s, sl, str(root), args.remat, args.model_parallel)
       for m in args.models.split(",")
       for s in args.shapes.split(",")
       for sl in args.slices.split(",")
