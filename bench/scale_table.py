@@ -40,6 +40,13 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# libtpu's default scoped VMEM limit (16 MiB) makes the compile of Yahoo's shape run for an hour
+# on a small host (bench/RESULTS.md); every row of the table is compiled with it raised.
+VMEM_FLAG = "--xla_tpu_scoped_vmem_limit_kib=32768"
+if "xla_tpu_scoped_vmem_limit_kib" not in os.environ.get("LIBTPU_INIT_ARGS", ""):
+  os.environ["LIBTPU_INIT_ARGS"] = (
+      os.environ.get("LIBTPU_INIT_ARGS", "") + " " + VMEM_FLAG
+  ).strip()
 
 # config.json of each checkpoint (Hugging Face hub, the values that define the network).
 MODELS = {
